@@ -1,0 +1,94 @@
+"""`s2d`: the command line. Thin: parse options, call one function of pipeline/, jobs/ or s2d_model/, print."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="s2d-pipeline: faces, tracks and S2D emotion timelines for folders of videos, on Ray.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
+weights_app = typer.Typer(help="Known model weights: list, download, import local files.", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("s2d-pipeline")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+@app.command("version")
+def version_cmd():
+    """Print the versions of s2d-pipeline and the libraries it runs on."""
+    import av
+    import pyarrow
+    import ray
+    import timm
+    import torch
+
+    typer.echo(f"s2d-pipeline {_version()}")
+    typer.echo(f"torch {torch.__version__} (cuda available: {torch.cuda.is_available()}), timm {timm.__version__}, "
+               f"ray {ray.__version__}, pyav {av.__version__}, pyarrow {pyarrow.__version__}")
+
+
+@weights_app.command("list")
+def weights_list():
+    """Show the known weights, where each comes from, and whether it is on this machine."""
+    from s2d_model import weights as W
+
+    typer.echo(f"cache: {W.cache_dir()}" + (f"   ${W.ENV_DIR}: {__import__('os').environ[W.ENV_DIR]}"
+                                             if __import__("os").environ.get(W.ENV_DIR) else ""))
+    for spec in W.KNOWN.values():
+        found = W.locate(spec.name)
+        typer.echo(f"{spec.name:24s} {spec.kind:10s} {'present: ' + str(found) if found else 'missing'}")
+        typer.echo(f"{'':24s} {spec.description}")
+        typer.echo(f"{'':24s} source: {W.source_of(spec)}")
+    for name, path in sorted(W.imported().items()):
+        typer.echo(f"{name:24s} {'imported':10s} {path}")
+
+
+@weights_app.command("download")
+def weights_download(name: str = typer.Argument(..., help="a name from `s2d weights list`")):
+    """Download known weights into the cache (resumable, sha256-checked where the checksum is known)."""
+    from s2d_model import weights as W
+
+    try:
+        path = W.download(name)
+    except W.WeightsNotFound as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{name}: {path}")
+
+
+@weights_app.command("import")
+def weights_import(path: Path = typer.Argument(..., help="a local weights file"),
+                   name: str = typer.Option(..., "--name", help="the name to register it under")):
+    """Register a local file under a name (e.g. the authors' DFEW file under `s2d-dfew`)."""
+    from s2d_model import weights as W
+
+    try:
+        p = W.import_file(path, name)
+    except W.WeightsNotFound as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"registered {name} -> {p}")
+
+
+@weights_app.command("path")
+def weights_path(name: str = typer.Argument(..., help="a known or imported name")):
+    """Print where weights NAME are, or what to download and where to put it."""
+    from s2d_model import weights as W
+
+    try:
+        typer.echo(str(W.resolve(name)))
+    except W.WeightsNotFound as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

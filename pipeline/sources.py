@@ -1,0 +1,164 @@
+"""Finding input videos and probing them.
+
+* :func:`list_videos` turns files/folders into a sorted, de-duplicated list of :class:`Source`.
+* :func:`probe` reads a video's header (and its first frame, for the rotation) into :class:`VideoInfo`,
+  raising :class:`~pipeline.decode.DecodeError` with a clear reason for anything that is not a video.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import av
+
+from .decode import DecodeError, NotAVideoError, display_rotation, native_fps, open_video
+
+__all__ = ["Source", "VideoInfo", "VIDEO_EXTENSIONS", "list_videos", "make_source", "probe", "is_video", "DecodeError"]
+
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp"}
+)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input file.
+
+    ``video_id`` is the first 16 hex digits of sha256 over (resolved path, size, mtime_ns). That is
+    cheap (one ``stat``, no file read; a content hash would read every byte of every video) and it
+    changes whenever the file is rewritten or touched, so cached results of an older version are not
+    reused. A file that cannot be stat'ed or read gets ``size = -1``, ``mtime = -1.0`` and an id from
+    the path alone, so it still flows downstream and becomes an error row instead of vanishing.
+    """
+
+    path: str  # absolute, resolved
+    video_id: str
+    size: int
+    mtime: float
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container header says about the (first) video stream."""
+
+    width: int  # as displayed: swapped when rotation is +-90
+    height: int
+    rotation: int  # counter-clockwise display rotation in degrees: 0, 90, 180 or -90
+    native_fps: float  # average_rate, else guessed_rate; 0.0 when unknown
+    duration_s: float | None  # stream duration, else container duration
+    header_frames: int  # nb_frames from the header (0 when absent; may disagree with decoded frames)
+    codec: str
+    has_audio: bool
+
+
+def _hash_id(*parts) -> str:
+    return hashlib.sha256("\0".join(str(p) for p in parts).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def make_source(path: str | os.PathLike) -> Source:
+    """A Source for one path (which need not exist or be readable)."""
+    resolved = str(Path(path).expanduser().resolve())
+    try:
+        st = os.stat(resolved)
+        readable = os.access(resolved, os.R_OK)
+    except OSError:
+        st, readable = None, False
+    if st is None or not readable:
+        return Source(path=resolved, video_id=_hash_id(resolved), size=-1, mtime=-1.0)
+    return Source(
+        path=resolved,
+        video_id=_hash_id(resolved, st.st_size, st.st_mtime_ns),
+        size=int(st.st_size),
+        mtime=float(st.st_mtime),
+    )
+
+
+def is_video(path: str | os.PathLike) -> bool:
+    """Content probe for folder scans: PyAV opens it and finds a video stream (still images excluded).
+
+    A file PyAV cannot open at all counts as a video only if its extension says so, so corrupt,
+    truncated or unreadable videos are kept (and reported as errors later) rather than dropped.
+    """
+    try:
+        container, _ = open_video(path)
+    except NotAVideoError:
+        return False  # it opened fine: valid media, but no video in it
+    except DecodeError:
+        return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+    container.close()
+    return True
+
+
+def _hidden(rel_parts: Sequence[str]) -> bool:
+    return any(part.startswith(".") for part in rel_parts)
+
+
+def list_videos(paths: Sequence[str | os.PathLike], recursive: bool = True) -> list[Source]:
+    """Videos among ``paths`` (files and/or folders), sorted by path and de-duplicated by resolved path.
+
+    Folders are scanned (recursively by default; symlinked folders are not followed); hidden files and
+    hidden folders are skipped and each file is content-probed with :func:`is_video`. Files named
+    explicitly are always included, even if missing, unreadable or not videos: the decode stage reports them.
+    """
+    found: dict[str, Source] = {}
+
+    def add(p: Path) -> None:
+        src = make_source(p)
+        found.setdefault(src.path, src)
+
+    for arg in paths:
+        root = Path(arg).expanduser()
+        if not root.is_dir():
+            add(root)
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
+            for name in sorted(filenames):
+                f = Path(dirpath) / name
+                if name.startswith(".") or not f.is_file():
+                    continue
+                if is_video(f):
+                    add(f)
+    return [found[k] for k in sorted(found)]
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Read the header of ``path`` and decode its first frame (for the display rotation).
+
+    Raises DecodeError for: missing file, zero-byte file, permission denied, not a media file,
+    truncated/corrupt container, still image, no video stream (e.g. audio-only), no decodable frame.
+    """
+    container, stream = open_video(path)
+    try:
+        try:
+            first = next(container.decode(stream), None)
+        except (av.error.FFmpegError, OSError) as exc:
+            raise DecodeError(f"{path}: cannot decode the first video frame: {exc}") from exc
+        if first is None:
+            raise DecodeError(f"{path}: no decodable video frames")
+        rotation = display_rotation(stream, first)
+        cc = stream.codec_context
+        width, height = int(cc.width or first.width), int(cc.height or first.height)
+        if rotation in (90, -90):
+            width, height = height, width
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        else:
+            duration = None
+        return VideoInfo(
+            width=width,
+            height=height,
+            rotation=rotation,
+            native_fps=native_fps(stream),
+            duration_s=duration,
+            header_frames=int(stream.frames or 0),
+            codec=cc.name,
+            has_audio=bool(container.streams.audio),
+        )
+    finally:
+        container.close()
