@@ -56,6 +56,14 @@ class NotAVideoError(DecodeError):
 # --------------------------------------------------------------------------- opening / errors
 
 
+def _is_utf8(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start >= len(head) - 3  # only a character cut at the end of the sample
+    return True
+
+
 def _sniff_reason(path: Path) -> str:
     """A human reason for a file FFmpeg refuses to open, from its first bytes."""
     try:
@@ -65,7 +73,7 @@ def _sniff_reason(path: Path) -> str:
         return f"cannot read file ({exc.strerror or exc})"
     if head[4:8] == b"ftyp":
         return "MP4/QuickTime file that cannot be parsed: truncated or corrupt (index 'moov' missing or damaged)"
-    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+    if head and b"\0" not in head and _is_utf8(head):
         return "not a media file (looks like text)"
     return "not a media file, or a corrupt/unsupported container"
 
@@ -230,24 +238,39 @@ class PyAVDecoder:
         return container, stream
 
     def _frames(self, path, container, stream) -> Iterator[tuple[int, float, "av.VideoFrame"]]:
-        """(index, time_s, frame) for every decoded frame; FFmpeg errors become DecodeError."""
+        """(index, time_s, frame) for every decoded frame; FFmpeg errors become DecodeError.
+
+        Packets are demuxed here (not ``container.decode``) to see the demuxer's corrupt flag: with
+        frame threading FFmpeg swallows the decoder's error for a truncated last packet, so a file
+        cut mid-stream would otherwise just end early without any error.
+        """
         step = 1.0 / (native_fps(stream) or 30.0)
         index, prev_t = 0, None
-        it = container.decode(stream)
+        last_corrupt = None  # byte offset of the last non-empty packet, when it was flagged corrupt
+        packets = container.demux(stream)
         while True:
             try:
-                frame = next(it)
-            except StopIteration:
-                return
+                packet = next(packets, None)
+                if packet is None:
+                    break
+                if packet.size:
+                    last_corrupt = (packet.pos if packet.pos is not None else -1) if packet.is_corrupt else None
+                frames = packet.decode()
             except (av.error.FFmpegError, OSError) as exc:
                 raise DecodeError(f"{path}: decode failed at frame {index}: {exc}") from exc
-            if frame.pts is not None and frame.time is not None:
-                t = float(frame.time)
-            else:
-                t = 0.0 if prev_t is None else prev_t + step
-            prev_t = t
-            yield index, t, frame
-            index += 1
+            for frame in frames:
+                if frame.pts is not None and frame.time is not None:
+                    t = float(frame.time)
+                else:
+                    t = 0.0 if prev_t is None else prev_t + step
+                prev_t = t
+                yield index, t, frame
+                index += 1
+        if last_corrupt is not None:
+            raise DecodeError(
+                f"{path}: decode failed at frame {index}: the file ends inside a packet "
+                f"(byte {last_corrupt}); it is truncated or corrupt"
+            )
 
     def iter_chunks(self, path, fps: float | None = 8.0, chunk_size: int = 32) -> Iterator[dict]:
         if chunk_size < 1:
@@ -330,7 +353,10 @@ class PyAVDecoder:
             j = 0
             while j < len(pending):
                 target = pending[j][1]
-                container.seek(int(math.floor((target - tol) / tb)), stream=stream, backward=True)
+                try:
+                    container.seek(int(math.floor((target - tol) / tb)), stream=stream, backward=True)
+                except (av.error.FFmpegError, OSError):
+                    break  # not seekable (e.g. raw elementary stream): sequential fallback
                 prev_t = None
                 try:
                     for frame in container.decode(stream):

@@ -92,10 +92,6 @@ def is_video(path: str | os.PathLike) -> bool:
     return True
 
 
-def _hidden(rel_parts: Sequence[str]) -> bool:
-    return any(part.startswith(".") for part in rel_parts)
-
-
 def list_videos(paths: Sequence[str | os.PathLike], recursive: bool = True) -> list[Source]:
     """Videos among ``paths`` (files and/or folders), sorted by path and de-duplicated by resolved path.
 

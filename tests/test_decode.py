@@ -323,6 +323,9 @@ def test_frames_without_pts_get_synthesised_times(tmp_path, fixtures_dir):
     s = collect(PyAVDecoder().iter_chunks(raw, fps=None))
     assert len(s["time_s"]) == 72
     np.testing.assert_allclose(s["time_s"], np.arange(72) / info.native_fps)
+    # not seekable: read_frames falls back to the sequential pass and still returns the same frames
+    got = PyAVDecoder().read_frames(raw, [5, 40], s["time_s"][[5, 40]])
+    np.testing.assert_array_equal(got["frames"], s["frames"][[5, 40]])
 
 
 # --------------------------------------------------------------------------- bad inputs

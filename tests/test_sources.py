@@ -43,7 +43,7 @@ def test_probe_fixtures(fixtures_dir, expectations, name):
     assert info.duration_s == pytest.approx(exp["duration_s"], abs=0.01)
     assert info.header_frames == exp.get("header_nb_frames", exp["decoded_frames"])
     assert info.has_audio
-    fps = exp.get("avg_frame_rate", exp["fps"])
+    fps = exp.get("avg_frame_rate") or exp["fps"]
     assert info.native_fps == pytest.approx(fps, rel=0.02)
 
 
@@ -132,4 +132,4 @@ def test_video_id_stable_and_changes(tmp_path, fixtures_dir):
 def test_list_videos_is_cheap(tree):
     t0 = time.perf_counter()
     list_videos([tree])
-    assert time.perf_counter() - t0 < 2.0
+    assert time.perf_counter() - t0 < 5.0
