@@ -54,7 +54,7 @@ def mobilefacenet_crop(image: np.ndarray, box) -> tuple[np.ndarray, float, float
     x1, y1, x2, y2 = (float(v) for v in box[:4])
     w, h = x2 - x1, y2 - y1
     side = max(int(1.2 * min(w, h)), 1)
-    cx, cy = int(x1 + w // 2), int(y1 + h // 2)
+    cx, cy = int(np.floor(x1 + w // 2)), int(np.floor(y1 + h // 2))
     cx1, cy1 = cx - side // 2, cy - side // 2
     H, W = image.shape[:2]
     out = np.zeros((side, side, 3), np.uint8)  # zero padding outside the frame

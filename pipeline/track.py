@@ -8,9 +8,9 @@ Rule (``assign_tracks``):
 - Each candidate track predicts its box at t: the last box shifted by the track's centre velocity
   (exponentially smoothed over its matches) times ``t - t_last``. This keeps ids on crossing faces.
 - A (track, face) pair is plausible if the centre distance d (normalised by the mean diagonal of the predicted
-  and the face box) is at most ``max_center_dist * sqrt(steps)``, where steps = (t - t_last) / the video's median
-  sampling interval (>= 1): a face may drift further over a longer gap, but it does not fly. Pairs with
-  IoU >= ``min_iou`` are always plausible.
+  and the face box) is at most ``max_center_dist * sqrt(steps)``, where steps = (t - t_last) / ``step_s`` (>= 1;
+  ``step_s`` is the sampling interval, default: the median interval between frames with faces): a face may drift
+  further over a longer gap, but it does not fly. Pairs with IoU >= ``min_iou`` are always plausible.
 - Cost = (1 - IoU) + d (+ ``landmark_weight`` x mean landmark distance / diagonal, when landmarks are given).
   Implausible pairs are forbidden. ``scipy.optimize.linear_sum_assignment`` picks the global minimum, so faces
   that trade places in the row order (or pass each other) keep their ids.
@@ -46,7 +46,7 @@ def _diag(b: np.ndarray) -> np.ndarray:
 def assign_tracks(frame_index: np.ndarray, time_s: np.ndarray, bbox: np.ndarray,
                   landmarks68: np.ndarray | None = None, max_gap_s: float = 1.0, min_iou: float = 0.3,
                   max_center_dist: float = 0.5, landmark_weight: float = 0.5,
-                  velocity_smoothing: float = 0.5) -> np.ndarray:
+                  velocity_smoothing: float = 0.5, step_s: float | None = None) -> np.ndarray:
     """Track id (int32[n]) per face row of one video. See the module docstring for the rule.
 
     frame_index int64[n], time_s float64[n] (PTS of the row's frame), bbox float[n,4] x1,y1,x2,y2,
@@ -67,7 +67,7 @@ def assign_tracks(frame_index: np.ndarray, time_s: np.ndarray, bbox: np.ndarray,
     ftimes = time_s[order][starts]  # [F] time of each frame
     steps_dt = np.diff(ftimes)
     steps_dt = steps_dt[steps_dt > 0]
-    dt_med = float(np.median(steps_dt)) if len(steps_dt) else 1.0
+    dt_med = float(step_s) if step_s else float(np.median(steps_dt)) if len(steps_dt) else 1.0
 
     # open tracks: id -> last box [4], last time, velocity [2] (px/s), faces seen, last landmarks [68,2] | None
     last_box: dict[int, np.ndarray] = {}

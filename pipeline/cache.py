@@ -1,0 +1,257 @@
+"""Per-video landmark cache: Parquet files keyed by a hash of the face-stage settings.
+
+Layout::
+
+    <cache_dir>/faces/<settings_hash>/<video_id>.faces.parquet   FACES_SCHEMA, one row per face per sampled frame
+    <cache_dir>/faces/<settings_hash>/<video_id>.meta.parquet    META_SCHEMA, one row
+
+Writes are atomic per file (temp file in the same folder, fsync, ``os.replace``). The meta file is removed first
+and written last, so its presence marks a complete entry: a crash in between leaves no meta and the video is
+redone. ``read_entry`` returns None for missing or incomplete entries and for ``status == "error"`` entries (a
+re-run retries failed videos; ``read_meta`` still shows them). ``no_faces`` entries are done (0 face rows).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def _f(name: str, t: pa.DataType, nullable: bool = False) -> pa.Field:
+    return pa.field(name, t, nullable=nullable)
+
+
+FACES_SCHEMA = pa.schema([
+    _f("video_id", pa.string()),
+    _f("frame_index", pa.int64()),  # 0-based index in the decoded stream
+    _f("time_s", pa.float64()),  # PTS seconds
+    _f("face", pa.int16()),  # index of the face within its frame
+    _f("track_id", pa.int32()),
+    _f("score", pa.float32()),
+    _f("bbox", pa.list_(pa.float32(), 4)),  # x1, y1, x2, y2 source px
+    _f("kps5", pa.list_(pa.float32(), 10)),  # 5 (x, y): eyes, nose, mouth corners
+    _f("landmarks68", pa.list_(pa.float32(), 136)),  # 68 (x, y) source px
+    _f("width", pa.int32()),  # frame size (after rotation)
+    _f("height", pa.int32()),
+])
+
+META_SCHEMA = pa.schema([
+    _f("video_id", pa.string()),
+    _f("source_path", pa.string()),
+    _f("duration_s", pa.float64(), True),  # null: unknown
+    _f("native_fps", pa.float64(), True),  # null: unknown (e.g. decode error)
+    _f("frame_count", pa.int64()),  # decoded frames seen
+    _f("sampled_frames", pa.int64()),
+    _f("rotation", pa.int32()),
+    _f("width", pa.int32(), True),
+    _f("height", pa.int32(), True),
+    _f("settings_hash", pa.string()),
+    _f("settings", pa.string()),  # JSON
+    _f("versions", pa.string()),  # JSON: torch, pyav, numpy, pyarrow, s2d-pipeline
+    _f("status", pa.string()),  # ok | no_faces | error
+    _f("error", pa.string(), True),
+    _f("n_faces", pa.int64()),
+    _f("n_tracks", pa.int32()),
+    _f("decode_seconds", pa.float64(), True),
+    _f("total_seconds", pa.float64(), True),
+])
+
+STATUSES = ("ok", "no_faces", "error")
+_FIXED = {"bbox": 4, "kps5": 10, "landmarks68": 136}
+
+
+def _jsonable(o: Any):
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"settings value of type {type(o).__name__} is not JSON-serialisable: {o!r}")
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_jsonable, allow_nan=False)
+
+
+def settings_hash(settings: dict) -> str:
+    """First 16 hex chars of sha256 of the canonical JSON (sorted keys) of the face-stage settings."""
+    return hashlib.sha256(canonical_json(settings).encode()).hexdigest()[:16]
+
+
+def file_fingerprint(path: str | Path, sha256: bool = True) -> dict:
+    """A weights file for ``settings``: {name, size, sha256} (or {name, size, mtime} when sha256=False)."""
+    p = Path(path)
+    st = p.stat()
+    fp = {"name": p.name, "size": st.st_size}
+    if sha256:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        fp["sha256"] = h.hexdigest()
+    else:
+        fp["mtime"] = st.st_mtime
+    return fp
+
+
+def library_versions() -> dict:
+    """Versions recorded with each entry (from package metadata; nothing heavy is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for key, dist in [("torch", "torch"), ("pyav", "av"), ("numpy", "numpy"), ("pyarrow", "pyarrow"),
+                      ("s2d-pipeline", "s2d-pipeline")]:
+        try:
+            out[key] = version(dist)
+        except PackageNotFoundError:
+            out[key] = None
+    return out
+
+
+def _fixed_list(a, size: int, n: int) -> pa.FixedSizeListArray:
+    flat = np.ascontiguousarray(np.asarray(a, np.float32).reshape(n, size)).reshape(-1)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), size)
+
+
+def faces_table(columns: dict) -> pa.Table:
+    """numpy columns -> FACES_SCHEMA table. bbox [n,4], kps5 [n,10] or [n,5,2], landmarks68 [n,136] or [n,68,2];
+    ``video_id``, ``width``, ``height`` may be scalars (repeated). n = len(frame_index), 0 allowed."""
+    missing = [f.name for f in FACES_SCHEMA if f.name not in columns]
+    if missing:
+        raise ValueError(f"faces_table: missing columns {missing}")
+    n = len(np.asarray(columns["frame_index"]).reshape(-1))
+    arrays = []
+    for f in FACES_SCHEMA:
+        v = columns[f.name]
+        if f.name in _FIXED:
+            arrays.append(_fixed_list(v, _FIXED[f.name], n))
+        elif f.name == "video_id":
+            vals = [v] * n if isinstance(v, str) else [str(x) for x in v]
+            arrays.append(pa.array(vals, pa.string()))
+        else:
+            a = np.asarray(v)
+            a = np.full(n, a) if a.ndim == 0 else a.reshape(-1)
+            if len(a) != n:
+                raise ValueError(f"faces_table: column {f.name} has {len(a)} rows, expected {n}")
+            arrays.append(pa.array(a.astype(f.type.to_pandas_dtype()), f.type))
+    return pa.Table.from_arrays(arrays, schema=FACES_SCHEMA)
+
+
+def entry_paths(cache_dir: str | Path, settings_hash: str, video_id: str) -> tuple[Path, Path]:
+    """(faces path, meta path) of one entry."""
+    if not video_id or "/" in video_id or "\\" in video_id or video_id.startswith(".") or "\0" in video_id:
+        raise ValueError(f"video_id {video_id!r} cannot be used as a file name")
+    d = Path(cache_dir) / "faces" / settings_hash
+    return d / f"{video_id}.faces.parquet", d / f"{video_id}.meta.parquet"
+
+
+def _atomic_write(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            pq.write_table(table, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _meta_table(meta: dict) -> pa.Table:
+    row = {}
+    for f in META_SCHEMA:
+        v = meta.get(f.name)
+        if f.name in ("settings", "versions") and not isinstance(v, (str, type(None))):
+            v = canonical_json(v)
+        if v is None and not f.nullable:
+            raise ValueError(f"meta: {f.name} is required")
+        row[f.name] = [v]
+    if row["status"][0] not in STATUSES:
+        raise ValueError(f"meta: status must be one of {STATUSES}, got {row['status'][0]!r}")
+    return pa.Table.from_pydict(row, schema=META_SCHEMA)
+
+
+def write_entry(cache_dir: str | Path, settings_hash: str, video_id: str, faces: dict | pa.Table,
+                meta: dict) -> tuple[Path, Path]:
+    """Write one video's faces and meta (meta last). ``meta`` keys follow META_SCHEMA; ``video_id`` and
+    ``settings_hash`` come from the arguments, ``n_faces``/``n_tracks``/``versions``/``rotation`` default to the
+    faces table / ``library_versions()`` / 0; ``settings``/``versions`` may be dicts (stored as JSON)."""
+    table = faces if isinstance(faces, pa.Table) else faces_table(faces)
+    if not table.schema.equals(FACES_SCHEMA):
+        table = table.select(FACES_SCHEMA.names).cast(FACES_SCHEMA)
+    for f in FACES_SCHEMA:
+        if table.column(f.name).null_count:
+            raise ValueError(f"faces: column {f.name} has nulls")
+    meta = dict(meta)
+    for key, val in (("video_id", video_id), ("settings_hash", settings_hash)):
+        if meta.setdefault(key, val) != val:
+            raise ValueError(f"meta {key} {meta[key]!r} != {val!r}")
+    meta.setdefault("n_faces", table.num_rows)
+    meta.setdefault("n_tracks", len(np.unique(table.column("track_id").to_numpy())))
+    meta.setdefault("versions", library_versions())
+    meta.setdefault("rotation", 0)
+    mt = _meta_table(meta)
+    if mt.column("n_faces")[0].as_py() != table.num_rows:
+        raise ValueError(f"meta n_faces {meta['n_faces']} != {table.num_rows} face rows")
+
+    faces_path, meta_path = entry_paths(cache_dir, settings_hash, video_id)
+    faces_path.parent.mkdir(parents=True, exist_ok=True)
+    meta_path.unlink(missing_ok=True)  # the entry is incomplete from here ...
+    _atomic_write(table, faces_path)
+    _atomic_write(mt, meta_path)  # ... until here
+    return faces_path, meta_path
+
+
+def read_meta(cache_dir: str | Path, settings_hash: str, video_id: str) -> dict | None:
+    """The meta row as a dict (settings/versions decoded), whatever its status; None if absent."""
+    path = entry_paths(cache_dir, settings_hash, video_id)[1]
+    if not path.is_file():
+        return None
+    meta = pq.read_table(path).to_pylist()[0]
+    for k in ("settings", "versions"):
+        meta[k] = json.loads(meta[k])
+    return meta
+
+
+def read_entry(cache_dir: str | Path, settings_hash: str, video_id: str) -> tuple[pa.Table, dict] | None:
+    """(faces table, meta dict) of a complete, non-error entry; None otherwise (then the video must be run)."""
+    meta = read_meta(cache_dir, settings_hash, video_id)
+    faces_path = entry_paths(cache_dir, settings_hash, video_id)[0]
+    if meta is None or meta["status"] == "error" or not faces_path.is_file():
+        return None
+    table = pq.read_table(faces_path)
+    if not table.schema.equals(FACES_SCHEMA) or table.num_rows != meta["n_faces"]:
+        return None  # written by another schema version, or not the faces this meta describes
+    return table, meta
+
+
+def list_entries(cache_dir: str | Path, settings_hash: str) -> list[str]:
+    """video_ids with a meta file in the settings folder (any status), sorted."""
+    d = Path(cache_dir) / "faces" / settings_hash
+    return sorted(p.name[:-len(".meta.parquet")] for p in d.glob("*.meta.parquet")) if d.is_dir() else []
+
+
+def read_faces(cache_dir: str | Path, settings_hash: str | None = None, video_ids: list[str] | None = None):
+    """All complete entries of one settings folder as a pandas DataFrame (FACES_SCHEMA columns; bbox, kps5 and
+    landmarks68 are numpy arrays per row). ``settings_hash`` may be omitted when the cache holds only one."""
+    if settings_hash is None:
+        root = Path(cache_dir) / "faces"
+        found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        if len(found) != 1:
+            raise ValueError(f"{root}: pass settings_hash, found {found or 'none'}")
+        settings_hash = found[0]
+    tables = []
+    for vid in video_ids if video_ids is not None else list_entries(cache_dir, settings_hash):
+        entry = read_entry(cache_dir, settings_hash, vid)
+        if entry is not None:
+            tables.append(entry[0])
+    return pa.concat_tables(tables or [FACES_SCHEMA.empty_table()]).to_pandas()
