@@ -90,5 +90,52 @@ def weights_path(name: str = typer.Argument(..., help="a known or imported name"
         raise typer.Exit(1)
 
 
+DEVICE_HELP = "auto (GPU when the cluster has one), cpu or cuda"
+
+
+def _fail(message: str, code: int = 1):
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command("faces")
+def faces_cmd(
+    paths: list[Path] = typer.Argument(..., help="video files or folders (searched recursively)"),
+    cache: Path = typer.Option(..., "--cache", help="landmark cache folder (Parquet, one entry per video)"),
+    fps: float = typer.Option(8.0, help="analysis rate: frames sampled per second, by timestamp"),
+    detector: str = typer.Option("retinaface-mobilenet", help="retinaface-mobilenet | retinaface-resnet50"),
+    detector_weights: Optional[str] = typer.Option(
+        None, envvar="S2D_DETECTOR_WEIGHTS", help="detector weights file or name (default: the detector's usual file, "
+        "looked up in $S2D_WEIGHTS_DIR, then the cache)"),
+    landmarks: str = typer.Option("mobilefacenet", help="mobilefacenet | fan"),
+    landmark_weights: Optional[str] = typer.Option(
+        None, envvar="S2D_LANDMARK_WEIGHTS", help="landmark weights file or name (default: the backend's usual file)"),
+    score_threshold: float = typer.Option(0.6, help="minimum face score"),
+    nms_threshold: float = typer.Option(0.4, help="NMS IoU threshold"),
+    long_side: int = typer.Option(640, help="frames are resized to this long side for detection"),
+    decoder: str = typer.Option("pyav", help="pyav | decord (decord leaks memory on long files)"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+):
+    """Find, landmark and track every face in every video; write the Parquet landmark cache."""
+    from pipeline.run import FaceSettings, run_faces
+    from s2d_model.weights import WeightsNotFound
+
+    settings = FaceSettings(fps=fps, detector=detector, detector_weights=detector_weights, landmarks=landmarks,
+                            landmark_weights=landmark_weights, score_threshold=score_threshold,
+                            nms_threshold=nms_threshold, long_side=long_side, decoder=decoder)
+    try:
+        result = run_faces([str(p) for p in paths], cache, settings, device=device, address=address)
+    except (WeightsNotFound, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    for v in result.videos:
+        if v["status"] == "error":
+            typer.echo(f"failed: {v['source_path']}: {v['error']}", err=True)
+    typer.echo(result.summary())
+    typer.echo(f"cache: {cache / 'faces' / result.settings_hash}")
+    if result.count("error") == len(result.videos):
+        _fail(f"every input failed ({len(result.videos)} of {len(result.videos)})")
+
+
 if __name__ == "__main__":
     app()

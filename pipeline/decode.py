@@ -201,7 +201,9 @@ class Decoder(Protocol):
     name: str
 
     def iter_chunks(self, path: str | os.PathLike, fps: float | None = 8.0, chunk_size: int = 32) -> Iterator[dict]:
-        """Yield chunks (at most ``chunk_size`` frames) of frames sampled by PTS at ``fps``."""
+        """Yield chunks (at most ``chunk_size`` frames) of frames sampled by PTS at ``fps``.
+
+        The generator's return value (``n = yield from ...``) is the number of frames decoded in all."""
         ...
 
     def read_frames(
@@ -296,6 +298,7 @@ class PyAVDecoder:
                 raise DecodeError(f"{path}: no decodable video frames")
             if frames:
                 yield _pack(idx, times, frames)
+            return n_seen
         finally:
             container.close()
 
@@ -451,6 +454,7 @@ class DecordDecoder:
         for s in range(0, len(keep), chunk_size):
             idx = keep[s : s + chunk_size]
             yield _pack(idx, [float(times[i]) for i in idx], list(self._batch(path, vr, idx)))
+        return len(times)
 
     def read_frames(self, path, frame_indices, times_s=None) -> dict:
         requested = np.asarray(frame_indices, dtype=np.int64).reshape(-1)

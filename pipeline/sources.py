@@ -14,7 +14,7 @@ from typing import Sequence
 
 import av
 
-from .decode import DecodeError, NotAVideoError, display_rotation, native_fps, open_video
+from .decode import DecodeError, display_rotation, native_fps, open_video
 
 __all__ = ["Source", "VideoInfo", "VIDEO_EXTENSIONS", "list_videos", "make_source", "probe", "is_video", "DecodeError"]
 
@@ -79,14 +79,13 @@ def make_source(path: str | os.PathLike) -> Source:
 def is_video(path: str | os.PathLike) -> bool:
     """Content probe for folder scans: PyAV opens it and finds a video stream (still images excluded).
 
-    A file PyAV cannot open at all counts as a video only if its extension says so, so corrupt,
-    truncated or unreadable videos are kept (and reported as errors later) rather than dropped.
+    A file without a video stream, or one PyAV cannot open at all, counts as a video only if its extension
+    says so: corrupt, truncated, unreadable or audio-only ``.mp4`` files are kept (and reported as errors
+    later) rather than dropped, while an ``.m4a`` song or a ``.jpg`` is not a video.
     """
     try:
         container, _ = open_video(path)
-    except NotAVideoError:
-        return False  # it opened fine: valid media, but no video in it
-    except DecodeError:
+    except DecodeError:  # NotAVideoError included
         return Path(path).suffix.lower() in VIDEO_EXTENSIONS
     container.close()
     return True

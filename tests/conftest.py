@@ -31,3 +31,14 @@ def detector_weights(fixtures_dir) -> Path:
 @pytest.fixture(scope="session")
 def landmark_weights(fixtures_dir) -> Path:
     return fixtures_dir / "weights" / "mobilefacenet_68pt.pth.tar"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One real local Ray cluster for the whole session (2 CPUs, like CI)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
