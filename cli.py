@@ -137,5 +137,83 @@ def faces_cmd(
         _fail(f"every input failed ({len(result.videos)} of {len(result.videos)})")
 
 
+@app.command("annotate")
+def annotate_cmd(
+    paths: list[Path] = typer.Argument(..., help="video files or folders (searched recursively)"),
+    out: Path = typer.Option(..., "--out", help="output folder: one timeline Parquet per video + manifest.json"),
+    weights: str = typer.Option("s2d-dfew", envvar="S2D_WEIGHTS", help="S2D weights: a name from `s2d weights "
+                                "list`, a file, or random-tiny (untrained, smoke tests only)"),
+    labels: Optional[str] = typer.Option(None, help="label set (dfew, ferv39k, mafw, ...); default: the weights'"),
+    segment: float = typer.Option(2.0, help="segment length in seconds"),
+    stride: float = typer.Option(1.0, help="seconds between segment starts"),
+    min_face_frames: int = typer.Option(8, help="skip a segment whose face is in fewer of its 16 frames"),
+    batch_size: int = typer.Option(8, help="clips per S2D forward pass"),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="landmark cache folder [default: OUT/cache]"),
+    force: bool = typer.Option(False, "--force", help="redo videos whose timeline already exists"),
+    fps: float = typer.Option(8.0, help="analysis rate of the face stage (frames per second)"),
+    detector: str = typer.Option("retinaface-mobilenet", help="retinaface-mobilenet | retinaface-resnet50"),
+    detector_weights: Optional[str] = typer.Option(None, envvar="S2D_DETECTOR_WEIGHTS",
+                                                   help="detector weights file or name"),
+    landmarks: str = typer.Option("mobilefacenet", help="face-stage landmarks: mobilefacenet | fan"),
+    landmark_weights: Optional[str] = typer.Option(
+        None, envvar="S2D_LANDMARK_WEIGHTS", help="MobileFaceNet file (face stage and S2D's landmark branch); with "
+        "--landmarks fan, the FAN file"),
+    decoder: str = typer.Option("pyav", help="pyav | decord"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+):
+    """Write a per-track, per-segment emotion timeline (Parquet) for every face in every video."""
+    from pipeline.run import AnnotateSettings, FaceSettings, run_annotate
+    from s2d_model.checkpoints import CheckpointError
+    from s2d_model.weights import WeightsNotFound
+
+    face_settings = FaceSettings(fps=fps, detector=detector, detector_weights=detector_weights,
+                                 landmarks=landmarks, landmark_weights=landmark_weights, decoder=decoder)
+    s2d_landmarks = landmark_weights if landmarks == "mobilefacenet" else None
+    settings = AnnotateSettings(weights=weights, labels=labels, s2d_landmark_weights=s2d_landmarks,
+                                segment_s=segment, stride_s=stride, min_face_frames=min_face_frames,
+                                batch_size=batch_size)
+    if weights == "random-tiny":
+        from pipeline.classify import UNTRAINED_WARNING
+
+        typer.echo(f"WARNING: {UNTRAINED_WARNING}", err=True)
+    try:
+        result = run_annotate([str(p) for p in paths], out, cache, face_settings, settings, device=device,
+                              address=address, force=force)
+    except (WeightsNotFound, FileNotFoundError, ValueError, CheckpointError) as e:
+        _fail(str(e))
+    for v in result.videos:
+        if v["status"] == "error":
+            typer.echo(f"failed: {v['video_path']}: {v['error']}", err=True)
+    typer.echo(result.summary())
+    typer.echo(f"timelines: {out}  (manifest: {out / 'manifest.json'}; summary: s2d timeline {out})")
+    if result.warning:
+        typer.echo(f"WARNING: {result.warning}", err=True)
+    if result.count("error") == len(result.videos):
+        _fail(f"every input failed ({len(result.videos)} of {len(result.videos)})")
+
+
+@app.command("timeline")
+def timeline_cmd(
+    out: Path = typer.Argument(..., help="an `s2d annotate --out` folder"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="also draw the timelines to this PNG file"),
+    video: Optional[str] = typer.Option(None, help="only this video (file name or video_id)"),
+):
+    """Summarise timelines: per video and track, the dominant emotion and the share of time per emotion."""
+    from pipeline.timeline import format_summary, plot_timeline, read_timeline_meta, read_timelines, summarize
+
+    df = read_timelines(out)
+    if video is not None:
+        df = df[(df.video_id == video) | (df.video_path.map(lambda p: Path(p).name) == video)]
+    if df.empty:
+        _fail(f"no timeline rows in {out}" + (f" for {video}" if video else ""))
+    meta = next((read_timeline_meta(p) for p in sorted(out.glob("*.timeline.parquet"))), None)
+    labels = meta["labels"] if meta else [c[2:] for c in df.columns if c.startswith("p_")]
+    typer.echo(format_summary(summarize(df, labels)))
+    if plot is not None:
+        plot_timeline(df, labels, plot)
+        typer.echo(f"plot: {plot}")
+
+
 if __name__ == "__main__":
     app()

@@ -10,12 +10,14 @@ into tracks and writes the video's cache entry atomically; memory held per video
 from __future__ import annotations
 
 import json
+import os
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from . import cache
 from .decode import DecodeError, get_decoder
@@ -61,6 +63,20 @@ def resolve_face_weights(s: FaceSettings) -> tuple[Path, Path | None]:
     else:
         raise ValueError(f"unknown landmark backend '{s.landmarks}': use mobilefacenet or fan")
     return det, lm
+
+
+def find_videos(paths) -> list[Source]:
+    sources = list_videos(paths)
+    if not sources:
+        raise FileNotFoundError(f"no videos found in {', '.join(map(str, paths))}")
+    return sources
+
+
+def prepare_faces(s: FaceSettings) -> tuple[Path, Path | None, dict, str]:
+    """(detector file, landmark file, settings record, cache key): everything decided before any work."""
+    det, lm = resolve_face_weights(s)
+    record = settings_record(s, det, lm)
+    return det, lm, record, cache.settings_hash(record)
 
 
 def settings_record(s: FaceSettings, det: Path, lm: Path | None) -> dict:
@@ -293,13 +309,9 @@ def run_faces(paths, cache_dir: str | Path, settings: FaceSettings = FaceSetting
     from tqdm import tqdm
 
     t0 = time.perf_counter()
-    det_path, lm_path = resolve_face_weights(settings)  # a missing file stops here, before any work
-    record = settings_record(settings, det_path, lm_path)
-    key = cache.settings_hash(record)
+    det_path, lm_path, record, key = prepare_faces(settings)  # a missing weights file stops here
     cache_dir = Path(cache_dir)
-    sources = list_videos(paths)
-    if not sources:
-        raise FileNotFoundError(f"no videos found in {', '.join(map(str, paths))}")
+    sources = paths if paths and isinstance(paths[0], Source) else find_videos(paths)
     by_id = {s.video_id: s for s in sources}
     result = FacesResult(cache_dir, key)
     done: dict[str, dict] = {}
@@ -367,3 +379,239 @@ def _empty_faces(vid: str) -> dict:
 
 def meta_json(meta: dict) -> str:
     return json.dumps(meta, default=str, sort_keys=True)
+
+
+# ------------------------------------------------------------------------------------------ the annotate chain
+#
+# annotate: faces (run or reuse the cache) -> [driver] segments per track -> clips (re-decode + align)
+#           -> S2D actors -> [driver] one timeline Parquet per video + a run manifest
+@dataclass(frozen=True)
+class AnnotateSettings:
+    weights: str = "s2d-dfew"  # weights name, path, or "random-tiny" (untrained, for smoke tests)
+    labels: str | None = None  # label set; default: what the weights were trained on
+    s2d_landmark_weights: str | None = None  # S2D's landmark branch (MobileFaceNet); default: "mobilefacenet"
+    segment_s: float = 2.0
+    stride_s: float = 1.0
+    min_face_frames: int = 8
+    batch_size: int = 8  # clips per S2D forward
+    windows_per_block: int = 8  # windows re-decoded together (bounds memory per task)
+
+
+@dataclass
+class AnnotateResult:
+    out_dir: Path
+    settings_hash: str
+    videos: list[dict] = field(default_factory=list)  # per video: status, error, n_tracks, n_segments, timeline
+    skipped: int = 0  # videos whose complete timeline was kept
+    clips: int = 0  # clips classified in this run
+    wall_seconds: float = 0.0
+    faces: FacesResult | None = None
+    warning: str | None = None
+
+    def count(self, status: str) -> int:
+        return sum(v["status"] == status for v in self.videos)
+
+    def summary(self) -> str:
+        return (f"videos: {self.count('ok')} ok, {self.count('no_faces')} no faces, {self.count('error')} failed "
+                f"({self.skipped} already done); segments: {sum(v['n_segments'] for v in self.videos)}; "
+                f"clips classified: {self.clips} in {self.wall_seconds:.1f} s")
+
+
+class CutClips:
+    """A block of one video's segments -> aligned uint8 clips [16, 224, 224, 3], re-decoding only their frames."""
+
+    def __init__(self, decoder: str):
+        self.decoder = get_decoder(decoder)
+
+    def __call__(self, batch: dict):
+        for vid, path, segments in zip(batch["video_id"], batch["path"], batch["segments"]):
+            yield self.block(str(vid), str(path), segments)
+
+    def block(self, vid: str, path: str, segments: list) -> dict:
+        from .align import align_clip
+
+        error = ""
+        try:
+            index = np.concatenate([s.frame_index for s in segments])
+            times = np.concatenate([s.time_s for s in segments])
+            index, first = np.unique(index, return_index=True)
+            got = self.decoder.read_frames(path, index, times[first])
+            frames = dict(zip(got["frame_index"].tolist(), got["frames"]))
+            clips = np.stack([align_clip(frames, s.frame_index, s.kps5) for s in segments])
+        except Exception as exc:  # e.g. a seek error mid-file: this video fails, the run goes on
+            error = _error_text("clips", exc)
+            clips = np.zeros((len(segments), len(segments[0].frame_index), 224, 224, 3), np.uint8)
+        return {"video_id": np.array([vid] * len(segments)),
+                "key": np.array([f"{s.track_id}:{s.segment}" for s in segments]),
+                "clip": clips, "error": np.array([error] * len(segments))}
+
+
+class TimelineAssembler:
+    """Collects each video's classified clips; when all are in, writes its timeline file atomically."""
+
+    def __init__(self, out_dir: Path, settings_hash: str, classifier, model_name: str):
+        self.out_dir, self.settings_hash, self.classifier, self.model_name = out_dir, settings_hash, classifier, model_name
+        self.plans: dict[str, tuple[Source, list]] = {}
+        self.probs: dict[str, dict[str, np.ndarray]] = {}
+        self.errors: dict[str, str] = {}
+
+    def expect(self, src: Source, segments: list) -> None:
+        self.plans[src.video_id] = (src, segments)
+        self.probs[src.video_id] = {}
+
+    def add(self, vid: str, key: str, probs: np.ndarray, error: str) -> dict | None:
+        """Feed one classified clip; returns the video's record when the video is complete."""
+        if error:
+            self.errors.setdefault(vid, error)
+        self.probs[vid][key] = probs
+        src, segments = self.plans[vid]
+        if len(self.probs[vid]) < len(segments):
+            return None
+        return self.write(src, segments, self.probs.pop(vid), self.errors.pop(vid, None))
+
+    def write(self, src: Source, segments: list, probs: dict, error: str | None) -> dict:
+        from .timeline import timeline_path, timeline_table, write_timeline
+
+        record = {"video_id": src.video_id, "video_path": src.path, "n_segments": len(segments),
+                  "n_tracks": len({s.track_id for s in segments}), "timeline": None, "error": error}
+        if error:
+            return {**record, "status": "error"}
+        rows = {"track_id": np.array([s.track_id for s in segments], np.int32),
+                "segment": np.array([s.segment for s in segments], np.int32),
+                "start_s": np.array([s.start_s for s in segments], np.float64),
+                "end_s": np.array([s.end_s for s in segments], np.float64),
+                "n_face_frames": np.array([s.n_face_frames for s in segments], np.int16),
+                "bbox": np.array([s.bbox_mean for s in segments], np.float32).reshape(-1, 4)}
+        p = np.stack([probs[f"{s.track_id}:{s.segment}"] for s in segments]) if segments else \
+            np.zeros((0, len(self.classifier.class_names)), np.float32)
+        table = timeline_table(src.video_id, src.path, rows, p, self.classifier.class_names, self.model_name,
+                               self.settings_hash, "ok")
+        path = timeline_path(self.out_dir, src.video_id, src.path)
+        write_timeline(table, path)
+        return {**record, "status": "ok", "timeline": str(path)}
+
+
+def write_empty_timeline(out_dir: Path, src: Source, classifier, model_name: str, settings_hash: str,
+                         status: str) -> str:
+    from .timeline import timeline_path, timeline_table, write_timeline
+
+    empty = {"track_id": np.zeros(0, np.int32), "segment": np.zeros(0, np.int32), "start_s": np.zeros(0),
+             "end_s": np.zeros(0), "n_face_frames": np.zeros(0, np.int16), "bbox": np.zeros((0, 4), np.float32)}
+    table = timeline_table(src.video_id, src.path, empty, np.zeros((0, len(classifier.class_names)), np.float32),
+                           classifier.class_names, model_name, settings_hash, status)
+    path = timeline_path(out_dir, src.video_id, src.path)
+    write_timeline(table, path)
+    return str(path)
+
+
+def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None,
+                 faces: FaceSettings = FaceSettings(), settings: AnnotateSettings = AnnotateSettings(),
+                 device: str = "auto", address: str | None = None, force: bool = False,
+                 progress: bool = True) -> AnnotateResult:
+    """Videos -> one emotion timeline Parquet per video under ``out_dir`` (+ ``manifest.json``)."""
+    import ray
+    from ray.data import ActorPoolStrategy
+    from tqdm import tqdm
+
+    from .classify import ClassifyClips, resolve_classifier
+    from .segments import plan_segments
+    from .timeline import is_complete, timeline_path
+
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    cache_dir = Path(cache_dir) if cache_dir else out_dir / "cache"
+    # 0. everything that can fail for lack of a file fails now, before any work
+    _, _, face_record, face_key = prepare_faces(faces)
+    classifier = resolve_classifier(settings.weights, settings.labels, settings.s2d_landmark_weights)
+    model_name = settings.weights if classifier.path is None or Path(settings.weights).name != classifier.path.name \
+        else classifier.path.name
+    record = {"faces": face_key, "classifier": classifier.fingerprint,
+              **{k: v for k, v in asdict(settings).items() if k not in ("batch_size", "windows_per_block", "weights",
+                                                                         "labels", "s2d_landmark_weights")}}
+    key = cache.settings_hash(record)
+    result = AnnotateResult(out_dir, key, warning=classifier.warning)
+    sources = find_videos(paths)
+    done: dict[str, dict] = {}
+    for s in sources:  # 1. complete timelines of the same settings are kept (unless --force)
+        path = timeline_path(out_dir, s.video_id, s.path)
+        if not force and is_complete(path, key):
+            from .timeline import read_timeline_meta
+
+            table = pq.read_table(path, columns=["track_id"])
+            done[s.video_id] = {"video_id": s.video_id, "video_path": s.path, "status": read_timeline_meta(path)["status"],
+                                "error": None, "timeline": str(path), "n_segments": table.num_rows,
+                                "n_tracks": len(set(table.column("track_id").to_pylist())), "skipped": True}
+    result.skipped = len(done)
+    todo = [s for s in sources if s.video_id not in done]
+
+    if todo:
+        # 2. the face stage (cache reused where complete)
+        result.faces = run_faces(todo, cache_dir, faces, device=device, address=address, progress=progress)
+        device = pick_device(device)
+        assembler = TimelineAssembler(out_dir, key, classifier, model_name)
+        blocks = []
+        for src, meta in zip(todo, result.faces.videos):
+            base = {"video_id": src.video_id, "video_path": src.path, "n_segments": 0, "n_tracks": 0,
+                    "timeline": None, "error": meta["error"]}
+            if meta["status"] == "error":
+                done[src.video_id] = {**base, "status": "error"}
+                continue
+            # 3. segments per track, planned from the landmark cache
+            table, _ = cache.read_entry(cache_dir, face_key, src.video_id)
+            rows = table.to_pandas()
+            duration = meta["duration_s"] or (float(rows.time_s.max()) + 1.0 / faces.fps if len(rows) else 0.0)
+            segments = plan_segments(rows, duration, settings.segment_s, settings.stride_s, settings.min_face_frames)
+            if not segments:
+                status = meta["status"]  # no_faces, or faces too briefly on screen for any segment (ok, empty)
+                done[src.video_id] = {**base, "status": status, "timeline": write_empty_timeline(
+                    out_dir, src, classifier, model_name, key, status)}
+                continue
+            assembler.expect(src, segments)
+            order = sorted(segments, key=lambda s: (s.start_s, s.track_id))
+            for i in range(0, len(order), settings.windows_per_block):
+                blocks.append({"video_id": src.video_id, "path": src.path,
+                               "segments": order[i:i + settings.windows_per_block]})
+        n_clips = sum(len(b["segments"]) for b in blocks)
+        if blocks:
+            gpus = ray.cluster_resources().get("GPU", 0) if device == "cuda" else 0
+            cpus = max(1.0, ray.cluster_resources().get("CPU", 1.0))
+            ds = ray.data.from_items(blocks, override_num_blocks=len(blocks))
+            # 4. clips: re-decode only the frames the segments use, align each face to 224x224
+            ds = ds.map_batches(CutClips, batch_size=1, compute=ActorPoolStrategy(size=max(1, int(cpus // 4))),
+                                num_cpus=0.5, fn_constructor_kwargs=dict(decoder=faces.decoder))
+            # 5. S2D: an actor per GPU, or CPU actors
+            ds = ds.map_batches(ClassifyClips, batch_size=settings.batch_size,
+                                compute=ActorPoolStrategy(size=max(1, int(gpus)) if gpus else max(1, int(cpus // 2))),
+                                num_gpus=1 if gpus else 0, num_cpus=1,
+                                fn_constructor_kwargs=dict(classifier=classifier, device=device,
+                                                           crash_marker=os.environ.get("S2D_FAULT_INJECT_MARKER")))
+            # 6. in the driver: one timeline file per video, written when its last clip is in
+            with tqdm(total=n_clips, unit="clip", desc="emotions", disable=not progress) as bar:
+                for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                    for vid, k, probs, error in zip(batch["video_id"], batch["key"], batch["probs"], batch["error"]):
+                        bar.update()
+                        result.clips += 0 if error else 1
+                        rec = assembler.add(str(vid), str(k), probs, str(error))
+                        if rec is not None:
+                            done[rec["video_id"]] = rec
+    result.videos = [done[s.video_id] for s in sources]
+    result.wall_seconds = time.perf_counter() - t0
+    write_manifest(result, record, settings, faces, classifier)
+    return result
+
+
+def write_manifest(result: AnnotateResult, record: dict, settings: AnnotateSettings, faces: FaceSettings,
+                   classifier) -> Path:
+    """``<out>/manifest.json``: settings, weights, versions, per-video status and timings (atomic)."""
+    manifest = {"settings_hash": result.settings_hash, "settings": asdict(settings), "face_settings": asdict(faces),
+                "face_settings_hash": record["faces"], "weights": classifier.fingerprint,
+                "labels": list(classifier.class_names), "warning": result.warning,
+                "versions": cache.library_versions(), "wall_seconds": result.wall_seconds,
+                "clips_classified": result.clips, "skipped": result.skipped, "videos": result.videos,
+                "faces_wall_seconds": result.faces.wall_seconds if result.faces else 0.0}
+    result.out_dir.mkdir(parents=True, exist_ok=True)
+    path = result.out_dir / "manifest.json"
+    tmp = path.with_name(f".manifest.json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, default=str))
+    os.replace(tmp, path)
+    return path

@@ -123,6 +123,26 @@ def load_checkpoint(model: S2DBase, path: str | Path, trust: bool = False, verbo
     return report
 
 
+def load_video_model(path: str | Path, trust: bool = False, verbose: bool = False) -> tuple[S2DVideo, LoadReport]:
+    """Build the S2DVideo a checkpoint file describes (configuration and classes from the file) and load it."""
+    fmt, sd, meta = split_file(read_file(path, trust), path)
+    if fmt == "image":
+        raise CheckpointError(f"{path}: an image-model checkpoint; it initialises training, it does not classify clips")
+    if "head.fc_cls.weight" not in sd or "pos_embed" not in sd:
+        raise CheckpointError(f"{path}: not an S2D video checkpoint (no head.fc_cls.weight / pos_embed)")
+    config = meta.get("config") or infer_config(sd)
+    from . import create_model
+
+    model = create_model(config, sd["head.fc_cls.weight"].shape[0], num_frames=sd["temporal_embedding"].shape[1])
+    _check_shapes(model, sd, path)
+    result = nn.Module.load_state_dict(model, sd, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith("landmark.")]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(f"{path}: keys do not match {config} (missing {missing[:20]}, "
+                              f"unexpected {list(result.unexpected_keys)[:20]})")
+    return model, LoadReport(str(path), fmt, [], [], {**meta, "config": config})
+
+
 def save_checkpoint(model: S2DBase, path: str | Path, config: str | None = None, labels: str | None = None,
                     **extra) -> Path:
     """Write ``model`` atomically in the authors' layout (video: {"model"}, image: {"model_state_dict"})."""
@@ -169,5 +189,5 @@ def save_landmark_weights(model: S2DBase | MobileFaceNet, path: str | Path) -> P
     return path
 
 
-__all__ = ["CheckpointError", "LoadReport", "load_checkpoint", "save_checkpoint", "load_landmark_weights",
+__all__ = ["CheckpointError", "LoadReport", "load_checkpoint", "load_video_model", "save_checkpoint", "load_landmark_weights",
            "save_landmark_weights", "read_file", "split_file", "infer_config", "S2DImage"]

@@ -272,3 +272,14 @@ def test_label_sets_follow_the_spec_order():
     assert S.labels("affectnet8")[-1] == "Contempt" and len(S.labels("affectnet7")) == 7
     with pytest.raises(KeyError, match="unknown label set"):
         S.labels("ckplus")
+
+
+def test_load_video_model_builds_what_the_file_describes(tiny, clip, tmp_path):
+    model, report = S.load_video_model(_authors_finetuned(tiny, tmp_path / "authors.pth"))
+    assert report.meta["config"] == "s2d_tiny" and model.num_classes == 7  # inferred from the tensors
+    model.landmark.load_state_dict(tiny.landmark.state_dict())
+    with torch.no_grad():
+        assert torch.equal(model.eval()(clip), tiny(clip))
+    image = S.save_checkpoint(S.create_image_model("s2d_tiny", 7), tmp_path / "image.pth")
+    with pytest.raises(CheckpointError, match="image-model checkpoint"):
+        S.load_video_model(image)

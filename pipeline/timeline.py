@@ -1,0 +1,227 @@
+"""Per-segment emotion timelines: schema, atomic Parquet write, completeness check, summary and plot.
+
+One file per video: ``<out>/<stem>.<video_id>.timeline.parquet``, one row per (track, segment), TIMELINE columns
+(``timeline_schema``): video_id, video_path, track_id, segment, start_s, end_s, n_face_frames, label, confidence,
+``p_<class>`` per class of the label set (lower case, spaces -> "_", in the label set's order), model, bbox (mean
+face box of the segment, x1 y1 x2 y2 source px). The schema's key/value metadata makes a file reusable:
+``s2d.settings_hash``, ``s2d.labels`` (JSON list), ``s2d.status`` (ok | no_faces), ``s2d.complete`` = "true".
+A file is written atomically (temp file in the same folder, fsync, ``os.replace``), so a present file with that
+metadata is a finished video; ``is_complete(path, settings_hash)`` is the skip test of a re-run.
+
+Reading with pandas::
+
+    import pandas as pd
+    df = pd.read_parquet("out/clip.0123abcd.timeline.parquet")     # or pipeline.timeline.read_timelines("out")
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.cache import _atomic_write
+
+STATUSES = ("ok", "no_faces")
+META_KEYS = ("settings_hash", "labels", "status", "complete")
+
+
+def class_column(name: str) -> str:
+    """'Happy' -> 'happy'; 'Some Class' -> 'some_class' (the part after p_ / share_)."""
+    return re.sub(r"\s+", "_", name.strip().lower())
+
+
+def prob_columns(labels: Sequence[str]) -> list[str]:
+    return [f"p_{class_column(c)}" for c in labels]
+
+
+def timeline_schema(labels: Sequence[str]) -> pa.Schema:
+    """The timeline columns for a label set (no metadata; ``timeline_table`` adds it)."""
+    f = lambda name, t: pa.field(name, t, nullable=False)  # noqa: E731
+    return pa.schema(
+        [f("video_id", pa.string()), f("video_path", pa.string()), f("track_id", pa.int32()),
+         f("segment", pa.int32()), f("start_s", pa.float64()), f("end_s", pa.float64()),
+         f("n_face_frames", pa.int16()), f("label", pa.string()), f("confidence", pa.float32())]
+        + [f(c, pa.float32()) for c in prob_columns(labels)]
+        + [f("model", pa.string()), f("bbox", pa.list_(pa.float32(), 4))]
+    )
+
+
+def timeline_table(video_id: str, video_path: str, rows: dict, probs, labels: Sequence[str], model: str,
+                   settings_hash: str, status: str) -> pa.Table:
+    """rows: numpy columns track_id, segment, start_s, end_s, n_face_frames [n] and bbox [n,4]; probs float[n,C]
+    (softmax, C = len(labels)). label = the argmax class (label set's spelling), confidence = its probability."""
+    labels = list(labels)
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+    n = len(np.asarray(rows["track_id"]).reshape(-1))
+    probs = np.asarray(probs, np.float32).reshape(n, len(labels))  # [n,C]
+    schema = timeline_schema(labels)
+    top = probs.argmax(1) if n else np.zeros(0, np.int64)  # [n]
+    cols = {
+        "video_id": pa.array([video_id] * n, pa.string()),
+        "video_path": pa.array([str(video_path)] * n, pa.string()),
+        "label": pa.array([labels[i] for i in top], pa.string()),
+        "confidence": pa.array(probs[np.arange(n), top], pa.float32()),
+        "model": pa.array([model] * n, pa.string()),
+        "bbox": pa.FixedSizeListArray.from_arrays(
+            pa.array(np.asarray(rows["bbox"], np.float32).reshape(n * 4), pa.float32()), 4),
+    }
+    for name in ("track_id", "segment", "start_s", "end_s", "n_face_frames"):
+        a = np.asarray(rows[name]).reshape(-1)
+        if len(a) != n:
+            raise ValueError(f"timeline_table: column {name} has {len(a)} rows, expected {n}")
+        t = schema.field(name).type
+        cols[name] = pa.array(a.astype(t.to_pandas_dtype()), t)
+    for j, name in enumerate(prob_columns(labels)):
+        cols[name] = pa.array(probs[:, j], pa.float32())
+    meta = {"s2d.settings_hash": settings_hash, "s2d.labels": json.dumps(labels), "s2d.status": status,
+            "s2d.complete": "true"}
+    return pa.Table.from_arrays([cols[name] for name in schema.names], schema=schema.with_metadata(meta))
+
+
+def _stem(video_path) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_\-]+", "_", Path(str(video_path)).stem).strip("_")
+    return stem[:80] or "video"
+
+
+def timeline_path(out_dir, video_id: str, video_path) -> Path:
+    """<out_dir>/<sanitised stem>.<video_id>.timeline.parquet"""
+    if not video_id or re.search(r"[/\\\0]", video_id) or video_id.startswith("."):
+        raise ValueError(f"video_id {video_id!r} cannot be used in a file name")
+    return Path(out_dir) / f"{_stem(video_path)}.{video_id}.timeline.parquet"
+
+
+def write_timeline(table: pa.Table, path) -> Path:
+    """Atomic write (temp file in the same folder, fsync, os.replace); creates the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(table, path)
+    return path
+
+
+def read_timeline_meta(path) -> dict | None:
+    """{"settings_hash", "labels" (list), "status", "complete": True, "num_rows"} of a finished timeline file;
+    None when the file is missing, unreadable, or lacks the s2d.* metadata."""
+    try:
+        pf = pq.ParquetFile(path)
+        raw = pf.schema_arrow.metadata or {}
+        meta = {k: raw[f"s2d.{k}".encode()].decode() for k in META_KEYS}
+        labels = json.loads(meta["labels"])
+        num_rows = pf.metadata.num_rows
+    except Exception:  # missing, truncated, not Parquet, no/partial metadata, bad JSON
+        return None
+    if meta["complete"] != "true" or meta["status"] not in STATUSES or not isinstance(labels, list):
+        return None
+    return {**meta, "labels": labels, "complete": True, "num_rows": num_rows}
+
+
+def is_complete(path, settings_hash: str) -> bool:
+    """True when ``path`` is a finished timeline written with these settings (a re-run may skip the video)."""
+    meta = read_timeline_meta(path)
+    return meta is not None and meta["settings_hash"] == settings_hash
+
+
+def read_timelines(out_dir) -> pd.DataFrame:
+    """All finished timeline files under out_dir (not recursive), concatenated (bbox: a numpy array per row).
+    Files of different label sets give the union of their p_ columns (NaN where a file has no such class)."""
+    frames = [pq.read_table(p).to_pandas() for p in sorted(Path(out_dir).glob("*.timeline.parquet"))
+              if read_timeline_meta(p) is not None]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return timeline_schema([]).empty_table().to_pandas()
+    return pd.concat(frames, ignore_index=True)
+
+
+def _covered_seconds(start: np.ndarray, end: np.ndarray) -> float:
+    """Length of the union of [start, end) intervals."""
+    total, cur_s, cur_e = 0.0, None, None
+    for s, e in sorted(zip(start.tolist(), end.tolist())):
+        if cur_e is None or s > cur_e:
+            total += 0.0 if cur_e is None else cur_e - cur_s
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    return total + (0.0 if cur_e is None else cur_e - cur_s)
+
+
+def summarize(df: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
+    """One row per (video_path, track_id): video_id, n_segments, seconds (union of the segments), start_s, end_s,
+    dominant (most frequent label; ties -> the higher mean probability, then label-set order), mean_confidence,
+    share_<class> per class (fraction of the track's segments with that label). ``labels`` may be the label set
+    or the class parts of the p_ column names (labels are matched case-insensitively, spaces as "_")."""
+    labels = list(labels)
+    shares = [f"share_{class_column(c)}" for c in labels]
+    columns = ["video_path", "video_id", "track_id", "n_segments", "seconds", "start_s", "end_s", "dominant",
+               "mean_confidence"] + shares
+    out = []
+    for (path, tid), g in df.groupby(["video_path", "track_id"], sort=True):
+        found = g["label"].map(class_column)  # compare as in the column names: "Happy" == "happy"
+        counts = np.array([(found == class_column(c)).sum() for c in labels], np.float64)  # [C]
+        mean_p = g[prob_columns(labels)].mean().to_numpy(np.float64)  # [C]
+        dominant = labels[max(range(len(labels)), key=lambda i: (counts[i], mean_p[i], -i))]
+        out.append([path, g["video_id"].iloc[0], int(tid), len(g),
+                    _covered_seconds(g["start_s"].to_numpy(), g["end_s"].to_numpy()), float(g["start_s"].min()),
+                    float(g["end_s"].max()), dominant, float(g["confidence"].mean())] + list(counts / len(g)))
+    return pd.DataFrame(out, columns=columns)
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    """A readable text table: video file, track, segments, seconds, dominant emotion, shares in %."""
+    if summary.empty:
+        return "no tracks"
+    shares = [c for c in summary.columns if c.startswith("share_")]
+    t = pd.DataFrame({
+        "video": [Path(p).name for p in summary["video_path"]],
+        "track": summary["track_id"],
+        "segments": summary["n_segments"],
+        "seconds": summary["seconds"].map(lambda v: f"{v:.1f}"),
+        "dominant": summary["dominant"],
+    })
+    for c in shares:
+        t[c[len("share_"):]] = summary[c].map(lambda v: f"{100 * v:.0f}%")
+    return t.to_string(index=False)
+
+
+def plot_timeline(df: pd.DataFrame, labels: Sequence[str], path_png, video: str | None = None) -> Path:
+    """PNG: one row per (video, track), class probabilities over time (x = segment centre, s). ``video`` keeps
+    the rows whose video_path, its file name, or video_id equals it. Raises ValueError when nothing is left."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state (renders with Agg)
+    import matplotlib
+
+    labels = list(labels)
+    if video is not None and len(df):
+        keep = (df["video_path"] == video) | (df["video_id"] == video) | \
+               (df["video_path"].map(lambda p: Path(p).name) == video)
+        df = df[keep]
+    if df is None or len(df) == 0:
+        raise ValueError("plot_timeline: no timeline rows to plot" + (f" for video {video!r}" if video else ""))
+    groups = list(df.groupby(["video_path", "track_id"], sort=True))
+    cmap = matplotlib.colormaps["tab10" if len(labels) <= 10 else "tab20"]
+    fig = Figure(figsize=(11, 1.0 + 2.4 * len(groups)), dpi=100, layout="constrained")
+    axes = fig.subplots(len(groups), 1, squeeze=False)[:, 0]
+    for ax, ((path, tid), g) in zip(axes, groups):
+        g = g.sort_values("start_s")
+        start, end = g["start_s"].to_numpy(), g["end_s"].to_numpy()
+        gap = np.r_[False, start[1:] > end[:-1]]  # [n] a segment after a hole in the track: break the line
+        at = np.flatnonzero(gap)
+        x = np.insert((start + end) / 2, at, np.nan)  # segment centres, NaN at holes
+        for j, (c, col) in enumerate(zip(labels, prob_columns(labels))):
+            y = np.insert(g[col].to_numpy(np.float64), at, np.nan)
+            ax.plot(x, y, marker="o", ms=3, lw=1.5, color=cmap(j % cmap.N), label=c)
+        ax.set_ylim(0, 1)
+        ax.set_xlim(float(g["start_s"].min()), float(g["end_s"].max()))
+        ax.set_ylabel("probability")
+        ax.set_title(f"{Path(path).name} - track {tid}", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("time (s), segment centre")
+    axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    path_png = Path(path_png)
+    path_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path_png)
+    return path_png

@@ -1,0 +1,178 @@
+"""Timeline schema, table, atomic write, completeness, summary and plot."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.timeline import (format_summary, is_complete, plot_timeline, read_timeline_meta, read_timelines,
+                               summarize, timeline_path, timeline_schema, timeline_table, write_timeline)
+from s2d_model.labels import LABEL_SETS
+
+DFEW = LABEL_SETS["dfew"]
+MAFW = LABEL_SETS["mafw"]
+HEAD = [("video_id", pa.string()), ("video_path", pa.string()), ("track_id", pa.int32()), ("segment", pa.int32()),
+        ("start_s", pa.float64()), ("end_s", pa.float64()), ("n_face_frames", pa.int16()), ("label", pa.string()),
+        ("confidence", pa.float32())]
+TAIL = [("model", pa.string()), ("bbox", pa.list_(pa.float32(), 4))]
+
+
+def rows_for(track_id, segment, start=None, seg_s=2.0):
+    track_id = np.asarray(track_id)
+    segment = np.asarray(segment)
+    n = len(track_id)
+    start = segment * 1.0 if start is None else np.asarray(start, np.float64)
+    return dict(track_id=track_id, segment=segment, start_s=start, end_s=start + seg_s,
+                n_face_frames=np.full(n, 16), bbox=np.tile([10.0, 20.0, 110.0, 150.0], (n, 1)))
+
+
+def probs_for(winners, n_classes, conf=0.6):
+    """[n,C] softmax-like rows whose argmax is winners[i] with probability conf."""
+    n = len(winners)
+    p = np.full((n, n_classes), (1 - conf) / (n_classes - 1), np.float32)
+    p[np.arange(n), winners] = conf
+    return p
+
+
+@pytest.mark.parametrize("name,expected_p", [
+    ("dfew", ["p_happy", "p_sad", "p_neutral", "p_angry", "p_surprise", "p_disgust", "p_fear"]),
+    ("mafw", ["p_anger", "p_anxiety", "p_contempt", "p_disappointment", "p_disgust", "p_fear", "p_happiness",
+              "p_helplessness", "p_neutral", "p_sadness", "p_surprise"]),
+])
+def test_schema_exact(name, expected_p):
+    s = timeline_schema(LABEL_SETS[name])
+    expected = HEAD + [(c, pa.float32()) for c in expected_p] + TAIL
+    assert [(f.name, f.type) for f in s] == expected
+    assert timeline_schema(["Very Happy", "Sad"]).names[9:11] == ["p_very_happy", "p_sad"]
+
+
+def test_table_label_confidence_and_metadata():
+    winners = [0, 6, 2, 6]
+    probs = probs_for(winners, 7)
+    probs[1] = [0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.7]
+    rows = rows_for([0, 0, 0, 1], [0, 1, 2, 0])
+    t = timeline_table("abc", "/data/My Video.mp4", rows, probs, DFEW, "s2d-dfew", "h123", "ok")
+    assert t.schema.remove_metadata().equals(timeline_schema(DFEW))
+    df = t.to_pandas()
+    assert df["label"].tolist() == ["Happy", "Fear", "Neutral", "Fear"]
+    np.testing.assert_allclose(df["confidence"], probs.max(1))
+    np.testing.assert_allclose(df[[f"p_{c.lower()}" for c in DFEW]].to_numpy(), probs)  # columns in label order
+    assert df["model"].unique().tolist() == ["s2d-dfew"] and df["video_path"].iloc[0] == "/data/My Video.mp4"
+    np.testing.assert_allclose(np.stack(df["bbox"]), rows["bbox"])
+    meta = {k.decode(): v.decode() for k, v in t.schema.metadata.items()}
+    assert meta == {"s2d.settings_hash": "h123", "s2d.labels": json.dumps(list(DFEW)), "s2d.status": "ok",
+                    "s2d.complete": "true"}
+    with pytest.raises(ValueError):
+        timeline_table("abc", "x.mp4", rows, probs, DFEW, "m", "h", "error")
+    with pytest.raises(ValueError):
+        timeline_table("abc", "x.mp4", rows, probs[:, :5], DFEW, "m", "h", "ok")
+
+
+def test_empty_table(tmp_path):
+    t = timeline_table("v0", "none.mp4", rows_for([], []), np.zeros((0, 11)), MAFW, "s2d-mafw", "h", "no_faces")
+    assert t.num_rows == 0 and t.schema.remove_metadata().equals(timeline_schema(MAFW))
+    p = write_timeline(t, timeline_path(tmp_path, "v0", "none.mp4"))
+    assert read_timeline_meta(p) == {"settings_hash": "h", "labels": list(MAFW), "status": "no_faces",
+                                     "complete": True, "num_rows": 0}
+    assert is_complete(p, "h")
+
+
+def test_timeline_path(tmp_path):
+    assert timeline_path(tmp_path, "ab12", "/x/y/My clip (1).final.mov") == \
+        tmp_path / "My_clip_1_final.ab12.timeline.parquet"
+    assert timeline_path("out", "id", "/x/.hidden").name == "hidden.id.timeline.parquet"
+    assert timeline_path("out", "id", "/x/...").name == "video.id.timeline.parquet"
+    with pytest.raises(ValueError):
+        timeline_path("out", "a/b", "v.mp4")
+
+
+def test_atomic_write_and_is_complete(tmp_path):
+    t = timeline_table("v1", "a.mp4", rows_for([0], [0]), probs_for([1], 7), DFEW, "s2d-dfew", "good", "ok")
+    p = write_timeline(t, timeline_path(tmp_path / "out", "v1", "a.mp4"))
+    assert p.is_file() and os.listdir(p.parent) == [p.name]  # no temp file left
+    assert pq.read_table(p).equals(t)
+    assert is_complete(p, "good")
+    assert not is_complete(p, "other")  # settings changed
+    assert not is_complete(tmp_path / "missing.timeline.parquet", "good")
+    # a Parquet file without the s2d metadata (e.g. written by hand)
+    bare = tmp_path / "bare.timeline.parquet"
+    pq.write_table(t.replace_schema_metadata(None), bare)
+    assert read_timeline_meta(bare) is None and not is_complete(bare, "good")
+    incomplete = tmp_path / "inc.timeline.parquet"
+    pq.write_table(t.replace_schema_metadata({**t.schema.metadata, b"s2d.complete": b"false"}), incomplete)
+    assert not is_complete(incomplete, "good")
+    # a truncated (corrupt) file
+    corrupt = tmp_path / "corrupt.timeline.parquet"
+    corrupt.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    assert read_timeline_meta(corrupt) is None and not is_complete(corrupt, "good")
+    corrupt.write_bytes(b"not parquet at all")
+    assert not is_complete(corrupt, "good")
+    # overwrite in place: still one file
+    write_timeline(t, p)
+    assert sorted(os.listdir(p.parent)) == [p.name]
+
+
+def hand_made(tmp_path) -> pd.DataFrame:
+    """Video a: track 0 with 4 segments (Happy x2, Sad x1, Neutral x1), track 3 with a Happy/Sad tie;
+    video b: no faces (empty file); a stale-settings file is still read (read_timelines reads every finished file)."""
+    probs = probs_for([0, 0, 1, 2], 7)
+    probs[2, 1] = 0.9  # track 0: Sad is confident but rare
+    tie = probs_for([0, 1], 7)
+    tie[1, 1] = 0.8  # track 3: one Happy (0.6), one Sad (0.8) -> Sad by mean probability
+    rows = rows_for([0, 0, 0, 0, 3, 3], [0, 1, 2, 5, 1, 2])
+    t = timeline_table("a1", "/v/a.mp4", rows, np.concatenate([probs, tie]), DFEW, "s2d-dfew", "h", "ok")
+    write_timeline(t, timeline_path(tmp_path, "a1", "/v/a.mp4"))
+    e = timeline_table("b2", "/v/b.mp4", rows_for([], []), np.zeros((0, 7)), DFEW, "s2d-dfew", "h", "no_faces")
+    write_timeline(e, timeline_path(tmp_path, "b2", "/v/b.mp4"))
+    (tmp_path / "junk.timeline.parquet").write_bytes(b"partial")
+    return read_timelines(tmp_path)
+
+
+def test_read_and_summarize(tmp_path):
+    df = hand_made(tmp_path)
+    assert len(df) == 6 and set(df["video_id"]) == {"a1"}
+    s = summarize(df, DFEW)
+    assert s[["video_path", "track_id"]].values.tolist() == [["/v/a.mp4", 0], ["/v/a.mp4", 3]]
+    r0, r3 = s.iloc[0], s.iloc[1]
+    assert r0["n_segments"] == 4 and r0["dominant"] == "Happy"
+    assert r0["seconds"] == pytest.approx(4.0 + 2.0)  # [0,4) and [5,7)
+    assert (r0["start_s"], r0["end_s"]) == (0.0, 7.0)
+    assert (r0["share_happy"], r0["share_sad"], r0["share_neutral"], r0["share_fear"]) == (0.5, 0.25, 0.25, 0.0)
+    assert r3["dominant"] == "Sad" and r3["seconds"] == pytest.approx(3.0)
+    assert [c for c in s.columns if c.startswith("share_")] == [f"share_{c.lower()}" for c in DFEW]
+    np.testing.assert_allclose(s[[f"share_{c.lower()}" for c in DFEW]].sum(axis=1), 1.0)
+    lower = summarize(df, [c[2:] for c in df.columns if c.startswith("p_")])  # names from the p_ columns
+    assert lower["dominant"].tolist() == ["happy", "sad"]
+    np.testing.assert_allclose(lower.filter(like="share_").to_numpy(), s.filter(like="share_").to_numpy())
+    text = format_summary(s)
+    assert "a.mp4" in text and "Happy" in text and "50%" in text and "Sad" in text
+    assert summarize(df.iloc[:0], DFEW).empty and format_summary(summarize(df.iloc[:0], DFEW)) == "no tracks"
+    assert read_timelines(tmp_path / "nothing").empty
+
+
+def test_plot_timeline(tmp_path):
+    from matplotlib.image import imread
+
+    df = hand_made(tmp_path)
+    png = plot_timeline(df, DFEW, tmp_path / "plots" / "all.png")
+    assert png.is_file() and png.stat().st_size > 10_000
+    img = imread(png)
+    assert img.shape[1] == 1100 and img.shape[0] >= 500  # two rows (two tracks)
+    one = plot_timeline(df, DFEW, tmp_path / "one.png", video="a.mp4")
+    assert imread(one).shape == img.shape
+    # a single track, MAFW (11 classes)
+    t = timeline_table("m", "/v/m.mp4", rows_for([2] * 5, range(5)), probs_for([0, 3, 3, 10, 8], 11), MAFW,
+                       "s2d-mafw", "h", "ok")
+    single = plot_timeline(t.to_pandas(), MAFW, tmp_path / "single.png")
+    h = imread(single).shape[0]
+    assert single.stat().st_size > 10_000 and 250 <= h < img.shape[0]
+    with pytest.raises(ValueError, match="no timeline rows"):
+        plot_timeline(df.iloc[:0], DFEW, tmp_path / "empty.png")
+    with pytest.raises(ValueError, match="no timeline rows"):
+        plot_timeline(df, DFEW, tmp_path / "none.png", video="b.mp4")
+    assert not (tmp_path / "empty.png").exists()
