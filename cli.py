@@ -98,6 +98,12 @@ def _fail(message: str, code: int = 1):
     raise typer.Exit(code)
 
 
+def _report_failures(videos: list[dict], path_key: str) -> None:
+    for v in videos:
+        if v["status"] == "error":
+            typer.echo(f"failed: {v[path_key]}: {v['error']}", err=True)
+
+
 @app.command("faces")
 def faces_cmd(
     paths: list[Path] = typer.Argument(..., help="video files or folders (searched recursively)"),
@@ -128,9 +134,7 @@ def faces_cmd(
         result = run_faces([str(p) for p in paths], cache, settings, device=device, address=address)
     except (WeightsNotFound, FileNotFoundError, ValueError) as e:
         _fail(str(e))
-    for v in result.videos:
-        if v["status"] == "error":
-            typer.echo(f"failed: {v['source_path']}: {v['error']}", err=True)
+    _report_failures(result.videos, "source_path")
     typer.echo(result.summary())
     typer.echo(f"cache: {cache / 'faces' / result.settings_hash}")
     if result.count("error") == len(result.videos):
@@ -182,9 +186,7 @@ def annotate_cmd(
                               address=address, force=force)
     except (WeightsNotFound, FileNotFoundError, ValueError, CheckpointError) as e:
         _fail(str(e))
-    for v in result.videos:
-        if v["status"] == "error":
-            typer.echo(f"failed: {v['video_path']}: {v['error']}", err=True)
+    _report_failures(result.videos, "video_path")
     typer.echo(result.summary())
     typer.echo(f"timelines: {out}  (manifest: {out / 'manifest.json'}; summary: s2d timeline {out})")
     if result.warning:

@@ -37,17 +37,18 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 10, rotation: i
     return path
 
 
-def write_audio_only(path: Path) -> Path:
-    """A 1 s 440 Hz sine as AAC in an .mp4 container: media, but no video stream."""
-    rate = 16000
+def write_audio_only(path: Path, codec: str = "aac") -> Path:
+    """A 1 s 440 Hz sine (AAC in .mp4, or MP2 in .mp2): media, but no video stream."""
+    rate, fmt = 16000, {"aac": "fltp", "mp2": "s16"}[codec]
+    block = 1024 if codec == "aac" else 1152
+    pcm = 0.3 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate)
+    pcm = pcm.astype(np.float32) if fmt == "fltp" else (pcm * 32767).astype(np.int16)
     with av.open(str(path), "w") as c:
-        s = c.add_stream("aac", rate=rate)
+        s = c.add_stream(codec, rate=rate)
         s.layout = "mono"
-        t = np.arange(rate) / rate
-        pcm = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-        for start in range(0, rate, 1024):
-            block = pcm[start : start + 1024][None, :]
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block), format="fltp", layout="mono")
+        for start in range(0, rate, block):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[None, start:start + block]), format=fmt,
+                                               layout="mono")
             frame.sample_rate, frame.pts = rate, start
             for p in s.encode(frame):
                 c.mux(p)

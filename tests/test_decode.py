@@ -61,6 +61,17 @@ def quadrant_pattern(h: int, w: int) -> np.ndarray:
     return img
 
 
+def remux(src_path: Path, dst_path: Path, **open_kwargs) -> None:
+    """Copy the video packets of src_path into a new container (no re-encoding)."""
+    with av.open(str(src_path)) as src, av.open(str(dst_path), "w", **open_kwargs) as out:
+        vs = src.streams.video[0]
+        stream = out.add_stream_from_template(vs)
+        for p in src.demux(vs):
+            if p.dts is not None:
+                p.stream = stream
+                out.mux(p)
+
+
 def gray_frames(n: int, h: int = 48, w: int = 64, step: int = 20) -> list[np.ndarray]:
     return [np.full((h, w, 3), (i * step) % 256, np.uint8) for i in range(n)]
 
@@ -264,13 +275,7 @@ def test_read_frames_seeks_across_keyframes(tmp_path):
 def test_frames_without_pts_get_synthesised_times(tmp_path, fixtures_dir):
     """A raw H.264 elementary stream has no timestamps: times become previous + 1/native fps."""
     raw = tmp_path / "raw.h264"
-    with av.open(str(fixtures_dir / "videos/single_face.mp4")) as src, av.open(str(raw), "w", format="h264") as out:
-        vs = src.streams.video[0]
-        os_ = out.add_stream_from_template(vs)
-        for p in src.demux(vs):
-            if p.dts is not None:
-                p.stream = os_
-                out.mux(p)
+    remux(fixtures_dir / "videos/single_face.mp4", raw, format="h264")
     with av.open(str(raw)) as c:
         assert next(c.decode(video=0)).pts is None  # the premise of this test
     info = probe(raw)
@@ -353,14 +358,7 @@ def test_unreadable_file_simulated(tmp_path, fixtures_dir, monkeypatch):
 def test_truncated_mid_file_reports_frame(tmp_path, fixtures_dir):
     """moov at the front (faststart) so it opens; cut in half it fails partway: DecodeError names the frame."""
     full = tmp_path / "fast.mp4"
-    with av.open(str(fixtures_dir / "videos/single_face.mp4")) as src, \
-            av.open(str(full), "w", options={"movflags": "faststart"}) as out:
-        vs = src.streams.video[0]
-        os_ = out.add_stream_from_template(vs)
-        for p in src.demux(vs):
-            if p.dts is not None:
-                p.stream = os_
-                out.mux(p)
+    remux(fixtures_dir / "videos/single_face.mp4", full, options={"movflags": "faststart"})
     data = full.read_bytes()
     assert data[36:40] == b"moov" or b"moov" in data[:2000]
     cut = tmp_path / "cut.mp4"

@@ -11,25 +11,10 @@ import numpy as np
 import pytest
 
 from pipeline.decode import DecodeError
+from media import write_audio_only
 from pipeline.sources import Source, VideoInfo, list_videos, make_source, probe
 
 VIDEOS = ["videos/single_face.mp4", "videos/no_face.mp4", "videos/face_noface.mov"]
-
-
-def write_audio_only(path):
-    rate = 16000
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("mp2", rate=rate)
-        s.layout = "mono"
-        pcm = (0.3 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate) * 32767).astype(np.int16)
-        for start in range(0, rate, 1152):
-            frame = av.AudioFrame.from_ndarray(pcm[None, start : start + 1152].copy(), format="s16", layout="mono")
-            frame.sample_rate, frame.pts = rate, start
-            for p in s.encode(frame):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
 
 
 @pytest.mark.parametrize("name", VIDEOS)
@@ -51,7 +36,7 @@ def test_probe_errors(tmp_path, fixtures_dir):
     (tmp_path / "zero.mov").write_bytes(b"")
     with pytest.raises(DecodeError, match="empty file"):
         probe(tmp_path / "zero.mov")
-    write_audio_only(tmp_path / "tone.mp2")
+    write_audio_only(tmp_path / "tone.mp2", "mp2")
     with pytest.raises(DecodeError, match="audio-only"):
         probe(tmp_path / "tone.mp2")
     with pytest.raises(DecodeError, match="still image"):
@@ -78,7 +63,7 @@ def tree(tmp_path, fixtures_dir):
     (root / "zero.mov").write_bytes(b"")  # broken video: kept (by extension) to be reported later
     (root / "nested" / "corrupt.mp4").write_bytes(os.urandom(4096))
     (root / "random.bin").write_bytes(os.urandom(4096))  # junk with no video extension: skipped
-    write_audio_only(root / "tone.mp2")  # valid media, no video: skipped
+    write_audio_only(root / "tone.mp2", "mp2")  # valid media, no video: skipped
     return root
 
 
