@@ -10,6 +10,9 @@ app = typer.Typer(help="s2d-pipeline: faces, tracks and S2D emotion timelines fo
                   no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
 weights_app = typer.Typer(help="Known model weights: list, download, import local files.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
+train_app = typer.Typer(help="Train S2D on Ray Train: the static image stage, then the dynamic video stage.",
+                        no_args_is_help=True)
+app.add_typer(train_app, name="train")
 
 
 def _version() -> str:
@@ -147,7 +150,8 @@ def annotate_cmd(
     out: Path = typer.Option(..., "--out", help="output folder: one timeline Parquet per video + manifest.json"),
     weights: str = typer.Option("s2d-dfew", envvar="S2D_WEIGHTS", help="S2D weights: a name from `s2d weights "
                                 "list`, a file, or random-tiny (untrained, smoke tests only)"),
-    labels: Optional[str] = typer.Option(None, help="label set (dfew, ferv39k, mafw, ...); default: the weights'"),
+    labels: Optional[str] = typer.Option(None, help="label set (dfew, ferv39k, mafw, ...) or class names a,b,c; "
+                                         "default: the weights'"),
     segment: float = typer.Option(2.0, help="segment length in seconds"),
     stride: float = typer.Option(1.0, help="seconds between segment starts"),
     min_face_frames: int = typer.Option(8, help="skip a segment whose face is in fewer of its 16 frames"),
@@ -215,6 +219,175 @@ def timeline_cmd(
     if plot is not None:
         plot_timeline(df, labels, plot)
         typer.echo(f"plot: {plot}")
+
+
+# ------------------------------------------------------------------------------------------ training jobs
+LANDMARK_HELP = "MobileFaceNet file or name for S2D's landmark branch [default: mobilefacenet, looked up in " \
+                "$S2D_WEIGHTS_DIR, then the cache]"
+
+
+def _train(stage: str, data: Path, format: str, out: Path, **options) -> None:
+    from jobs.datasets import DatasetError
+    from jobs.train import train_dynamic, train_static
+    from s2d_model.checkpoints import CheckpointError
+    from s2d_model.weights import WeightsNotFound
+
+    options = {k: v for k, v in options.items() if v is not None}
+    try:
+        summary = (train_static if stage == "static" else train_dynamic)(data, format, out, **options)
+    except (WeightsNotFound, DatasetError, CheckpointError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    best = summary.get("best_metrics") or {}
+    score = (f" (val UAR {100 * best['val_uar']:.2f}, WAR {100 * best['val_war']:.2f}, epoch {best['epoch'] + 1})"
+             if best.get("val_uar") is not None else "")
+    typer.echo(f"best checkpoint: {summary['best_checkpoint']}{score}")
+    typer.echo(f"last checkpoint: {summary['last_checkpoint']}")
+    typer.echo(f"metrics: {summary['metrics_csv']}")
+
+
+@train_app.command("static")
+def train_static_cmd(
+    data: Path = typer.Option(..., "--data", help="dataset root (or a CSV file for --format csv)"),
+    format: str = typer.Option(..., "--format", help="rafdb | affectnet7 | affectnet8 | csv"),
+    out: Path = typer.Option(..., "--out", help="run folder: checkpoints, metrics.csv/jsonl, best.pth, last.pth"),
+    labels: Optional[str] = typer.Option(None, help="csv format: a label set (rafdb, dfew, ...) or class names a,b,c"),
+    model: str = typer.Option("s2d_base_patch16_224", help="model configuration (s2d_tiny for smoke runs)"),
+    init: Optional[str] = typer.Option(None, help="start from this checkpoint (MAE/ViT or the authors' image model)"),
+    epochs: int = typer.Option(100, help="epochs"),
+    batch_size: int = typer.Option(8, help="samples per worker and step"),
+    lr: Optional[float] = typer.Option(None, help="base lr per 8 samples, scaled by the total batch [default 2.5e-6]"),
+    workers: int = typer.Option(1, help="training workers (processes; one GPU each with --gpus-per-worker 1)"),
+    gpus_per_worker: float = typer.Option(0, help="GPUs per worker (0: train on CPU)"),
+    cpus_per_worker: float = typer.Option(1, help="CPUs reserved per worker"),
+    seed: int = typer.Option(0, help="random seed"),
+    val_fraction: float = typer.Option(0.1, help="share of the training data held out to pick the best epoch"),
+    mixup: Optional[bool] = typer.Option(None, "--mixup/--no-mixup", help="mixup/cutmix [default: the recipe's]"),
+    max_failures: int = typer.Option(0, help="restart a failed worker group up to N times from the last checkpoint"),
+    landmark_weights: str = typer.Option("mobilefacenet", envvar="S2D_LANDMARK_WEIGHTS", help=LANDMARK_HELP),
+    trust: bool = typer.Option(False, help="allow arbitrary pickled objects in the --init file"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
+):
+    """Train the static image model (S2DImage) on RAF-DB / AffectNet-style data. Re-running resumes."""
+    _train("static", data, format, out, labels=labels, model=model, init=init, epochs=epochs, batch_size=batch_size,
+           lr=lr, workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, seed=seed,
+           val_fraction=val_fraction, mixup=mixup, max_failures=max_failures, landmark_weights=landmark_weights,
+           trust=trust, address=address)
+
+
+@train_app.command("dynamic")
+def train_dynamic_cmd(
+    data: Path = typer.Option(..., "--data", help="dataset root (or a CSV file for --format csv)"),
+    format: str = typer.Option(..., "--format", help="dfew | ferv39k | mafw | csv"),
+    out: Path = typer.Option(..., "--out", help="run folder: checkpoints, metrics.csv/jsonl, best.pth, last.pth"),
+    fold: Optional[int] = typer.Option(None, help="DFEW / MAFW fold (1..5)"),
+    labels: Optional[str] = typer.Option(None, help="csv format: a label set (dfew, ...) or class names a,b,c"),
+    init: Optional[str] = typer.Option(None, help="static checkpoint to start from (e.g. s2d-affectnet7-image or a "
+                                       "`s2d train static` best.pth); without it: random init, with a warning"),
+    model: str = typer.Option("s2d_base_patch16_224", help="model configuration (s2d_tiny for smoke runs)"),
+    epochs: int = typer.Option(100, help="epochs"),
+    batch_size: int = typer.Option(8, help="clips per worker and step"),
+    lr: Optional[float] = typer.Option(None, help="base lr per 8 clips, scaled by the total batch [default 1e-5]"),
+    workers: int = typer.Option(1, help="training workers (processes; one GPU each with --gpus-per-worker 1)"),
+    gpus_per_worker: float = typer.Option(0, help="GPUs per worker (0: train on CPU)"),
+    cpus_per_worker: float = typer.Option(1, help="CPUs reserved per worker"),
+    seed: int = typer.Option(0, help="random seed"),
+    oversample: bool = typer.Option(False, help="draw classes near-uniformly every epoch"),
+    sdl: bool = typer.Option(False, help="emotion-anchor self-distillation loss"),
+    val_fraction: float = typer.Option(0.1, help="share of the training data held out to pick the best epoch"),
+    mixup: Optional[bool] = typer.Option(None, "--mixup/--no-mixup", help="mixup/cutmix [default: the recipe's]"),
+    max_failures: int = typer.Option(0, help="restart a failed worker group up to N times from the last checkpoint"),
+    landmark_weights: str = typer.Option("mobilefacenet", envvar="S2D_LANDMARK_WEIGHTS", help=LANDMARK_HELP),
+    trust: bool = typer.Option(False, help="allow arbitrary pickled objects in the --init file"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
+):
+    """Fine-tune the video model (S2DVideo) on DFEW / FERV39K / MAFW-style clips. Re-running resumes."""
+    _train("dynamic", data, format, out, fold=fold, labels=labels, init=init, model=model, epochs=epochs,
+           batch_size=batch_size, lr=lr, workers=workers, gpus_per_worker=gpus_per_worker,
+           cpus_per_worker=cpus_per_worker, seed=seed, oversample=oversample, sdl=sdl, val_fraction=val_fraction,
+           mixup=mixup, max_failures=max_failures, landmark_weights=landmark_weights, trust=trust, address=address)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    data: Path = typer.Option(..., "--data", help="dataset root (or a CSV file for --format csv)"),
+    format: str = typer.Option(..., "--format", help="dfew | ferv39k | mafw | rafdb | affectnet7 | affectnet8 | csv"),
+    checkpoint: str = typer.Option(..., "--checkpoint", help="a checkpoint file or weights name (ours or the authors')"),
+    out: Optional[Path] = typer.Option(None, "--out", help="results folder [default: eval/<checkpoint>-<format>-<split>]"),
+    fold: Optional[int] = typer.Option(None, help="DFEW / MAFW fold (1..5)"),
+    split: str = typer.Option("test", help="which split to evaluate"),
+    labels: Optional[str] = typer.Option(None, help="csv format: a label set or class names a,b,c"),
+    batch_size: int = typer.Option(8, help="clips per forward pass"),
+    workers: int = typer.Option(1, help="model actors"),
+    gpus_per_worker: float = typer.Option(0, help="GPUs per actor"),
+    landmark_weights: str = typer.Option("mobilefacenet", envvar="S2D_LANDMARK_WEIGHTS", help=LANDMARK_HELP),
+    trust: bool = typer.Option(False, help="allow arbitrary pickled objects in the checkpoint"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
+):
+    """Evaluate a checkpoint on a dataset split: UAR, WAR, per-class recall, F1, confusion matrix.
+
+    The authors' protocol: two temporal views per clip (first and last 16 frames), softmax averaged. Writes
+    metrics.json, confusion.csv, confusion.png and predictions.csv to --out.
+    """
+    from jobs.datasets import DatasetError
+    from jobs.evaluate import evaluate
+    from s2d_model.checkpoints import CheckpointError
+    from s2d_model.weights import WeightsNotFound
+
+    out = out or Path("eval") / f"{Path(checkpoint).stem}-{format}-{split}{'' if fold is None else f'-fold{fold}'}"
+    try:
+        m = evaluate(data, format, checkpoint, out, fold=fold, batch_size=batch_size, landmark_weights=landmark_weights,
+                     address=address, split=split, labels=labels, workers=workers, gpus_per_worker=gpus_per_worker,
+                     trust=trust)
+    except (WeightsNotFound, DatasetError, CheckpointError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    names = __import__("json").loads(Path(m["outputs"]["metrics"]).read_text())["labels"]
+    typer.echo("recall per class: " + ", ".join(f"{n} -" if r is None or r != r else f"{n} {100 * r:.1f}"
+                                               for n, r in zip(names, m["recall"])))  # -: not in the split
+    typer.echo(f"results: {', '.join(m['outputs'].values())}")
+
+
+@app.command("prepare")
+def prepare_cmd(
+    videos_csv: Path = typer.Argument(..., help="CSV with path,label[,split] (paths relative to the CSV's folder)"),
+    out: Path = typer.Option(..., "--out", help="dataset folder: clips/<name>/00001..00016.jpg, train/val/test.csv"),
+    labels: Optional[str] = typer.Option(None, help="check labels against a label set (dfew, ...) or names a,b,c"),
+    force: bool = typer.Option(False, "--force", help="re-cut clips that already exist"),
+    fps: float = typer.Option(8.0, help="analysis rate of the face stage (frames per second)"),
+    detector: str = typer.Option("retinaface-mobilenet", help="retinaface-mobilenet | retinaface-resnet50"),
+    detector_weights: Optional[str] = typer.Option(None, envvar="S2D_DETECTOR_WEIGHTS",
+                                                   help="detector weights file or name"),
+    landmarks: str = typer.Option("mobilefacenet", help="face-stage landmarks: mobilefacenet | fan"),
+    landmark_weights: Optional[str] = typer.Option(None, envvar="S2D_LANDMARK_WEIGHTS",
+                                                   help="landmark weights file or name"),
+    decoder: str = typer.Option("pyav", help="pyav | decord"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+):
+    """Turn labelled raw videos into a DFEW-style clip dataset for training.
+
+    Per video: the face stage, its longest face track, 16 frames spread over it, aligned to 224 px as
+    `s2d annotate` aligns them. `s2d train dynamic --format csv` and `s2d evaluate --format csv` read the result.
+    """
+    from jobs.datasets import DatasetError
+    from jobs.prepare import prepare
+    from pipeline.run import FaceSettings
+    from s2d_model.weights import WeightsNotFound
+
+    faces = FaceSettings(fps=fps, detector=detector, detector_weights=detector_weights, landmarks=landmarks,
+                         landmark_weights=landmark_weights, decoder=decoder)
+    try:
+        m = prepare(videos_csv, out, faces, labels=labels, device=device, address=address, force=force)
+    except (WeightsNotFound, DatasetError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    bad = [v for v in m["videos"] if v["status"] != "ok"]
+    for v in bad:
+        typer.echo(f"left out: {v['path']}: {v['status']}" + (f": {v['error']}" if v["error"] else ""), err=True)
+    typer.echo(f"clips: {len(m['videos']) - len(bad)} of {len(m['videos'])} videos ({m['clips_written']} written, "
+               f"{m['clips_kept']} kept); " + ", ".join(f"{k}.csv {v['clips']}" for k, v in m["csv"].items()))
+    typer.echo(f"dataset: {out}  (train on it: s2d train dynamic --data {out} --format csv"
+               + (f" --labels {labels}" if labels else "") + " --init CKPT --out RUN)")
+    if len(bad) == len(m["videos"]):
+        _fail(f"no clip could be made ({len(bad)} of {len(bad)} videos left out)")
 
 
 if __name__ == "__main__":

@@ -17,15 +17,15 @@ class Classifier:
 
     weights: str  # the name or path the user gave
     path: Path | None  # resolved file; None for random-tiny
-    labels: str  # label set name
+    labels: str  # a label set name, or the class names of a custom-trained model joined by commas
     landmark_path: Path
     warning: str | None = None
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        from s2d_model import labels
+        from s2d_model import LABEL_SETS, labels
 
-        return labels(self.labels)
+        return labels(self.labels) if self.labels in LABEL_SETS else tuple(n.strip() for n in self.labels.split(","))
 
     @property
     def fingerprint(self) -> dict:
@@ -41,7 +41,8 @@ DEFAULT_LABELS_BY_CLASSES = {7: "dfew", 11: "mafw"}
 def resolve_classifier(weights: str = "s2d-dfew", labels: str | None = None,
                        landmark_weights: str | None = None) -> Classifier:
     """Resolve the classifier and landmark weights (WeightsNotFound with instructions if missing) and the label set:
-    ``labels`` if given, else what our own checkpoint records, else the registry's entry, else by class count."""
+    ``labels`` if given (a label-set name or class names ``a,b,c``), else the registry's entry, else what our own
+    checkpoint records (its label set, or its class names), else by class count."""
     from s2d_model import LABEL_SETS
     from s2d_model.checkpoints import read_file, split_file
     from s2d_model.weights import KNOWN, resolve
@@ -57,11 +58,13 @@ def resolve_classifier(weights: str = "s2d-dfew", labels: str | None = None,
         else:
             _, sd, meta = split_file(read_file(path), path)
             n = sd["head.fc_cls.weight"].shape[0] if "head.fc_cls.weight" in sd else None
-            labels = meta.get("labels") or DEFAULT_LABELS_BY_CLASSES.get(n)
-            if labels is None:
+            custom = ",".join(meta.get("label_names") or [])  # our checkpoint of a model trained on own classes
+            labels = meta.get("labels") or custom or DEFAULT_LABELS_BY_CLASSES.get(n)
+            if not labels:
                 raise ValueError(f"{path}: {n} classes; pass the label set (--labels) explicitly")
-    if labels not in LABEL_SETS:
-        raise ValueError(f"unknown label set '{labels}': choose one of {', '.join(LABEL_SETS)}")
+    if labels not in LABEL_SETS and "," not in labels:
+        raise ValueError(f"unknown label set '{labels}': choose one of {', '.join(LABEL_SETS)}, or name the classes "
+                         "in order, separated by commas")
     return Classifier(weights, path, labels, landmark_path)
 
 

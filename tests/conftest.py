@@ -33,12 +33,28 @@ def landmark_weights(fixtures_dir) -> Path:
     return fixtures_dir / "weights" / "mobilefacenet_68pt.pth.tar"
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    """One real local Ray cluster for the whole session (2 CPUs, like CI)."""
+def ensure_ray(num_cpus: int):
+    """The real local Ray with ``num_cpus`` logical CPUs: started once, restarted only if a test module needs
+    another size (the training jobs want 4 logical CPUs: 2 workers plus Ray Data decode tasks)."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
+    if ray.is_initialized() and ray.cluster_resources().get("CPU") == num_cpus:
+        return ray
     ray.shutdown()
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    return ray
+
+
+@pytest.fixture(scope="session")
+def _ray_session():
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_local(_ray_session):
+    """One real local Ray cluster (2 CPUs, like CI), shared by the tests that use it."""
+    return ensure_ray(2)

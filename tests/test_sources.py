@@ -6,8 +6,6 @@ import re
 import shutil
 import time
 
-import av
-import numpy as np
 import pytest
 
 from pipeline.decode import DecodeError

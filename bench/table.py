@@ -1,0 +1,32 @@
+"""The table the bench scripts print: rows {section, item, value, unit, ratio, vs, detail}, a blank line between
+sections. Imported as ``from table import print_table`` (the scripts run as ``python bench/<name>.py``)."""
+from __future__ import annotations
+
+
+def fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, str):
+        return v
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+
+
+def print_table(rows: list) -> None:
+    head = ("section", "what", "value", "unit", "ratio", "vs", "detail")
+    cells = [(r["section"], r["item"], fmt(r["value"]), r["unit"],
+              f"{r['ratio']:.3g}x" if r.get("ratio") is not None else "", r.get("vs", ""), r.get("detail", ""))
+             for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
+    align = "<<>><<<"
+
+    def line(c):
+        return "  ".join(f"{x:{a}{w}}" for x, a, w in zip(c, align, widths)).rstrip()
+
+    print(line(head))
+    print("  ".join("-" * w for w in widths))
+    prev = None
+    for r, c in zip(rows, cells):
+        if prev is not None and r["section"] != prev:
+            print()
+        prev = r["section"]
+        print(line(c))

@@ -1,0 +1,237 @@
+"""The authors' test protocol and its metrics.
+
+Protocol (``../shared/S2D_REFERENCE.md`` section 3): each test clip gives two temporal views, its first 16
+frames and its last 16 (padded with the last frame when shorter; one view when the clip has <= 16 frames,
+since both views are then the same), each frame resized to 224 x 224; the softmax outputs of the views are
+averaged. Images (the static stage) are one view.
+
+Metrics (pure numpy, C classes): confusion matrix (rows = true class, columns = predicted), UAR = mean
+recall over the classes present in the ground truth, WAR = accuracy, per-class recall, F1 macro (over the
+classes present in truth or predictions, as scikit-learn does) and weighted by support.
+
+``evaluate(...)`` runs it on a dataset split with Ray Data (decoding in tasks, the model in an actor) and
+writes ``metrics.json``, ``confusion.csv``, ``confusion.png`` and ``predictions.csv`` to ``out``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import s2d_model as S
+from s2d_model.checkpoints import infer_config, read_file, split_file
+
+from .augment import to_model_input
+
+
+# ============================================================================ metrics (numpy)
+def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
+    """[C, C] int64 counts, rows = true class, columns = predicted class."""
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    return cm
+
+
+def metrics_from_confusion(cm: np.ndarray) -> dict:
+    """UAR, WAR, per-class recall / precision / F1, macro and weighted F1 from a confusion matrix."""
+    cm = np.asarray(cm, dtype=np.float64)
+    support = cm.sum(axis=1)  # true count per class
+    predicted = cm.sum(axis=0)
+    tp = np.diag(cm)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = np.where(support > 0, tp / support, np.nan)  # nan: class absent from the ground truth
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        f1 = np.where(precision + np.nan_to_num(recall) > 0,
+                      2 * precision * np.nan_to_num(recall) / (precision + np.nan_to_num(recall)), 0.0)
+    total = cm.sum()
+    present = (support > 0) | (predicted > 0)
+    return {
+        "n": int(total),
+        "uar": float(np.nanmean(recall)) if (support > 0).any() else float("nan"),
+        "war": float(tp.sum() / total) if total else float("nan"),
+        "recall": [None if np.isnan(r) else float(r) for r in recall],
+        "precision": [float(p) for p in precision],
+        "f1": [float(x) for x in f1],
+        "f1_macro": float(f1[present].mean()) if present.any() else float("nan"),
+        "f1_weighted": float((f1 * support).sum() / support.sum()) if support.sum() else float("nan"),
+        "support": [int(s) for s in support],
+    }
+
+
+def compute_metrics(y_true, y_pred, num_classes: int) -> dict:
+    cm = confusion_matrix(y_true, y_pred, num_classes)
+    return {**metrics_from_confusion(cm), "confusion": cm.tolist()}
+
+
+# ============================================================================ the two-view forward
+@torch.no_grad()
+def predict_views(model: torch.nn.Module, clips: torch.Tensor, views: torch.Tensor, amp: bool = False) -> torch.Tensor:
+    """Averaged softmax of the test views. clips uint8 [B, V, T, H, W, 3]; views [B] (1 or 2) -> probs [B, C].
+
+    For an image model T = V = 1. Rows with ``views == 1`` use only their first view.
+    """
+    device = next(model.parameters()).device
+    clips, views = clips.to(device), views.to(device)
+    image = isinstance(model, S.S2DImage)
+
+    def softmax(x):  # uint8 [B, T, H, W, 3] -> [B, C]
+        x = to_model_input(x)  # [B, 3, T, H, W]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            logits = model(x[:, :, 0] if image else x)
+        return logits.float().softmax(-1)
+
+    probs = softmax(clips[:, 0])
+    two = views > 1
+    if two.any() and clips.shape[1] > 1:
+        probs[two] = (probs[two] + softmax(clips[two, 1])) / 2
+    return probs
+
+
+# ============================================================================ checkpoints -> models
+def model_from_checkpoint(path: str | Path, landmark_weights: str | Path | None, trust: bool = False):
+    """Build the S2DVideo / S2DImage a checkpoint describes and load it. -> (model in eval mode, meta)."""
+    fmt, sd, meta = split_file(read_file(path, trust), path)
+    config = meta.get("config") or infer_config(sd)
+    image = meta.get("kind") == "image" or (meta.get("kind") is None and fmt == "image")
+    head = sd.get("head.weight") if image else sd.get("head.fc_cls.weight")
+    if head is None:
+        raise S.CheckpointError(f"{path}: no classifier head in the checkpoint")
+    num_classes = head.shape[0]
+    if image:
+        model = S.create_image_model(config, num_classes)
+    else:
+        num_frames = meta.get("num_frames") or sd["temporal_embedding"].shape[1]
+        model = S.create_model(config, num_classes, num_frames=num_frames)
+    S.load_checkpoint(model, path, trust=trust, verbose=False)
+    if landmark_weights is not None:
+        S.load_landmark_weights(model, landmark_weights)
+    return model.eval(), {**meta, "config": config, "num_classes": num_classes, "kind": "image" if image else "video"}
+
+
+class Predictor:
+    """Ray Data callable class: a batch of test views -> averaged softmax probabilities."""
+
+    def __init__(self, checkpoint: str, landmark_weights: str, trust: bool = False):
+        self.model, _ = model_from_checkpoint(checkpoint, landmark_weights, trust)
+        if torch.cuda.is_available():
+            self.model.cuda()
+
+    def __call__(self, batch: dict) -> dict:
+        probs = predict_views(self.model, torch.tensor(batch["clip"]), torch.tensor(batch["views"]),
+                              amp=torch.cuda.is_available())
+        return {"probs": probs.cpu().numpy(), "label": batch["label"], "index": batch["index"],
+                "weight": batch["weight"]}
+
+
+# ============================================================================ outputs
+def write_outputs(out: Path, metrics: dict, label_names, samples=None, probs=None) -> dict:
+    """metrics.json, confusion.csv, confusion.png (and predictions.csv) in ``out``; -> their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    cm = np.asarray(metrics["confusion"])
+    (out / "metrics.json").write_text(json.dumps({**metrics, "labels": list(label_names)}, indent=1))
+    with open(out / "confusion.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["true \\ predicted", *label_names])
+        for name, row in zip(label_names, cm):
+            w.writerow([name, *row.tolist()])
+    plot_confusion(cm, label_names, out / "confusion.png",
+                   title=f"UAR {100 * metrics['uar']:.2f}  WAR {100 * metrics['war']:.2f}  (n={metrics['n']})")
+    paths = {"metrics": str(out / "metrics.json"), "confusion_csv": str(out / "confusion.csv"),
+             "confusion_png": str(out / "confusion.png")}
+    if samples is not None and probs is not None:
+        with open(out / "predictions.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "label", "pred", *[f"p_{n}" for n in label_names]])
+            for s, p in zip(samples, probs):
+                w.writerow([s["path"], s["label"], int(np.argmax(p)), *[f"{v:.6f}" for v in p]])
+        paths["predictions"] = str(out / "predictions.csv")
+    return paths
+
+
+def plot_confusion(cm: np.ndarray, label_names, path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    rows = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)  # row-normalised (recall per cell)
+    n = len(label_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * n, 0.8 + 0.7 * n))
+    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), label_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), label_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{cm[i, j]}\n{100 * rows[i, j]:.0f}%", ha="center", va="center", fontsize=7,
+                    color="white" if rows[i, j] > 0.5 else "black")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ============================================================================ the job
+def evaluate(data: str | Path, format: str, checkpoint: str | Path, out: str | Path, fold: int | None = None,
+             batch_size: int = 8, landmark_weights: str = "mobilefacenet", address: str | None = None,
+             split: str = "test", labels: str | None = None, workers: int = 1, gpus_per_worker: float = 0,
+             trust: bool = False, decode_batch_size: int = 4) -> dict:
+    """Evaluate a checkpoint (ours or the authors', a path or a weights name) on a dataset split.
+
+    -> {"uar", "war", "f1_macro", "f1_weighted", "recall", "confusion", ..., "outputs": {file paths}}.
+    """
+    from s2d_model import weights as W
+
+    from .datasets import eval_dataset, load_split
+
+    ckpt = W.resolve(str(checkpoint)).resolve()
+    landmark = W.resolve(str(landmark_weights)).resolve()  # a missing file stops here, with the weights message
+    model, meta = model_from_checkpoint(ckpt, landmark, trust)  # validates the file before starting Ray work
+    num_frames = model.num_frames or 1
+    del model
+    data_split = load_split(data, format, split, fold, labels)
+    if meta["num_classes"] != data_split.num_classes:
+        raise ValueError(f"{ckpt}: the checkpoint has {meta['num_classes']} classes, the dataset "
+                         f"{data_split.source} has {data_split.num_classes}")
+    image_mode = meta["kind"] == "image"
+
+    import ray
+
+    init_ray(address)
+    ds = eval_dataset(data_split.samples, num_frames=num_frames, image_mode=image_mode,
+                      decode_batch_size=decode_batch_size)
+    ds = ds.map_batches(Predictor, fn_constructor_kwargs=dict(checkpoint=str(ckpt), landmark_weights=str(landmark),
+                                                              trust=trust),
+                        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers),
+                        num_gpus=gpus_per_worker or None)
+    probs = np.zeros((len(data_split.samples), data_split.num_classes), dtype=np.float32)
+    seen = np.zeros(len(data_split.samples), dtype=bool)
+    for batch in ds.iter_batches(batch_size=None):
+        keep = batch["weight"] > 0
+        probs[batch["index"][keep]] = batch["probs"][keep]
+        seen[batch["index"][keep]] = True
+    if not seen.all():
+        raise RuntimeError(f"evaluation lost {int((~seen).sum())} samples")
+    y_true = np.array([s["label"] for s in data_split.samples])
+    metrics = compute_metrics(y_true, probs.argmax(1), data_split.num_classes)
+    metrics.update(checkpoint=str(ckpt), data=str(data), format=format, split=split, fold=fold)
+    outputs = write_outputs(Path(out), metrics, data_split.label_names, data_split.samples, probs)
+    print(f"{format} {split}{'' if fold is None else f' fold {fold}'}: UAR {100 * metrics['uar']:.2f}  "
+          f"WAR {100 * metrics['war']:.2f}  F1 macro {100 * metrics['f1_macro']:.2f}  (n={metrics['n']}) -> {out}")
+    return {**metrics, "outputs": outputs}
+
+
+def init_ray(address: str | None) -> None:
+    """Connect to the cluster at ``address`` (e.g. ``ray://head:10001`` or ``auto``), else start a local Ray;
+    nothing if Ray is already initialised in this process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address=address) if address else ray.init()

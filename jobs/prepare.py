@@ -1,0 +1,176 @@
+"""``s2d prepare``: raw labelled videos -> a DFEW-style clip dataset (16 aligned 224 px frames per clip + CSV).
+
+Input: a CSV with columns ``path,label`` and optionally ``split`` (``train``, ``val`` or ``test``; default
+``train``). Paths are video files, relative to the CSV's folder or absolute. Labels are kept as written (an
+int or a class name); with ``labels`` (a label-set name or comma-separated class names) they are checked first.
+
+Per video:
+1. the face stage (``pipeline.run.run_faces``; its landmark cache under ``OUT/cache`` is reused on re-runs);
+2. the track with the most sampled faces (ties: the larger mean box) is the clip's subject;
+3. 16 target times spread uniformly over that track's span (first to last face time, plus one sampling
+   step), ``t_j = t0 + (j + 0.5) * span / 16``, each taking the nearest frame of the track -- DFEW's clips are
+   16 frames spread over the whole clip; a track shorter than 16 sampled frames repeats frames;
+4. those frames are re-decoded and aligned exactly as ``s2d annotate`` aligns its clips (``pipeline.align``:
+   5-point similarity transform, the same margin), so training and inference see the same crops;
+5. written as ``OUT/clips/<name>/00001.jpg .. 00016.jpg`` (JPEG quality 95; ``<name>`` is the file's stem plus
+   its ``video_id``), into a temporary folder renamed when complete.
+
+Outputs: ``OUT/{train,val,test}.csv`` (``path,label``, paths relative to OUT: ``s2d train dynamic --data OUT
+--format csv`` and ``s2d evaluate --format csv`` read them as they are) and ``OUT/prepare.json`` (settings and
+per-video status: ``ok``, ``no_faces`` or ``error`` with the reason, the chosen track, its frames). Videos without
+a usable face are reported and left out of the CSVs; the run goes on. A re-run keeps complete clip folders
+(``force`` redoes them). Clip cutting runs in the driver: 16 frames per video, small next to the face stage.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from .datasets import DatasetError, _csv_names, _read_table, parse_label
+
+FRAMES = 16
+SPLITS = ("train", "val", "test")
+
+
+def read_videos_csv(path: str | Path, labels: str | None = None) -> list[dict]:
+    """``path,label[,split]`` rows -> [{"path": absolute str, "label": str, "split": str, "line": int}].
+    A bad label or split stops here, naming the row; a missing or unreadable video becomes an error row later."""
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise DatasetError(f"videos CSV not found: {path} (expected columns path,label and optionally split)")
+    names = _csv_names(labels)
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        header = [h.strip().lower() for h in next(csv.reader(f), [])]
+    columns = [("path", "file", "video"), ("label", "labels", "emotion")] + ([("split",)] if "split" in header else [])
+    rows = []
+    for line, values in _read_table(path, columns):
+        rel, label = values[:2]
+        where = f"{path}:{line}"
+        video = Path(rel) if Path(rel).is_absolute() else path.parent / rel
+        if names is not None:
+            parse_label(label, names, 0, where)  # unknown class names and out-of-range ints stop here
+        split = (values[2] if len(values) > 2 and values[2] else "train").lower()
+        if split not in SPLITS:
+            raise DatasetError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+        rows.append({"path": str(video.resolve()), "label": label, "split": split, "line": line})
+    if not rows:
+        raise DatasetError(f"{path}: no videos listed")
+    return rows
+
+
+def pick_track(faces) -> tuple[int, np.ndarray] | None:
+    """The subject of a clip: (track_id, row indices sorted by time) of the track with the most faces, ties
+    broken by the larger mean box area; None when there is no face."""
+    track = faces.column("track_id").to_numpy()
+    if len(track) == 0:
+        return None
+    box = faces.column("bbox").combine_chunks().flatten().to_numpy().reshape(-1, 4)
+    area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
+    best = max(np.unique(track), key=lambda t: (int((track == t).sum()), float(area[track == t].mean()), -int(t)))
+    rows = np.flatnonzero(track == best)
+    return int(best), rows[np.argsort(faces.column("time_s").to_numpy()[rows], kind="stable")]
+
+
+def clip_frames(times: np.ndarray, n: int = FRAMES) -> np.ndarray:
+    """Sorted face times [m] -> n positions into them: the nearest to n targets spread over the span."""
+    step = float(np.median(np.diff(times))) if len(times) > 1 else 0.0
+    span = float(times[-1] - times[0]) + step
+    targets = times[0] + (np.arange(n) + 0.5) * span / n  # [n]
+    return np.abs(times[None, :] - targets[:, None]).argmin(1)  # [n], ties: the earlier frame
+
+
+def _clip_dir_complete(folder: Path) -> bool:
+    return folder.is_dir() and len(list(folder.glob("*.jpg"))) == FRAMES
+
+
+def cut_clip(video: str, faces, rows: np.ndarray, folder: Path, decoder: str = "pyav") -> dict:
+    """Decode the clip's frames, align them and write ``folder/00001.jpg ..`` atomically -> frame info."""
+    from PIL import Image
+
+    from pipeline.align import align_clip
+    from pipeline.decode import get_decoder
+
+    times = faces.column("time_s").to_numpy()[rows]
+    pick = rows[clip_frames(times)]  # [16] face rows
+    frame_index = faces.column("frame_index").to_numpy()[pick]
+    kps5 = faces.column("kps5").combine_chunks().flatten().to_numpy().reshape(-1, 10)[pick]
+    index, first = np.unique(frame_index, return_index=True)
+    got = get_decoder(decoder).read_frames(video, index, faces.column("time_s").to_numpy()[pick][first])
+    clip = align_clip(dict(zip(got["frame_index"].tolist(), got["frames"])), frame_index, kps5)  # [16,224,224,3]
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for j, frame in enumerate(clip, start=1):
+        Image.fromarray(frame).save(tmp / f"{j:05d}.jpg", quality=95)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return {"frame_index": frame_index.tolist(), "time_s": [round(float(t), 4) for t in times[clip_frames(times)]]}
+
+
+def prepare(videos_csv: str | Path, out: str | Path, faces=None, labels: str | None = None, device: str = "auto",
+            address: str | None = None, force: bool = False, progress: bool = True) -> dict:
+    """Build the clip dataset; -> the manifest (also written to ``OUT/prepare.json``)."""
+    from tqdm import tqdm
+
+    from pipeline import cache
+    from pipeline.run import FaceSettings, run_faces
+    from pipeline.sources import make_source
+
+    t0 = time.perf_counter()
+    faces = faces or FaceSettings()
+    rows = read_videos_csv(videos_csv, labels)  # a bad row stops here, before any work
+    out = Path(out).expanduser().resolve()
+    (out / "clips").mkdir(parents=True, exist_ok=True)
+    sources = [make_source(r["path"]) for r in rows]
+    result = run_faces(list({s.video_id: s for s in sources}.values()), out / "cache", faces, device=device,
+                       address=address, progress=progress)
+    metas = {m["video_id"]: m for m in result.videos}
+
+    videos, written, kept = [], 0, 0
+    for row, src in tqdm(list(zip(rows, sources)), unit="clip", desc="clips", disable=not progress):
+        meta = metas[src.video_id]
+        name = f"{Path(src.path).stem}-{src.video_id}"
+        entry = {"path": src.path, "label": row["label"], "split": row["split"], "video_id": src.video_id,
+                 "clip": f"clips/{name}", "status": meta["status"], "error": meta.get("error")}
+        videos.append(entry)
+        if meta["status"] != "ok":
+            continue
+        table, _ = cache.read_entry(out / "cache", result.settings_hash, src.video_id)
+        track_id, track_rows = pick_track(table)
+        entry.update(track_id=track_id, track_faces=len(track_rows))
+        folder = out / "clips" / name
+        if not force and _clip_dir_complete(folder):
+            kept += 1
+            continue
+        try:
+            entry.update(cut_clip(src.path, table, track_rows, folder, faces.decoder))
+            written += 1
+        except Exception as exc:  # e.g. a seek error: this video is left out, the others go on
+            entry.update(status="error", error=f"clips: {type(exc).__name__}: {exc}")
+
+    csvs = {}
+    for split in SPLITS:
+        ok = [v for v in videos if v["split"] == split and v["status"] == "ok"]
+        target = out / f"{split}.csv"
+        if not ok:
+            target.unlink(missing_ok=True)
+            continue
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text("path,label\n" + "".join(f"{v['clip']},{v['label']}\n" for v in ok))
+        os.replace(tmp, target)
+        csvs[split] = {"file": str(target), "clips": len(ok)}
+    manifest = {"videos_csv": str(Path(videos_csv).resolve()), "out": str(out), "labels": labels,
+                "faces": asdict(faces), "faces_settings_hash": result.settings_hash, "csv": csvs,
+                "clips_written": written, "clips_kept": kept, "faces_from_cache": result.cached,
+                "wall_seconds": round(time.perf_counter() - t0, 2), "videos": videos}
+    tmp = out / ".prepare.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1, default=str))
+    os.replace(tmp, out / "prepare.json")
+    return manifest

@@ -1,0 +1,120 @@
+"""jobs/evaluate.py: metrics on known predictions, the two-view forward, outputs, checkpoint round trips."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import s2d_model as S
+from jobs.evaluate import (compute_metrics, confusion_matrix, model_from_checkpoint, predict_views, write_outputs)
+from jobs.sdl import EmotionAnchors, sdl_weight
+
+
+def test_metrics_on_known_predictions():
+    y_true = [0, 0, 0, 0, 1, 1, 2, 2, 2, 2]
+    y_pred = [0, 0, 1, 2, 1, 0, 2, 2, 2, 2]
+    cm = confusion_matrix(y_true, y_pred, 3)
+    np.testing.assert_array_equal(cm, [[2, 1, 1], [1, 1, 0], [0, 0, 4]])
+    m = compute_metrics(y_true, y_pred, 3)
+    assert m["recall"] == pytest.approx([2 / 4, 1 / 2, 4 / 4])
+    assert m["uar"] == pytest.approx((0.5 + 0.5 + 1.0) / 3)
+    assert m["war"] == pytest.approx(7 / 10)
+    assert m["precision"] == pytest.approx([2 / 3, 1 / 2, 4 / 5])
+    f1 = [2 * (2 / 3) * (1 / 2) / (2 / 3 + 1 / 2), 0.5, 2 * 0.8 / 1.8]
+    assert m["f1"] == pytest.approx(f1)
+    assert m["f1_macro"] == pytest.approx(sum(f1) / 3)
+    assert m["f1_weighted"] == pytest.approx((4 * f1[0] + 2 * f1[1] + 4 * f1[2]) / 10)
+    assert m["support"] == [4, 2, 4] and m["n"] == 10
+
+
+def test_metrics_with_absent_classes():
+    # 4 classes; class 3 never occurs, class 2 is only ever predicted (never true)
+    m = compute_metrics([0, 0, 1, 1], [0, 2, 1, 1], 4)
+    assert m["recall"] == [0.5, 1.0, None, None]
+    assert m["uar"] == pytest.approx(0.75)  # over the classes present in the ground truth
+    assert m["war"] == pytest.approx(0.75)
+    assert m["f1"][2] == 0.0 and m["f1_macro"] == pytest.approx((2 / 3 + 1.0 + 0.0) / 3)  # classes 0, 1, 2
+    perfect = compute_metrics([2, 1, 0], [2, 1, 0], 3)
+    assert perfect["uar"] == perfect["war"] == perfect["f1_macro"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def tiny_video(landmark_weights):
+    torch.manual_seed(0)
+    model = S.create_model("s2d_tiny", 3, num_frames=2).eval()
+    S.load_landmark_weights(model, landmark_weights)
+    return model
+
+
+def test_predict_views_averages_softmax_of_two_views(tiny_video):
+    g = torch.Generator().manual_seed(0)
+    clips = torch.randint(0, 256, (2, 2, 2, 224, 224, 3), dtype=torch.uint8, generator=g)  # [B, V, T, H, W, 3]
+    views = torch.tensor([2, 1])
+    probs = predict_views(tiny_video, clips, views)
+    from jobs.augment import to_model_input
+
+    with torch.no_grad():
+        p0 = tiny_video(to_model_input(clips[:, 0])).softmax(-1)
+        p1 = tiny_video(to_model_input(clips[:, 1])).softmax(-1)
+    torch.testing.assert_close(probs[0], (p0[0] + p1[0]) / 2)
+    torch.testing.assert_close(probs[1], p0[1])  # one view only
+    assert torch.allclose(probs.sum(-1), torch.ones(2))
+
+
+def test_checkpoints_round_trip_through_s2d_model(tmp_path, tiny_video, landmark_weights):
+    path = S.save_checkpoint(tiny_video, tmp_path / "video.pth", config="s2d_tiny", labels=None,
+                             label_names=["a", "b", "c"])
+    model, meta = model_from_checkpoint(path, landmark_weights)
+    assert isinstance(model, S.S2DVideo) and meta["num_classes"] == 3 and meta["num_frames"] == 2
+    clip = torch.randn(1, 3, 2, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(model(clip), tiny_video(clip))
+    image = S.create_image_model("s2d_tiny", 7)
+    S.save_checkpoint(image, tmp_path / "image.pth", config="s2d_tiny", labels="rafdb")
+    model, meta = model_from_checkpoint(tmp_path / "image.pth", landmark_weights)
+    assert isinstance(model, S.S2DImage) and meta["kind"] == "image" and meta["labels"] == "rafdb"
+
+
+def test_outputs_written(tmp_path):
+    m = compute_metrics([0, 1, 1], [0, 1, 0], 2)
+    samples = [{"path": f"s{i}", "label": y} for i, y in enumerate([0, 1, 1])]
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    paths = write_outputs(tmp_path / "out", m, ("neg", "pos"), samples, probs)
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["uar"] == pytest.approx(0.75) and saved["labels"] == ["neg", "pos"]
+    rows = list(csv.reader(open(paths["confusion_csv"])))
+    assert rows == [["true \\ predicted", "neg", "pos"], ["neg", "1", "0"], ["pos", "1", "1"]]
+    assert (tmp_path / "out" / "confusion.png").stat().st_size > 1000
+    assert len(list(csv.reader(open(paths["predictions"])))) == 4
+
+
+# ============================================================================ self-distillation anchors
+def test_sdl_schedule():
+    assert [sdl_weight(e) for e in (0, 29, 30, 49, 50, 59, 60, 79, 80, 99)] == \
+           [0, 0, 0.01, 0.01, 0.1, 0.1, 0.5, 0.5, 1.0, 1.0]
+    assert [sdl_weight(e, [(1, 0.5), (2, 1.0)]) for e in range(3)] == [0, 0.5, 1.0]
+
+
+def test_sdl_queues_fill_and_targets_are_similarity_weighted():
+    anchors = EmotionAnchors(num_classes=3, dim=4, k=2, size=3)
+    assert not anchors.ready
+    e = torch.eye(4)
+    probs = torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
+    anchors.update(e[:2], probs[:2], torch.tensor([0, 1]))
+    assert anchors.ready and anchors.filled.tolist() == [1, 1, 0]
+    # a feature equal to class 0's anchor, orthogonal to class 1's: the target is class 0's stored softmax
+    torch.testing.assert_close(anchors.targets(e[:1]), probs[:1])
+    # halfway between both anchors: the average
+    torch.testing.assert_close(anchors.targets((e[0] + e[1])[None]), ((probs[0] + probs[1]) / 2)[None])
+    for _ in range(5):  # FIFO: at most `size` entries per class, newest last
+        anchors.update(e[2:3], probs[2:3], torch.tensor([2]))
+    assert anchors.filled.tolist() == [1, 1, 3]
+    loss = anchors.loss(torch.randn(4, 3), torch.randn(4, 4))
+    assert torch.isfinite(loss) and loss > 0
+    state = anchors.state_dict()
+    other = EmotionAnchors(3, 4, k=2, size=3)
+    other.load_state_dict(state)
+    torch.testing.assert_close(other.targets(e), anchors.targets(e))
