@@ -3,7 +3,7 @@
     python bench/model_speed.py [--device cpu|cuda] [--models s2d_tiny s2d_base_patch16_224] [--batches 1 8]
 
 Each row runs in a fresh child process so that its peak memory (CPU: peak RSS growth over the process
-after imports; CUDA: torch.cuda.max_memory_allocated) is its own. `ratio` is clips/s over the fp32 row of
+after imports; CUDA: torch.cuda.max_memory_allocated) is its own. Times are medians per call. `ratio` is clips/s over the fp32 row of
 the same model and batch, measured in this same run. `landmark %` is the share of the forward spent in the
 frozen MobileFaceNet branch (timed alone on the same frames).
 """
@@ -12,18 +12,21 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import resource
+import statistics
 import time
 
 
 def _time(fn, min_seconds: float, min_iters: int, sync) -> float:
+    """Median seconds per call (after a warm-up call), over at least ``min_iters`` calls and ``min_seconds``."""
     fn()  # warm-up
     sync()
-    n, start = 0, time.perf_counter()
-    while n < min_iters or time.perf_counter() - start < min_seconds:
+    times, start = [], time.perf_counter()
+    while len(times) < min_iters or time.perf_counter() - start < min_seconds:
+        t = time.perf_counter()
         fn()
         sync()
-        n += 1
-    return (time.perf_counter() - start) / n
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
 
 
 def _run(model_name: str, batch: int, dtype: str, device: str, min_seconds: float, queue) -> None:
@@ -49,8 +52,8 @@ def _run(model_name: str, batch: int, dtype: str, device: str, min_seconds: floa
         with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=use_bf16):
             model.landmark_features(frames)
 
-    per_call = _time(forward, min_seconds, 2, sync)
-    lm = _time(landmark, min_seconds / 4, 2, sync)
+    per_call = _time(forward, min_seconds, 3, sync)
+    lm = _time(landmark, min_seconds, 3, sync)
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:

@@ -13,13 +13,14 @@ Per video:
 4. those frames are re-decoded and aligned exactly as ``s2d annotate`` aligns its clips (``pipeline.align``:
    5-point similarity transform, the same margin), so training and inference see the same crops;
 5. written as ``OUT/clips/<name>/00001.jpg .. 00016.jpg`` (JPEG quality 95; ``<name>`` is the file's stem plus
-   its ``video_id``), into a temporary folder renamed when complete.
+   its ``video_id``) and ``clip.json`` (source, face-stage settings hash, frames), into a temporary folder
+   renamed when complete.
 
 Outputs: ``OUT/{train,val,test}.csv`` (``path,label``, paths relative to OUT: ``s2d train dynamic --data OUT
 --format csv`` and ``s2d evaluate --format csv`` read them as they are) and ``OUT/prepare.json`` (settings and
 per-video status: ``ok``, ``no_faces`` or ``error`` with the reason, the chosen track, its frames). Videos without
-a usable face are reported and left out of the CSVs; the run goes on. A re-run keeps complete clip folders
-(``force`` redoes them). Clip cutting runs in the driver: 16 frames per video, small next to the face stage.
+a usable face are reported and left out of the CSVs; the run goes on. A re-run keeps complete clip folders cut
+with the same face-stage settings (``force`` redoes them). Clip cutting runs in the driver: 16 frames per video, small next to the face stage.
 """
 from __future__ import annotations
 
@@ -86,32 +87,41 @@ def clip_frames(times: np.ndarray, n: int = FRAMES) -> np.ndarray:
     return np.abs(times[None, :] - targets[:, None]).argmin(1)  # [n], ties: the earlier frame
 
 
-def _clip_dir_complete(folder: Path) -> bool:
-    return folder.is_dir() and len(list(folder.glob("*.jpg"))) == FRAMES
+def _clip_is_current(folder: Path, settings_hash: str) -> bool:
+    """A complete clip folder cut from a face stage with the same settings."""
+    try:
+        info = json.loads((folder / "clip.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return info.get("faces_settings_hash") == settings_hash and len(list(folder.glob("*.jpg"))) == FRAMES
 
 
-def cut_clip(video: str, faces, rows: np.ndarray, folder: Path, decoder: str = "pyav") -> dict:
-    """Decode the clip's frames, align them and write ``folder/00001.jpg ..`` atomically -> frame info."""
+def cut_clip(video: str, faces, rows: np.ndarray, folder: Path, settings_hash: str, decoder: str = "pyav") -> dict:
+    """Decode the clip's frames, align them and write ``folder/00001.jpg ..`` (+ ``clip.json``) atomically."""
     from PIL import Image
 
     from pipeline.align import align_clip
     from pipeline.decode import get_decoder
 
     times = faces.column("time_s").to_numpy()[rows]
-    pick = rows[clip_frames(times)]  # [16] face rows
+    slots = clip_frames(times)  # [16] positions in the track
+    pick = rows[slots]  # [16] face rows
     frame_index = faces.column("frame_index").to_numpy()[pick]
     kps5 = faces.column("kps5").combine_chunks().flatten().to_numpy().reshape(-1, 10)[pick]
     index, first = np.unique(frame_index, return_index=True)
-    got = get_decoder(decoder).read_frames(video, index, faces.column("time_s").to_numpy()[pick][first])
+    got = get_decoder(decoder).read_frames(video, index, times[slots][first])
     clip = align_clip(dict(zip(got["frame_index"].tolist(), got["frames"])), frame_index, kps5)  # [16,224,224,3]
+    info = {"video": video, "faces_settings_hash": settings_hash, "frame_index": frame_index.tolist(),
+            "time_s": [round(float(t), 4) for t in times[slots]]}
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for j, frame in enumerate(clip, start=1):
         Image.fromarray(frame).save(tmp / f"{j:05d}.jpg", quality=95)
+    (tmp / "clip.json").write_text(json.dumps(info))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
-    return {"frame_index": frame_index.tolist(), "time_s": [round(float(t), 4) for t in times[clip_frames(times)]]}
+    return {k: info[k] for k in ("frame_index", "time_s")}
 
 
 def prepare(videos_csv: str | Path, out: str | Path, faces=None, labels: str | None = None, device: str = "auto",
@@ -146,11 +156,11 @@ def prepare(videos_csv: str | Path, out: str | Path, faces=None, labels: str | N
         track_id, track_rows = pick_track(table)
         entry.update(track_id=track_id, track_faces=len(track_rows))
         folder = out / "clips" / name
-        if not force and _clip_dir_complete(folder):
+        if not force and _clip_is_current(folder, result.settings_hash):
             kept += 1
             continue
         try:
-            entry.update(cut_clip(src.path, table, track_rows, folder, faces.decoder))
+            entry.update(cut_clip(src.path, table, track_rows, folder, result.settings_hash, faces.decoder))
             written += 1
         except Exception as exc:  # e.g. a seek error: this video is left out, the others go on
             entry.update(status="error", error=f"clips: {type(exc).__name__}: {exc}")
@@ -163,7 +173,10 @@ def prepare(videos_csv: str | Path, out: str | Path, faces=None, labels: str | N
             target.unlink(missing_ok=True)
             continue
         tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text("path,label\n" + "".join(f"{v['clip']},{v['label']}\n" for v in ok))
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "label"])
+            w.writerows([v["clip"], v["label"]] for v in ok)
         os.replace(tmp, target)
         csvs[split] = {"file": str(target), "clips": len(ok)}
     manifest = {"videos_csv": str(Path(videos_csv).resolve()), "out": str(out), "labels": labels,

@@ -97,12 +97,17 @@ def test_prepare_writes_aligned_clips_and_csvs(prepared, detector_weights):
 
 def test_prepare_rerun_keeps_clips_and_reuses_the_face_cache(prepared, videos):
     out, _ = prepared
-    stamp = {p: p.stat().st_mtime_ns for p in (out / "clips").rglob("*.jpg")}
+    stale = next((out / "clips").glob("a-*"))  # as if cut by a face stage with other settings
+    info = json.loads((stale / "clip.json").read_text())
+    (stale / "clip.json").write_text(json.dumps({**info, "faces_settings_hash": "other"}))
+    stamp = {p: p.stat().st_mtime_ns for p in (out / "clips").rglob("*.jpg") if p.parent != stale}
     result = invoke("prepare", videos / "videos.csv", "--out", out, "--labels", "dfew")
     manifest = json.loads((out / "prepare.json").read_text())
-    assert manifest["clips_kept"] == 5 and manifest["clips_written"] == 0 and manifest["faces_from_cache"] == 6  # the failed one is retried
-    assert {p: p.stat().st_mtime_ns for p in (out / "clips").rglob("*.jpg")} == stamp
-    assert "(0 written, 5 kept)" in result.output
+    assert manifest["clips_kept"] == 4 and manifest["clips_written"] == 1
+    assert manifest["faces_from_cache"] == 6  # all but the failed one, which is retried
+    assert {p: p.stat().st_mtime_ns for p in (out / "clips").rglob("*.jpg") if p.parent != stale} == stamp
+    assert json.loads((stale / "clip.json").read_text()) == info
+    assert "(1 written, 4 kept)" in result.output
 
 
 def test_prepare_rejects_a_bad_label_before_any_work(tmp_path, weights_env, videos):
