@@ -48,7 +48,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from table import print_table
+from table import cached_file, print_table
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("S2D_FIXTURES", REPO.parent / "shared" / "fixtures"))
@@ -58,21 +58,6 @@ RANDOM_LABEL = "random weights: speed only"
 
 
 # ------------------------------------------------------------------------------------------ inputs (in a child)
-def _atomic(path: Path, write) -> Path:
-    """Write via a temp name and rename, so an interrupted run never leaves a half file in the cache."""
-    if path.is_file() and path.stat().st_size > 0:
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
 def _generated_video(path: Path, fixtures: Path, seconds: float, phase: int) -> Path:
     """single_face.mp4's frames ping-pong looped, panned (+-60 px, +-20 px) and zoomed (0.85-1.0) slowly."""
 
@@ -105,7 +90,7 @@ def _generated_video(path: Path, fixtures: Path, seconds: float, phase: int) -> 
             for p in s.encode():
                 c.mux(p)
 
-    return _atomic(path, write)
+    return cached_file(path, write)
 
 
 def _random_s2d(path: Path, model_name: str) -> Path:

@@ -39,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from table import print_table
+from table import cached_file, print_table
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("S2D_FIXTURES", REPO.parent / "shared" / "fixtures"))
@@ -48,21 +48,6 @@ CHUNK = 16  # FaceSettings.chunk_size, the pipeline's default
 
 
 # ------------------------------------------------------------------------------------------ video generation
-def _atomic_video(path: Path, write) -> Path:
-    """Write via a temp name and rename, so an interrupted run never leaves a half file in the cache."""
-    if path.is_file() and path.stat().st_size > 0:
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
 def _encode(path: Path, n: int, frame_at, preset: str, crf: int, fmt: str) -> None:
     import av
 
@@ -93,7 +78,7 @@ def face_video(workdir: Path, fixtures: Path, seconds: int) -> Path:
         _encode(tmp, seconds * FPS, lambda i: np.ascontiguousarray(yuv[order[i % len(order)]]), "veryfast", 20,
                 "yuv420p")
 
-    return _atomic_video(workdir / f"face_720p_{seconds}s.mp4", write)
+    return cached_file(workdir / f"face_720p_{seconds}s.mp4", write)
 
 
 def pan_video(workdir: Path, fixtures: Path, seconds: int) -> Path:
@@ -126,7 +111,7 @@ def pan_video(workdir: Path, fixtures: Path, seconds: int) -> Path:
 
         _encode(tmp, seconds * FPS, frame_at, "ultrafast", 23, "yuv420p")
 
-    return _atomic_video(workdir / f"pan_720p_{seconds}s.mp4", write)
+    return cached_file(workdir / f"pan_720p_{seconds}s.mp4", write)
 
 
 def random_weights(workdir: Path) -> tuple[Path, Path]:

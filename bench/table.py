@@ -1,6 +1,26 @@
-"""The table the bench scripts print: rows {section, item, value, unit, ratio, vs, detail}, a blank line between
-sections. Imported as ``from table import print_table`` (the scripts run as ``python bench/<name>.py``)."""
+"""What the bench scripts share: the table they print (rows {section, item, value, unit, ratio, vs, detail}, a
+blank line between sections) and the atomic writer of their cached inputs. Imported as ``from table import ...``
+(the scripts run as ``python bench/<name>.py``)."""
 from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cached_file(path: Path, write) -> Path:
+    """``path`` if it exists and is not empty; else ``write(tmp)`` and rename, so an interrupted run never leaves a
+    half file in the cache."""
+    if path.is_file() and path.stat().st_size > 0:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
 
 
 def fmt(v) -> str:
