@@ -155,6 +155,9 @@ def annotate_cmd(
     segment: float = typer.Option(2.0, help="segment length in seconds"),
     stride: float = typer.Option(1.0, help="seconds between segment starts"),
     min_face_frames: int = typer.Option(8, help="skip a segment whose face is in fewer of its 16 frames"),
+    views: int = typer.Option(1, min=1, max=2, help="2: test-time views, a window's first and last 16 sampled "
+                              "frames with their probabilities averaged (the authors' protocol), where the window "
+                              "holds more than 16 (e.g. --segment 4 at --fps 8)"),
     batch_size: int = typer.Option(8, help="clips per S2D forward pass"),
     cache: Optional[Path] = typer.Option(None, "--cache", help="landmark cache folder [default: OUT/cache]"),
     force: bool = typer.Option(False, "--force", help="redo videos whose timeline already exists"),
@@ -179,7 +182,7 @@ def annotate_cmd(
                                  landmarks=landmarks, landmark_weights=landmark_weights, decoder=decoder)
     s2d_landmarks = landmark_weights if landmarks == "mobilefacenet" else None
     settings = AnnotateSettings(weights=weights, labels=labels, s2d_landmark_weights=s2d_landmarks,
-                                segment_s=segment, stride_s=stride, min_face_frames=min_face_frames,
+                                segment_s=segment, stride_s=stride, min_face_frames=min_face_frames, views=views,
                                 batch_size=batch_size)
     if weights == "random-tiny":
         from pipeline.classify import UNTRAINED_WARNING

@@ -7,14 +7,15 @@ Prints one table, then notes. Sections:
 
 1. cold run: ``run_annotate`` on a fresh cache dir and a fresh out dir (local ``ray.init(num_cpus=2)``, started
    before and not timed; Ray Data start-up and actor construction are in the time, as in ``s2d annotate``):
-   wall seconds, clips/s, video-seconds per wall-second, and the face stage (``result.faces.wall_seconds``:
-   decode, detect, landmarks, tracking, cache writes) vs the emotion stage (the rest: segment planning,
-   re-decode + align, S2D, timeline writes).
+   wall seconds, clips/s, video-seconds per wall-second; the chain streams, so instead of stage times: when the
+   last video's faces were tracked (``result.faces.wall_seconds``), when the first timeline file was written
+   (``result.first_timeline_seconds``: before the former when the emotion stages overlap the face stages), and the
+   time the S2D actors spent in the model (``result.s2d_seconds``).
 2. model only, in this same process after the runs: ``ClassifyClips(...).probabilities`` on random uint8 clips
    [B, 16, 224, 224, 3] with the run's batch size B, timed after a warm-up call at that shape, with torch's
    default thread count here and with the thread count a Ray actor of ``num_cpus=1`` gets (Ray sets
    OMP_NUM_THREADS to the actor's CPUs; checked in a Ray task). Efficiency = end-to-end clips/s / model-only
-   clips/s; also the emotion stage alone (its clips / its seconds) over model-only.
+   clips/s; also the S2D actor's own rate (clips / its seconds in the model) over model-only.
 3. memory: peak RSS of this driver process (``ru_maxrss``; inputs and weights are made in a separate spawned
    process so they do not count) and of the Ray processes the local ``ray.init`` started (sampled from /proc
    every 0.25 s during the cold run: the sum of RSS over all of them, the sum of PSS (every 1 s; shared pages
@@ -406,9 +407,8 @@ def main() -> None:
     # ---------------------------------------------------------------------------------------- the table
     rows: list[dict] = []
     video_s = sum(v["duration_s"] or 0.0 for v in cold.faces.videos if v["status"] != "error")
-    wall, face_s = cold.wall_seconds, cold.faces.wall_seconds
-    emo_s = wall - face_s
-    e2e, emo = cold.clips / wall, cold.clips / emo_s if emo_s > 0 else float("nan")
+    wall, face_s, first_s, s2d_s = cold.wall_seconds, cold.faces.wall_seconds, cold.first_timeline_seconds, cold.s2d_seconds
+    e2e, in_actor = cold.clips / wall, cold.clips / s2d_s if s2d_s > 0 else float("nan")
     sec = "1 cold run"
     rows.append(dict(section=sec, item="run_annotate, cold (fresh cache + out)", value=wall, unit="s",
                      detail=f"{len(videos)} video{'s' if len(videos) != 1 else ''} ({_statuses(cold)}), {video_s:.1f} s of video, "
@@ -417,14 +417,17 @@ def main() -> None:
                      detail=f"{cold.clips} clips / {wall:.1f} s"))
     rows.append(dict(section=sec, item="  video-s per wall-s", value=video_s / wall, unit="video-s/s",
                      detail=f"{video_s:.1f} s of video / {wall:.1f} s"))
-    rows.append(dict(section=sec, item="  face stage (run_faces)", value=face_s, unit="s", ratio=face_s / wall,
+    rows.append(dict(section=sec, item="  last video's faces tracked at", value=face_s, unit="s", ratio=face_s / wall,
                      vs="cold wall", detail=f"{video_s / face_s:.2f} video-s/s; "
                                             f"{sum(v['sampled_frames'] for v in cold.faces.videos)} frames sampled "
                                             f"at {faces.fps:g} fps; {cold.faces.decoded} decoded, "
                                             f"{cold.faces.cached} cached"))
-    rows.append(dict(section=sec, item="  emotion stage (the rest)", value=emo_s, unit="s", ratio=emo_s / wall,
-                     vs="cold wall", detail=f"{emo:.3g} clips/s: plan segments, re-decode + align, S2D, "
-                                            f"timeline Parquet"))
+    rows.append(dict(section=sec, item="  first timeline written at", value=first_s, unit="s",
+                     ratio=first_s / wall if first_s else None, vs="cold wall",
+                     detail="streaming: " + ("before" if first_s and first_s < face_s else "not before")
+                            + " the last video's faces were done"))
+    rows.append(dict(section=sec, item="  S2D actors in the model", value=s2d_s, unit="s", ratio=s2d_s / wall,
+                     vs="cold wall", detail=f"normalise + forward, summed over clips: {in_actor:.3g} clips/s"))
 
     sec = "2 model only"
     dev_name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
@@ -442,9 +445,9 @@ def main() -> None:
     rows.append(dict(section=sec, item="pipeline efficiency: end-to-end / model-only", value=e2e / ref, unit="",
                      detail=f"{e2e:.3g} / {ref:.3g} clips/s ({m_default['threads']} threads)"
                             + (f"; vs {m_actor['threads']} thread: {e2e / m_actor['mean']:.3g}" if m_actor else "")))
-    rows.append(dict(section=sec, item="emotion-stage efficiency: emotion / model-only", value=emo / ref, unit="",
-                     detail=f"{emo:.3g} / {ref:.3g} clips/s"
-                            + (f"; vs {m_actor['threads']} thread: {emo / m_actor['mean']:.3g}" if m_actor else "")))
+    rows.append(dict(section=sec, item="S2D in its actor / model-only", value=in_actor / ref, unit="",
+                     detail=f"{in_actor:.3g} / {ref:.3g} clips/s"
+                            + (f"; vs {m_actor['threads']} thread: {in_actor / m_actor['mean']:.3g}" if m_actor else "")))
 
     sec = "3 memory"
     rows.append(dict(section=sec, item="driver peak RSS (ru_maxrss), after cold run", value=rss_cold,
@@ -458,7 +461,7 @@ def main() -> None:
                      unit="MiB", detail=f"{len(cold_mem.pids)} processes, {cold_mem.samples} samples every "
                                         f"{cold_mem.interval:g} s; force run {force_mem.peak_sum:.0f} MiB; counts "
                                         f"shared pages once per process"))
-    stages = ("DecodeChunks", "DetectFaces", "FindLandmarks", "CutClips", "ClassifyClips")
+    stages = ("DecodeChunks", "DetectFaces", "FindLandmarks", "TrackVideos", "PlanSegments", "CutClips", "ClassifyClips")
     for kind in stages:
         if kind in cold_mem.peak_by_kind:
             rows.append(dict(section=sec, item=f"  Ray worker peak RSS: {kind}", value=cold_mem.peak_by_kind[kind],
@@ -476,9 +479,8 @@ def main() -> None:
     ff = forced.faces
     rows.append(dict(section=sec, item="force=True, landmark cache warm", value=forced.wall_seconds, unit="s",
                      ratio=forced.wall_seconds / wall, vs="cold",
-                     detail=f"faces {ff.wall_seconds:.1f} s ({ff.cached} of {len(ff.videos)} from cache), emotions "
-                            f"{forced.wall_seconds - ff.wall_seconds:.1f} s ({(forced.wall_seconds - ff.wall_seconds) / emo_s:.2f}x "
-                            f"cold's), {forced.clips} clips"))
+                     detail=f"{ff.cached} of {len(ff.videos)} videos' faces from the cache (last at "
+                            f"{ff.wall_seconds:.1f} s), {forced.clips} clips, S2D {forced.s2d_seconds:.1f} s"))
 
     print(f"\nAnnotate speed ({'quick' if quick else 'full'} run) on {platform.machine()} {os.cpu_count()} CPUs, "
           f"device {device}{' (' + dev_name + ')' if device == 'cuda' else ''}, torch {torch.__version__} "
@@ -497,11 +499,10 @@ def main() -> None:
         f"seed 0); detector mobilenet0.25_Final.pth and landmarks mobilefacenet_68pt.pth.tar are the real fixtures.",
         f"Ray: one S2D actor (num_cpus=1) on this {args.num_cpus}-CPU cluster; in it OMP_NUM_THREADS="
         f"{ray_thr['omp']} and torch uses {ray_thr['torch']} thread(s), while this driver's torch uses "
-        f"{m_default['threads']}. Only the CutClips actor (re-decode + align) runs beside it: the emotion chain "
-        f"starts after the whole face stage has finished.",
-        f"efficiency: end-to-end counts the face stage too (no clip is classified until it is done); the "
-        f"emotion-stage ratio is the emotion stage's clips/s (clips / (wall - face stage)) over the model-only "
-        f"rate. Model-only rates are the mean over the timed calls.",
+        f"{m_default['threads']}. One streaming chain: the face actors, the clip cutter and S2D all run at once, "
+        f"sharing the cores.",
+        f"efficiency: end-to-end clips/s counts the face stages too; 'S2D in its actor' is clips / the actor's "
+        f"seconds in the model, over the model-only rate. Model-only rates are the mean over the timed calls.",
         f"cold run: {cold.summary()}; warm re-run: {warm.summary()}; forced: {forced.summary()}.",
         f"setup (not measured): generated inputs in {inp['gen_s']:.1f} s (0 when reused), random weights "
         f"{inp['weights_s']:.1f} s; total {time.perf_counter() - t_all:.0f} s.",

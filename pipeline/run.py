@@ -1,11 +1,13 @@
-"""The Ray Data chains, each readable top to bottom.
+"""The Ray Data chains, each readable top to bottom (``run_faces``, ``run_annotate``).
 
-faces:   list/probe -> decode (chunks of sampled frames) -> detect -> landmarks -> [driver] track -> cache
+faces:    list -> decode (chunks of sampled frames) -> detect -> landmarks -> track + cache entry -> [driver]
+annotate: the same face stages -> plan segments -> cut aligned clips -> S2D -> [driver] timeline files
 
-Heavy stages run as Ray Data actor pools over rows of one of two kinds, ``chunk`` (a bounded run of frames
-of one video and, downstream, its faces) and ``end`` (one per video, after its last chunk: what the decoder
-saw, or why it failed). The driver consumes the stream, and when a video has all its chunks it links the faces
-into tracks and writes the video's cache entry atomically; memory held per video is its face rows only.
+Every stage is a Ray Data actor pool over rows {video_id, kind, payload}; the kinds are listed at the stages. A
+video's frames travel in bounded chunks, followed by one ``end`` row; the tracking actor (one, on the driver's
+node) collects a video's face rows, and when all of them are in it links them into tracks, writes the video's
+cache entry atomically and emits one ``video`` row, which the annotate chain turns into segments, clips and
+probabilities while the face stages go on with the next videos. Memory held per video is its face rows only.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import json
 import os
 import time
 import traceback
+from collections.abc import MutableMapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -107,9 +110,92 @@ def init_ray(address: str | None = None) -> None:
     ctx.verbose_progress = False
 
 
+
+
+# ------------------------------------------------------------------------------------------ resources
+@dataclass(frozen=True)
+class Pool:
+    """One stage's actor pool: how many actors, and what each one reserves."""
+
+    size: int
+    num_cpus: float
+    num_gpus: float = 0.0
+
+    def args(self) -> dict:
+        """The map_batches keywords."""
+        from ray.data import ActorPoolStrategy
+
+        return dict(compute=ActorPoolStrategy(size=self.size), num_cpus=self.num_cpus, num_gpus=self.num_gpus)
+
+
+def plan_pools(cpus: float, gpus: float, emotions: bool) -> dict[str, Pool]:
+    """Every stage's actor pool, sized so that all of them fit on the cluster at once.
+
+    The stages run at the same time (the chain streams), and an actor that cannot be placed would stall the stages
+    before it, so the reservations must add up to at most the cluster. One set of face actors (decode, detect,
+    landmarks; plus the clip cutter with ``emotions``) per 4 CPUs, per 8 when S2D shares the cluster; S2D one actor
+    per 4 CPUs, or one per GPU. Below 4 CPUs every reservation is scaled by cpus / 4 (2 CPUs: 1.75 reserved in all).
+    GPUs: S2D gets a whole GPU per actor when there are two or more (the face actors share the last one), half of
+    the only GPU otherwise. Tracking and segment planning are light and reserve nothing.
+    """
+    u = min(1.0, cpus / 4)
+    g = int(gpus)
+    n = max(1, int(cpus // (8 if emotions else 4)))
+    face_gpu = 0.0
+    if g:
+        n = min(n, (2 if g > 1 else 1) if emotions else g)
+        face_gpu = 0.375 if emotions else 0.75  # per set: detect 2/3 of it, landmarks 1/3
+    pools = {"decode": Pool(n, 0.5 * u), "detect": Pool(n, u, face_gpu * 2 / 3),
+             "landmarks": Pool(n, 0.5 * u, face_gpu / 3), "track": Pool(1, 0.0)}
+    if emotions:
+        s2d_cpu = 0.5 * u if g else u
+        s2d_gpu = 0.0 if not g else (1.0 if g > 1 else 0.5)
+        m = (g - 1 if g > 1 else 1) if g else max(1, int(cpus // 4))
+        left = cpus - 2.5 * u * n  # after the face actors and the clip cutters
+        pools.update(plan=Pool(1, 0.0), cut=Pool(n, 0.5 * u),
+                     s2d=Pool(max(1, min(m, int(left // s2d_cpu))), s2d_cpu, s2d_gpu))
+    return pools
+
+
+def on_this_node() -> dict:
+    """map_batches keywords that pin an actor to the driver's node (it writes the driver's local cache folder)."""
+    import ray
+
+    return dict(label_selector={"ray.io/node-id": ray.get_runtime_context().get_node_id()})
+
+
 # ------------------------------------------------------------------------------------------ stages
+# Every stage maps rows {video_id, kind, payload} (payload: a dict) and passes on the kinds it does not handle.
+# Kinds: cached (the video's face cache entry is complete), chunk and end (decoded frames, then the video's end),
+# video (one per video: face meta, then its segments), block (segments to cut together), clip (one segment).
+class Payload(MutableMapping):
+    """A row's payload: a dict that Ray Data stores pickled, exactly as it is. (A plain dict it would try to turn
+    into an Arrow struct first, and then give back its lists as numpy arrays.)"""
+
+    def __init__(self, d: dict | None = None):
+        self.d = dict(d or {})
+
+    def __getitem__(self, k):
+        return self.d[k]
+
+    def __setitem__(self, k, v):
+        self.d[k] = v
+
+    def __delitem__(self, k):
+        del self.d[k]
+
+    def __iter__(self):
+        return iter(self.d)
+
+    def __len__(self):
+        return len(self.d)
+
+
 def _rows(video_ids: list[str], kinds: list[str], payloads: list[dict]) -> dict:
-    return {"video_id": np.array(video_ids), "kind": np.array(kinds), "payload": np.array(payloads, dtype=object)}
+    column = np.empty(len(payloads), dtype=object)
+    for i, p in enumerate(payloads):  # one by one: numpy would take a mapping for a sequence
+        column[i] = p if isinstance(p, Payload) else Payload(p)
+    return {"video_id": np.array(video_ids), "kind": np.array(kinds), "payload": column}
 
 
 def _error_text(stage: str, exc: BaseException) -> str:
@@ -119,15 +205,19 @@ def _error_text(stage: str, exc: BaseException) -> str:
 
 
 class DecodeChunks:
-    """A video -> its sampled frames in chunks of at most ``chunk_size``, then one ``end`` row."""
+    """A video -> its sampled frames in chunks of at most ``chunk_size``, then one ``end`` row (or one ``cached``
+    row, decoding nothing, when the input row says its face cache entry is complete)."""
 
     def __init__(self, decoder: str, fps: float, chunk_size: int):
         self.decoder = get_decoder(decoder)
         self.fps, self.chunk_size = fps, chunk_size
 
     def __call__(self, batch: dict):
-        for vid, path in zip(batch["video_id"], batch["path"]):
-            yield from self.one(str(vid), str(path))
+        for vid, path, cached in zip(batch["video_id"], batch["path"], batch["cached"]):
+            if cached:
+                yield _rows([str(vid)], ["cached"], [{}])
+            else:
+                yield from self.one(str(vid), str(path))
 
     def one(self, vid: str, path: str):
         start = time.perf_counter()
@@ -149,8 +239,6 @@ class DecodeChunks:
             end["status"], end["error"] = "error", _error_text("decode", exc)
         end["decode_seconds"] = time.perf_counter() - start
         yield _rows([vid], ["end"], [end])
-
-
 class DetectFaces:
     """Chunk frames -> RetinaFace detections per frame (``dets``)."""
 
@@ -211,7 +299,7 @@ class FindLandmarks:
         }
 
 
-# ------------------------------------------------------------------------------------------ the driver side
+# ------------------------------------------------------------------------------------------ tracking
 @dataclass
 class FacesResult:
     cache_dir: Path
@@ -219,7 +307,7 @@ class FacesResult:
     videos: list[dict] = field(default_factory=list)  # meta rows, in input order
     decoded: int = 0  # videos that went through the decoder in this run
     cached: int = 0  # videos whose complete cache entry was reused (no decoder, no detector)
-    wall_seconds: float = 0.0
+    wall_seconds: float = 0.0  # in an annotate run: when the last video's faces were done (the chain streams on)
 
     def count(self, status: str) -> int:
         return sum(v["status"] == status for v in self.videos)
@@ -294,28 +382,95 @@ class VideoAssembler:
         return {**cols, "video_id": vid, "width": width, "height": height}
 
 
+class TrackVideos:
+    """``chunk``/``end`` rows -> one ``video`` row per video once all of its rows are in: its faces linked into
+    tracks and its cache entry written (atomically); ``cached`` rows -> the ``video`` row of the complete entry.
+
+    Payload of a video row: ``meta`` (the cache entry's), ``faces`` (pa.Table; None when the video failed) and
+    ``decoded`` (False: from the cache). Stateful (it holds each unfinished video's face rows), so it runs as ONE
+    actor, on the driver's node: the cache is a folder there.
+    """
+
+    def __init__(self, cache_dir: str, settings_hash: str, settings: dict, sources: dict[str, Source],
+                 max_gap_s: float):
+        self.cache_dir, self.settings_hash, self.settings = Path(cache_dir), settings_hash, settings
+        self.sources = sources
+        self.assembler = VideoAssembler(self.cache_dir, settings_hash, settings, sources, max_gap_s)
+
+    def __call__(self, batch: dict):
+        for vid, kind, payload in zip(batch["video_id"], batch["kind"], batch["payload"]):
+            vid, kind = str(vid), str(kind)
+            if kind == "cached":
+                entry = cache.read_entry(self.cache_dir, self.settings_hash, vid)
+                table, meta = entry if entry else (None, _error_meta(
+                    self.sources[vid], self.settings, "cache: the entry was removed during the run; run again"))
+                yield _rows([vid], ["video"], [{"meta": meta, "faces": table, "decoded": False}])
+                continue
+            meta = self.assembler.add(vid, kind, payload)
+            if meta is not None:
+                entry = cache.read_entry(self.cache_dir, self.settings_hash, vid)  # None for a failed video
+                yield _rows([vid], ["video"], [{"meta": meta, "faces": entry[0] if entry else None, "decoded": True}])
+
+
 def _error_meta(src: Source, settings: dict, message: str) -> dict:
     return {"video_id": src.video_id, "source_path": src.path, "duration_s": None, "native_fps": None,
             "frame_count": 0, "sampled_frames": 0, "rotation": 0, "width": None, "height": None,
-            "settings": settings, "status": "error", "error": message, "decode_seconds": None, "total_seconds": 0.0}
+            "settings": settings, "status": "error", "error": message, "decode_seconds": None, "total_seconds": 0.0,
+            "n_faces": 0, "n_tracks": 0}
+
+
+def face_stages(ds, s: FaceSettings, det_path: Path, lm_path: Path | None, device: str, pools: dict[str, Pool],
+                cache_dir: Path, key: str, record: dict, sources: list[Source]):
+    """Input rows {video_id, path, cached} -> one ``video`` row per video (see TrackVideos)."""
+    # decode: sampled frames in bounded chunks, plus one end row per video
+    ds = ds.map_batches(DecodeChunks, batch_size=1, **pools["decode"].args(),
+                        fn_constructor_kwargs=dict(decoder=s.decoder, fps=s.fps, chunk_size=s.chunk_size))
+    # detect faces in every sampled frame
+    ds = ds.map_batches(DetectFaces, batch_size=1, **pools["detect"].args(),
+                        fn_constructor_kwargs=dict(weights=str(det_path), network=DETECTORS[s.detector], device=device,
+                                                   score_threshold=s.score_threshold, nms_threshold=s.nms_threshold,
+                                                   long_side=s.long_side))
+    # 68 landmarks per face; frames are dropped after this stage
+    ds = ds.map_batches(FindLandmarks, batch_size=1, **pools["landmarks"].args(),
+                        fn_constructor_kwargs=dict(backend=s.landmarks, weights=str(lm_path) if lm_path else None,
+                                                   device=device))
+    # link each complete video's faces into tracks, write its cache entry
+    return ds.map_batches(TrackVideos, batch_size=1, **pools["track"].args(), **on_this_node(),
+                          fn_constructor_kwargs=dict(cache_dir=str(cache_dir), settings_hash=key, settings=record,
+                                                     sources={x.video_id: x for x in sources},
+                                                     max_gap_s=s.max_gap_s))
+
+
+def _inputs(sources: list[Source], cached: set[str]):
+    """The chain's input: one row per video, one block each (so videos spread over the decoders)."""
+    import ray
+
+    return ray.data.from_items([{"video_id": x.video_id, "path": x.path, "cached": x.video_id in cached}
+                                for x in sources], override_num_blocks=len(sources))
+
+
+def _cluster() -> tuple[float, float]:
+    import ray
+
+    res = ray.cluster_resources()
+    return max(1.0, res.get("CPU", 1.0)), res.get("GPU", 0.0)
 
 
 # ------------------------------------------------------------------------------------------ the faces chain
+#
+# faces: list -> DecodeChunks -> DetectFaces -> FindLandmarks -> TrackVideos -> [driver] counts and the bar
 def run_faces(paths, cache_dir: str | Path, settings: FaceSettings = FaceSettings(), device: str = "auto",
               address: str | None = None, progress: bool = True) -> FacesResult:
     """Videos (files or folders) -> one landmark-cache entry per video. Re-runs reuse complete entries."""
-    import ray
-    from ray.data import ActorPoolStrategy
     from tqdm import tqdm
 
     t0 = time.perf_counter()
     det_path, lm_path, record, key = prepare_faces(settings)  # a missing weights file stops here
     cache_dir = Path(cache_dir)
     sources = paths if paths and isinstance(paths[0], Source) else find_videos(paths)
-    by_id = {s.video_id: s for s in sources}
     result = FacesResult(cache_dir, key)
     done: dict[str, dict] = {}
-    for s in sources:  # 1. the cache: complete entries are reused, nothing is decoded for them
+    for s in sources:  # the cache: complete entries are reused, nothing is decoded for them
         entry = cache.read_entry(cache_dir, key, s.video_id)
         if entry is not None:
             done[s.video_id] = entry[1]
@@ -325,47 +480,28 @@ def run_faces(paths, cache_dir: str | Path, settings: FaceSettings = FaceSetting
     if todo:
         init_ray(address)
         device = pick_device(device)
-        gpu = device == "cuda"
-        cpus = max(1.0, ray.cluster_resources().get("CPU", 1.0))
-        pool = max(1, int(cpus // 4))  # per stage; with 2 CPUs: 0.5 + 1 + 0.5 reserved, nothing starves
-        ds = ray.data.from_items([{"video_id": s.video_id, "path": s.path} for s in todo],
-                                 override_num_blocks=len(todo))
-        # 2. decode: sampled frames in bounded chunks, plus one end row per video
-        ds = ds.map_batches(DecodeChunks, batch_size=1, compute=ActorPoolStrategy(size=pool), num_cpus=0.5,
-                            fn_constructor_kwargs=dict(decoder=settings.decoder, fps=settings.fps,
-                                                       chunk_size=settings.chunk_size))
-        # 3. detect faces in every sampled frame
-        ds = ds.map_batches(DetectFaces, batch_size=1, compute=ActorPoolStrategy(size=pool),
-                            num_cpus=0.5 if gpu else 1.0, num_gpus=0.5 if gpu else 0,
-                            fn_constructor_kwargs=dict(weights=str(det_path), network=DETECTORS[settings.detector],
-                                                       device=device, score_threshold=settings.score_threshold,
-                                                       nms_threshold=settings.nms_threshold,
-                                                       long_side=settings.long_side))
-        # 4. 68 landmarks per face; frames are dropped after this stage
-        ds = ds.map_batches(FindLandmarks, batch_size=1, compute=ActorPoolStrategy(size=pool), num_cpus=0.5,
-                            num_gpus=0.25 if gpu else 0,
-                            fn_constructor_kwargs=dict(backend=settings.landmarks,
-                                                       weights=str(lm_path) if lm_path else None, device=device))
-        # 5-6. in the driver: track each complete video and write its cache entry
-        assembler = VideoAssembler(cache_dir, key, record, by_id, settings.max_gap_s)
+        cpus, gpus = _cluster()
+        pools = plan_pools(cpus, gpus if device == "cuda" else 0, emotions=False)
+        ds = face_stages(_inputs(todo, set()), settings, det_path, lm_path, device, pools, cache_dir, key, record,
+                         todo)
         with tqdm(total=len(todo), unit="video", desc="faces", disable=not progress) as bar:
             try:
                 for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                    for vid, kind, payload in zip(batch["video_id"], batch["kind"], batch["payload"]):
-                        meta = assembler.add(str(vid), str(kind), payload)
-                        if meta is not None:
-                            done[str(vid)] = meta
-                            result.decoded += 1
-                            bar.set_postfix_str(f"{Path(meta['source_path']).name}: {meta['status']}")
-                            bar.update()
+                    for payload in batch["payload"]:
+                        meta = payload["meta"]
+                        done[meta["video_id"]] = meta
+                        result.decoded += 1
+                        bar.set_postfix_str(f"{Path(meta['source_path']).name}: {meta['status']}")
+                        bar.update()
+                message = "pipeline: the video never completed (the tracking actor was restarted?); run again"
             except Exception as exc:  # the chain itself broke: record what is left as failed, keep what is done
                 message = f"pipeline: {type(exc).__name__}: {exc}"
                 traceback.print_exc()
-                for s in todo:
-                    if s.video_id not in done:
-                        cache.write_entry(cache_dir, key, s.video_id, _empty_faces(s.video_id),
-                                          _error_meta(s, record, message))
-                        done[s.video_id] = cache.read_meta(cache_dir, key, s.video_id)
+            for s in todo:
+                if s.video_id not in done:
+                    cache.write_entry(cache_dir, key, s.video_id, _empty_faces(s.video_id),
+                                      _error_meta(s, record, message))
+                    done[s.video_id] = cache.read_meta(cache_dir, key, s.video_id)
     result.videos = [done[s.video_id] for s in sources]
     result.wall_seconds = time.perf_counter() - t0
     return result
@@ -383,8 +519,10 @@ def meta_json(meta: dict) -> str:
 
 # ------------------------------------------------------------------------------------------ the annotate chain
 #
-# annotate: faces (run or reuse the cache) -> [driver] segments per track -> clips (re-decode + align)
-#           -> S2D actors -> [driver] one timeline Parquet per video + a run manifest
+# annotate: list -> [the face stages: DecodeChunks (or the cache) -> DetectFaces -> FindLandmarks -> TrackVideos]
+#           -> PlanSegments -> CutClips -> ClassifyClips -> [driver] one timeline Parquet per video + a manifest
+# One streaming chain: a video's clips are cut and classified as soon as its faces are tracked, while the face
+# stages work on the next videos.
 @dataclass(frozen=True)
 class AnnotateSettings:
     weights: str = "s2d-dfew"  # weights name, path, or "random-tiny" (untrained, for smoke tests)
@@ -393,6 +531,7 @@ class AnnotateSettings:
     segment_s: float = 2.0
     stride_s: float = 1.0
     min_face_frames: int = 8
+    views: int = 1  # 2: test-time views, a window's first and last 16 sampled frames, averaged (when it has more)
     batch_size: int = 8  # clips per S2D forward
     windows_per_block: int = 8  # windows re-decoded together (bounds memory per task)
 
@@ -405,7 +544,9 @@ class AnnotateResult:
     skipped: int = 0  # videos whose complete timeline was kept
     clips: int = 0  # clips classified in this run
     wall_seconds: float = 0.0
-    faces: FacesResult | None = None
+    s2d_seconds: float = 0.0  # time the S2D actors spent in the model (normalise + forward), summed over clips
+    first_timeline_seconds: float | None = None  # when the first timeline file of this run was written
+    faces: FacesResult | None = None  # the face stage's part (its wall_seconds: when the last video's faces were done)
     warning: str | None = None
 
     def count(self, status: str) -> int:
@@ -417,15 +558,47 @@ class AnnotateResult:
                 f"clips classified: {self.clips} in {self.wall_seconds:.1f} s")
 
 
+class PlanSegments:
+    """``video`` rows -> the same row with ``segments`` (all of the video's, for its timeline) instead of its faces,
+    then the segments in ``block`` rows of at most ``windows_per_block``, in time order (cut together)."""
+
+    def __init__(self, settings: AnnotateSettings, fps: float):
+        self.s, self.fps = settings, fps
+
+    def __call__(self, batch: dict):
+        from .segments import plan_segments
+
+        for vid, payload in zip(batch["video_id"], batch["payload"]):
+            vid, meta, faces = str(vid), payload["meta"], payload.pop("faces")
+            payload["segments"] = []
+            if faces is not None and faces.num_rows:
+                try:
+                    duration = meta["duration_s"] or float(np.max(faces.column("time_s").to_numpy())) + 1.0 / self.fps
+                    payload["segments"] = plan_segments(faces, duration, self.s.segment_s, self.s.stride_s,
+                                                        self.s.min_face_frames, views=self.s.views)
+                except Exception as exc:
+                    payload["error"] = _error_text("segments", exc)
+            yield _rows([vid], ["video"], [payload])
+            order = sorted(payload["segments"], key=lambda s: (s.start_s, s.track_id))
+            n = self.s.windows_per_block
+            blocks = [{"path": meta["source_path"], "segments": order[i:i + n]} for i in range(0, len(order), n)]
+            if blocks:
+                yield _rows([vid] * len(blocks), ["block"] * len(blocks), blocks)
+
+
 class CutClips:
-    """A block of one video's segments -> aligned uint8 clips [16, 224, 224, 3], re-decoding only their frames."""
+    """A ``block`` row -> one ``clip`` row per segment: aligned uint8 [16, 224, 224, 3], re-decoding only the
+    frames the block uses. Payload: ``key`` (``clip_key``), ``clip``, ``error`` ("" when fine)."""
 
     def __init__(self, decoder: str):
         self.decoder = get_decoder(decoder)
 
     def __call__(self, batch: dict):
-        for vid, path, segments in zip(batch["video_id"], batch["path"], batch["segments"]):
-            yield self.block(str(vid), str(path), segments)
+        for vid, kind, payload in zip(batch["video_id"], batch["kind"], batch["payload"]):
+            if kind == "block":
+                yield self.block(str(vid), payload["path"], payload["segments"])
+            else:
+                yield _rows([str(vid)], [str(kind)], [payload])
 
     def block(self, vid: str, path: str, segments: list) -> dict:
         from .align import align_clip
@@ -437,71 +610,85 @@ class CutClips:
             index, first = np.unique(index, return_index=True)
             got = self.decoder.read_frames(path, index, times[first])
             frames = dict(zip(got["frame_index"].tolist(), got["frames"]))
-            clips = np.stack([align_clip(frames, s.frame_index, s.kps5) for s in segments])
+            clips = [align_clip(frames, s.frame_index, s.kps5) for s in segments]
         except Exception as exc:  # e.g. a seek error mid-file: this video fails, the run goes on
             error = _error_text("clips", exc)
-            clips = np.zeros((len(segments), len(segments[0].frame_index), 224, 224, 3), np.uint8)
-        return {"video_id": np.array([vid] * len(segments)),
-                "key": np.array([f"{s.track_id}:{s.segment}" for s in segments]),
-                "clip": clips, "error": np.array([error] * len(segments))}
+            clips = [None] * len(segments)
+        payloads = [{"key": clip_key(s), "clip": c, "error": error} for s, c in zip(segments, clips)]
+        return _rows([vid] * len(segments), ["clip"] * len(segments), payloads)
+
+
+def clip_key(s) -> str:
+    """"track:segment:view", a clip's name within its video."""
+    return f"{s.track_id}:{s.segment}:{s.view}"
 
 
 class TimelineAssembler:
-    """Collects each video's classified clips; when all are in, writes its timeline file atomically."""
+    """Collects each video's segments and classified clips, in whatever order they come; when all are in, writes
+    the video's timeline file atomically (one row per track and window, the views' probabilities averaged) and
+    returns its record."""
 
-    def __init__(self, out_dir: Path, settings_hash: str, classifier, model_name: str):
+    def __init__(self, out_dir: Path, settings_hash: str, classifier, model_name: str, sources: dict[str, Source]):
         self.out_dir, self.settings_hash, self.classifier, self.model_name = out_dir, settings_hash, classifier, model_name
-        self.plans: dict[str, tuple[Source, list]] = {}
+        self.sources = sources
+        self.plans: dict[str, list] = {}
         self.probs: dict[str, dict[str, np.ndarray]] = {}
         self.errors: dict[str, str] = {}
 
-    def expect(self, src: Source, segments: list) -> None:
-        self.plans[src.video_id] = (src, segments)
-        self.probs[src.video_id] = {}
+    def plan(self, vid: str, meta: dict, segments: list, error: str | None = None) -> dict | None:
+        """The video's face meta and segments; returns its record when nothing is left to wait for."""
+        if meta["status"] == "error" or error:
+            self.probs.pop(vid, None)
+            return {**self.record(vid, segments), "status": "error", "error": error or meta["error"]}
+        if not segments:  # no_faces, or faces too briefly on screen for any segment (ok, empty)
+            return {**self.record(vid, []), "status": meta["status"],
+                    "timeline": self.write(self.sources[vid], [], {}, meta["status"])}
+        self.plans[vid] = segments
+        return self.complete(vid)
 
     def add(self, vid: str, key: str, probs: np.ndarray, error: str) -> dict | None:
-        """Feed one classified clip; returns the video's record when the video is complete."""
+        """One classified clip; returns the video's record when it was the last one."""
         if error:
             self.errors.setdefault(vid, error)
-        self.probs[vid][key] = probs
-        src, segments = self.plans[vid]
-        if len(self.probs[vid]) < len(segments):
-            return None
-        return self.write(src, segments, self.probs.pop(vid), self.errors.pop(vid, None))
+        self.probs.setdefault(vid, {})[key] = probs
+        return self.complete(vid)
 
-    def write(self, src: Source, segments: list, probs: dict, error: str | None) -> dict:
+    def complete(self, vid: str) -> dict | None:
+        segments = self.plans.get(vid)
+        if segments is None or len(self.probs.get(vid, {})) < len(segments):
+            return None
+        probs, error = self.probs.pop(vid), self.errors.pop(vid, None)
+        del self.plans[vid]
+        if error:
+            return {**self.record(vid, segments), "status": "error", "error": error}
+        path = self.write(self.sources[vid], segments, probs)
+        return {**self.record(vid, segments), "status": "ok", "timeline": path}
+
+    def record(self, vid: str, segments: list) -> dict:
+        return {"video_id": vid, "video_path": self.sources[vid].path,
+                "n_segments": len({(s.track_id, s.segment) for s in segments}),
+                "n_tracks": len({s.track_id for s in segments}), "timeline": None, "error": None}
+
+    def write(self, src: Source, segments: list, probs: dict, status: str = "ok") -> str:
         from .timeline import timeline_path, timeline_table, write_timeline
 
-        record = {"video_id": src.video_id, "video_path": src.path, "n_segments": len(segments),
-                  "n_tracks": len({s.track_id for s in segments}), "timeline": None, "error": error}
-        if error:
-            return {**record, "status": "error"}
-        rows = {"track_id": np.array([s.track_id for s in segments], np.int32),
-                "segment": np.array([s.segment for s in segments], np.int32),
-                "start_s": np.array([s.start_s for s in segments], np.float64),
-                "end_s": np.array([s.end_s for s in segments], np.float64),
-                "n_face_frames": np.array([s.n_face_frames for s in segments], np.int16),
-                "bbox": np.array([s.bbox_mean for s in segments], np.float32).reshape(-1, 4)}
-        p = np.stack([probs[f"{s.track_id}:{s.segment}"] for s in segments]) if segments else \
-            np.zeros((0, len(self.classifier.class_names)), np.float32)
-        table = timeline_table(src.video_id, src.path, rows, p, self.classifier.class_names, self.model_name,
-                               self.settings_hash, "ok")
+        windows: dict[tuple[int, int], list] = {}  # (track, segment) -> its views, in plan order
+        for s in segments:
+            windows.setdefault((s.track_id, s.segment), []).append(s)
+        first = [views[0] for views in windows.values()]  # a row's times, face count and box: its first view's
+        rows = {"track_id": np.array([s.track_id for s in first], np.int32),
+                "segment": np.array([s.segment for s in first], np.int32),
+                "start_s": np.array([s.start_s for s in first], np.float64),
+                "end_s": np.array([s.end_s for s in first], np.float64),
+                "n_face_frames": np.array([s.n_face_frames for s in first], np.int16),
+                "bbox": np.array([s.bbox_mean for s in first], np.float32).reshape(-1, 4)}
+        p = np.stack([np.mean([probs[clip_key(s)] for s in views], axis=0) for views in windows.values()]) \
+            if windows else np.zeros((0, len(self.classifier.class_names)), np.float32)
+        table = timeline_table(src.video_id, src.path, rows, p.astype(np.float32), self.classifier.class_names,
+                               self.model_name, self.settings_hash, status)
         path = timeline_path(self.out_dir, src.video_id, src.path)
         write_timeline(table, path)
-        return {**record, "status": "ok", "timeline": str(path)}
-
-
-def write_empty_timeline(out_dir: Path, src: Source, classifier, model_name: str, settings_hash: str,
-                         status: str) -> str:
-    from .timeline import timeline_path, timeline_table, write_timeline
-
-    empty = {"track_id": np.zeros(0, np.int32), "segment": np.zeros(0, np.int32), "start_s": np.zeros(0),
-             "end_s": np.zeros(0), "n_face_frames": np.zeros(0, np.int16), "bbox": np.zeros((0, 4), np.float32)}
-    table = timeline_table(src.video_id, src.path, empty, np.zeros((0, len(classifier.class_names)), np.float32),
-                           classifier.class_names, model_name, settings_hash, status)
-    path = timeline_path(out_dir, src.video_id, src.path)
-    write_timeline(table, path)
-    return str(path)
+        return str(path)
 
 
 def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None,
@@ -510,18 +697,16 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
                  progress: bool = True) -> AnnotateResult:
     """Videos -> one emotion timeline Parquet per video under ``out_dir`` (+ ``manifest.json``)."""
     import ray
-    from ray.data import ActorPoolStrategy
     from tqdm import tqdm
 
     from .classify import ClassifyClips, resolve_classifier
-    from .segments import plan_segments
-    from .timeline import is_complete, timeline_path
+    from .timeline import is_complete, read_timeline_meta, timeline_path
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     cache_dir = Path(cache_dir) if cache_dir else out_dir / "cache"
     # 0. everything that can fail for lack of a file fails now, before any work
-    _, _, face_record, face_key = prepare_faces(faces)
+    det_path, lm_path, face_record, face_key = prepare_faces(faces)
     classifier = resolve_classifier(settings.weights, settings.labels, settings.s2d_landmark_weights)
     model_name = settings.weights if classifier.path is None or Path(settings.weights).name != classifier.path.name \
         else classifier.path.name
@@ -535,8 +720,6 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
     for s in sources:  # 1. complete timelines of the same settings are kept (unless --force)
         path = timeline_path(out_dir, s.video_id, s.path)
         if not force and is_complete(path, key):
-            from .timeline import read_timeline_meta
-
             table = pq.read_table(path, columns=["track_id"])
             done[s.video_id] = {"video_id": s.video_id, "video_path": s.path, "status": read_timeline_meta(path)["status"],
                                 "error": None, "timeline": str(path), "n_segments": table.num_rows,
@@ -545,61 +728,67 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
     todo = [s for s in sources if s.video_id not in done]
 
     if todo:
-        # 2. the face stage (cache reused where complete)
-        result.faces = run_faces(todo, cache_dir, faces, device=device, address=address, progress=progress)
+        cached = {s.video_id for s in todo if cache.read_entry(cache_dir, face_key, s.video_id) is not None}
+        init_ray(address)
         device = pick_device(device)
-        assembler = TimelineAssembler(out_dir, key, classifier, model_name)
-        blocks = []
-        for src, meta in zip(todo, result.faces.videos):
-            base = {"video_id": src.video_id, "video_path": src.path, "n_segments": 0, "n_tracks": 0,
-                    "timeline": None, "error": meta["error"]}
-            if meta["status"] == "error":
-                done[src.video_id] = {**base, "status": "error"}
-                continue
-            # 3. segments per track, planned from the landmark cache
-            table, _ = cache.read_entry(cache_dir, face_key, src.video_id)
-            rows = table.to_pandas()
-            duration = meta["duration_s"] or (float(rows.time_s.max()) + 1.0 / faces.fps if len(rows) else 0.0)
-            segments = plan_segments(rows, duration, settings.segment_s, settings.stride_s, settings.min_face_frames)
-            if not segments:
-                status = meta["status"]  # no_faces, or faces too briefly on screen for any segment (ok, empty)
-                done[src.video_id] = {**base, "status": status, "timeline": write_empty_timeline(
-                    out_dir, src, classifier, model_name, key, status)}
-                continue
-            assembler.expect(src, segments)
-            order = sorted(segments, key=lambda s: (s.start_s, s.track_id))
-            for i in range(0, len(order), settings.windows_per_block):
-                blocks.append({"video_id": src.video_id, "path": src.path,
-                               "segments": order[i:i + settings.windows_per_block]})
-        n_clips = sum(len(b["segments"]) for b in blocks)
-        if blocks:
-            gpus = ray.cluster_resources().get("GPU", 0) if device == "cuda" else 0
-            cpus = max(1.0, ray.cluster_resources().get("CPU", 1.0))
-            ds = ray.data.from_items(blocks, override_num_blocks=len(blocks))
-            # 4. clips: re-decode only the frames the segments use, align each face to 224x224
-            ds = ds.map_batches(CutClips, batch_size=1, compute=ActorPoolStrategy(size=max(1, int(cpus // 4))),
-                                num_cpus=0.5, fn_constructor_kwargs=dict(decoder=faces.decoder))
-            # 5. S2D: an actor per GPU, or CPU actors
-            ds = ds.map_batches(ClassifyClips, batch_size=settings.batch_size,
-                                compute=ActorPoolStrategy(size=max(1, int(gpus)) if gpus else max(1, int(cpus // 2))),
-                                num_gpus=1 if gpus else 0, num_cpus=1,
-                                fn_constructor_kwargs=dict(classifier=classifier, device=device,
-                                                           crash_marker=os.environ.get("S2D_FAULT_INJECT_MARKER")))
-            # 6. in the driver: one timeline file per video, written when its last clip is in
-            with tqdm(total=n_clips, unit="clip", desc="emotions", disable=not progress) as bar:
+        cpus, gpus = _cluster()
+        pools = plan_pools(cpus, gpus if device == "cuda" else 0, emotions=True)
+        # 2. faces: decode, detect, landmarks, tracks and the cache entry (or the entry as cached)
+        ds = face_stages(_inputs(todo, cached), faces, det_path, lm_path, device, pools, cache_dir, face_key,
+                         face_record, todo)
+        # 3. segments per track, from the video's tracked faces
+        ds = ds.map_batches(PlanSegments, batch_size=1, **pools["plan"].args(),
+                            fn_constructor_kwargs=dict(settings=settings, fps=faces.fps))
+        # 4. clips: re-decode only the frames the segments use, align each face to 224x224
+        ds = ds.map_batches(CutClips, batch_size=1, **pools["cut"].args(),
+                            fn_constructor_kwargs=dict(decoder=faces.decoder))
+        # 5. S2D: CPU actors, or an actor per GPU
+        ds = ds.map_batches(ClassifyClips, batch_size=None, **pools["s2d"].args(),
+                            fn_constructor_kwargs=dict(classifier=classifier, device=device,
+                                                       batch_size=settings.batch_size,
+                                                       crash_marker=os.environ.get("S2D_FAULT_INJECT_MARKER")))
+        # 6. in the driver: one timeline file per video, written when its last clip is in
+        by_id = {s.video_id: s for s in todo}
+        assembler = TimelineAssembler(out_dir, key, classifier, model_name, by_id)
+        face_metas: dict[str, dict] = {}
+        result.faces = FacesResult(cache_dir, face_key, cached=len(cached))
+        with tqdm(total=len(todo), unit="video", desc="videos", disable=not progress) as vbar, \
+                tqdm(total=0, unit="clip", desc="clips", disable=not progress) as cbar:
+            try:
                 for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                    for vid, k, probs, error in zip(batch["video_id"], batch["key"], batch["probs"], batch["error"]):
-                        bar.update()
-                        result.clips += 0 if error else 1
-                        rec = assembler.add(str(vid), str(k), probs, str(error))
+                    for vid, kind, payload in zip(batch["video_id"], batch["kind"], batch["payload"]):
+                        vid = str(vid)
+                        if kind == "video":
+                            face_metas[vid] = payload["meta"]
+                            result.faces.decoded += bool(payload["decoded"])
+                            result.faces.wall_seconds = time.perf_counter() - t0
+                            cbar.total += len(payload["segments"])
+                            cbar.refresh()
+                            rec = assembler.plan(vid, payload["meta"], payload["segments"], payload.get("error"))
+                        else:
+                            cbar.update()
+                            result.clips += 0 if payload["error"] else 1
+                            result.s2d_seconds += payload.get("s2d_seconds", 0.0)
+                            rec = assembler.add(vid, payload["key"], payload["probs"], payload["error"])
                         if rec is not None:
-                            done[rec["video_id"]] = rec
+                            done[vid] = rec
+                            if rec["timeline"] and result.first_timeline_seconds is None:
+                                result.first_timeline_seconds = time.perf_counter() - t0
+                            vbar.set_postfix_str(f"{Path(rec['video_path']).name}: {rec['status']}")
+                            vbar.update()
+                message = "pipeline: the video never completed (an actor holding it was restarted?); run again"
+            except Exception as exc:  # the chain itself broke: what is left failed; what is written stays
+                message = f"pipeline: {type(exc).__name__}: {exc}"
+                traceback.print_exc()
+        for s in todo:
+            if s.video_id not in done:
+                done[s.video_id] = {"video_id": s.video_id, "video_path": s.path, "status": "error", "error": message,
+                                    "timeline": None, "n_segments": 0, "n_tracks": 0}
+        result.faces.videos = [face_metas.get(s.video_id) or _error_meta(s, face_record, message) for s in todo]
     result.videos = [done[s.video_id] for s in sources]
     result.wall_seconds = time.perf_counter() - t0
     write_manifest(result, record, settings, faces, classifier)
     return result
-
-
 def write_manifest(result: AnnotateResult, record: dict, settings: AnnotateSettings, faces: FaceSettings,
                    classifier) -> Path:
     """``<out>/manifest.json``: settings, weights, versions, per-video status and timings (atomic)."""
@@ -607,8 +796,10 @@ def write_manifest(result: AnnotateResult, record: dict, settings: AnnotateSetti
                 "face_settings_hash": record["faces"], "weights": classifier.fingerprint,
                 "labels": list(classifier.class_names), "warning": result.warning,
                 "versions": cache.library_versions(), "wall_seconds": result.wall_seconds,
-                "clips_classified": result.clips, "skipped": result.skipped, "videos": result.videos,
-                "faces_wall_seconds": result.faces.wall_seconds if result.faces else 0.0}
+                "clips_classified": result.clips, "s2d_seconds": result.s2d_seconds, "skipped": result.skipped,
+                "videos": result.videos,
+                "faces_wall_seconds": result.faces.wall_seconds if result.faces else 0.0,
+                "first_timeline_seconds": result.first_timeline_seconds}
     result.out_dir.mkdir(parents=True, exist_ok=True)
     path = result.out_dir / "manifest.json"
     tmp = path.with_name(f".manifest.json.{os.getpid()}.tmp")

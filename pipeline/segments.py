@@ -15,7 +15,10 @@ Rule (``plan_segments``):
   picked by two targets counts twice). Windows with ``n_face_frames < min_face_frames`` are skipped.
 - Each missing slot is filled from the nearest present slot in time (ties: the earlier slot): its frame_index,
   time_s, kps5 and bbox are copied, so a clip always has T real face frames, in time order.
-Output: sorted by (track_id, segment). Deterministic: depends only on the values, not on the row order.
+- Test-time views (``views=2``, the authors' test protocol): when the window holds more than T sampled frames
+  (e.g. a 4 s window at 8 fps), it gives two clips instead, its first T sampled frames (view 0) and its last T
+  (view 1), each kept or skipped by the rule above; otherwise the one clip above. Their probabilities are averaged.
+Output: sorted by (track_id, segment, view). Deterministic: depends only on the values, not on the row order.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ class Segment:
     kps5: np.ndarray  # float32[T,10] 5 (x, y) points, source px
     bbox: np.ndarray  # float32[T,4] x1, y1, x2, y2, source px
     n_face_frames: int  # slots whose frame really holds the face (before filling)
+    view: int = 0  # test-time view of the window (0, or 0 and 1 with views=2)
 
     @property
     def bbox_mean(self) -> np.ndarray:
@@ -91,15 +95,17 @@ def _nearest(times: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 def plan_segments(faces, duration_s: float | None, segment_s: float = 2.0, stride_s: float = 1.0,
-                  min_face_frames: int = 8, frames_per_clip: int = 16, sampled=None) -> list[Segment]:
+                  min_face_frames: int = 8, frames_per_clip: int = 16, sampled=None, views: int = 1) -> list[Segment]:
     """Segments (clips) of every track of ONE video; see the module docstring for the rule.
 
     faces: FACES_SCHEMA rows of one video (pa.Table or pandas DataFrame). duration_s: the video's duration (None:
     last sampled time + one sampling interval). sampled: optional (frame_index int64[m], time_s float64[m]) of all
-    sampled frames of the video, faces or not.
+    sampled frames of the video, faces or not. views: 1, or 2 for the first/last test-time views.
     """
     if segment_s <= 0 or stride_s <= 0 or frames_per_clip < 1:
         raise ValueError("segment_s, stride_s and frames_per_clip must be positive")
+    if views not in (1, 2):
+        raise ValueError(f"views must be 1 or 2, not {views}")
     c = _columns(faces)
     if len(c["frame_index"]) == 0:
         return []
@@ -120,20 +126,25 @@ def plan_segments(faces, duration_s: float | None, segment_s: float = 2.0, strid
         t0, t1 = c["time_s"][rows].min(), c["time_s"][rows].max()
         for k in np.flatnonzero((starts <= t1) & (starts + segment_s > t0)):
             start = float(starts[k])
-            targets = start + offsets  # [T]
-            near = _nearest(s_ts, targets)  # [T] into the sampled frames
-            fi = s_fi[near]
-            pos = np.clip(np.searchsorted(t_fi, fi), 0, len(t_fi) - 1)
-            present = (np.abs(s_ts[near] - targets) <= tol) & (t_fi[pos] == fi)  # [T]
-            n_face = int(present.sum())
-            if n_face < min_face_frames or n_face == 0:
-                continue
-            have = np.flatnonzero(present)  # ascending
-            src = have[np.abs(np.arange(frames_per_clip)[:, None] - have[None, :]).argmin(1)]  # [T] slot to copy
-            r = rows[pos[src]]  # [T] face rows
-            out.append(Segment(
-                track_id=int(tid), segment=int(k), start_s=start, end_s=float(min(start + segment_s, duration_s)),
-                frame_index=c["frame_index"][r].copy(), time_s=c["time_s"][r].copy(),
-                kps5=c["kps5"][r].copy(), bbox=c["bbox"][r].copy(), n_face_frames=n_face,
-            ))
+            inside = s_ts[(s_ts >= start - 1e-9) & (s_ts < start + segment_s - 1e-9)]  # the window's sampled times
+            if views == 2 and len(inside) > frames_per_clip:
+                view_targets = [inside[:frames_per_clip], inside[-frames_per_clip:]]  # first and last T frames
+            else:
+                view_targets = [start + offsets]  # [T] spread over the window
+            for v, targets in enumerate(view_targets):
+                near = _nearest(s_ts, targets)  # [T] into the sampled frames
+                fi = s_fi[near]
+                pos = np.clip(np.searchsorted(t_fi, fi), 0, len(t_fi) - 1)
+                present = (np.abs(s_ts[near] - targets) <= tol) & (t_fi[pos] == fi)  # [T]
+                n_face = int(present.sum())
+                if n_face < min_face_frames or n_face == 0:
+                    continue
+                have = np.flatnonzero(present)  # ascending
+                src = have[np.abs(np.arange(frames_per_clip)[:, None] - have[None, :]).argmin(1)]  # [T] slot to copy
+                r = rows[pos[src]]  # [T] face rows
+                out.append(Segment(
+                    track_id=int(tid), segment=int(k), start_s=start, end_s=float(min(start + segment_s, duration_s)),
+                    frame_index=c["frame_index"][r].copy(), time_s=c["time_s"][r].copy(),
+                    kps5=c["kps5"][r].copy(), bbox=c["bbox"][r].copy(), n_face_frames=n_face, view=v,
+                ))
     return out

@@ -143,6 +143,7 @@ def test_rerun_skips_and_force_redoes(run, inputs, face_settings, settings):
     forced = run_annotate([inputs / "single_face.mp4"], run.out_dir, run.out_dir / "cache", face_settings,
                           settings, force=True, progress=False)
     assert forced.skipped == 0 and forced.clips == 2
+    assert forced.faces.cached == 1 and forced.faces.decoded == 0  # its faces came from the cache, not the decoder
 
 
 def test_a_killed_classifier_actor_is_restarted_and_its_batch_retried(ray_local, inputs, face_settings, settings,
@@ -167,9 +168,11 @@ def test_cli_annotate_random_tiny_warns_and_timeline_summarises(inputs, tmp_path
            "S2D_HOME": str(tmp_path / "home")}
     out = tmp_path / "out"
     res = _s2d("annotate", str(inputs / "single_face.mp4"), "--out", str(out), "--weights", "random-tiny",
-               "--device", "cpu", env=env)
+               "--device", "cpu", "--segment", "3", "--views", "2", env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "untrained: labels are meaningless" in res.stderr and "1 ok" in res.stdout
+    # the 2.4 s video at 8 fps: window [0, 3) holds 19 sampled frames, so two views (frames 0-15 and 3-18)
+    assert "segments: 1;" in res.stdout and "clips classified: 2 " in res.stdout
     assert "untrained" in json.loads((out / "manifest.json").read_text())["warning"]
     res = _s2d("timeline", str(out), "--plot", str(tmp_path / "t.png"))
     assert res.returncode == 0, res.stderr[-3000:]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from pipeline.cache import faces_table
 from pipeline.segments import Segment, plan_segments
@@ -144,3 +145,27 @@ def test_sparse_sampling_repeats_frames():
     s = plan_segments(faces, 2.0)[0]
     assert s.segment == 0 and s.n_face_frames == 16
     np.testing.assert_array_equal(s.frame_index, [0] + list(np.repeat(np.arange(2, 16, 2), 2)) + [14])
+
+
+def test_two_views_are_the_first_and_last_16_frames_of_a_longer_window():
+    faces = make_faces({0: np.arange(48)})  # 6 s at 8 fps
+    segs = plan_segments(faces, 6.0, segment_s=3.0, stride_s=3.0, views=2)  # 24 sampled frames per window
+    assert [(s.segment, s.view) for s in segs] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for s in segs:
+        check_segment(s)
+        assert s.n_face_frames == 16 and s.start_s == 3.0 * s.segment
+    np.testing.assert_array_equal(segs[0].frame_index, np.arange(16))  # first 16 frames of [0, 3)
+    np.testing.assert_array_equal(segs[1].frame_index, np.arange(8, 24))  # last 16
+    np.testing.assert_array_equal(segs[3].frame_index, np.arange(32, 48))
+    # a window of at most 16 sampled frames has one view, the same clip as without views
+    one = plan_segments(faces, 6.0, views=2)
+    assert all(s.view == 0 for s in one) and len(one) == len(plan_segments(faces, 6.0))
+    np.testing.assert_array_equal(one[0].frame_index, plan_segments(faces, 6.0)[0].frame_index)
+
+
+def test_each_view_is_skipped_on_its_own():
+    faces = make_faces({0: np.arange(0, 10)})  # the face only in the window's first 10 frames of 24
+    segs = plan_segments(faces, 3.0, segment_s=3.0, stride_s=3.0, views=2, sampled=all_frames(3.0))
+    assert [(s.view, s.n_face_frames) for s in segs] == [(0, 10)]  # the last 16 hold only 2 face frames
+    with pytest.raises(ValueError, match="views"):
+        plan_segments(faces, 3.0, views=3)
