@@ -108,6 +108,7 @@ def init_ray(address: str | None = None) -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # we draw one bar over videos instead
     ctx.verbose_progress = False
+    ctx.enable_fallback_to_arrow_object_ext_type = True  # payload columns are pickled objects by design: no warning
 
 
 
@@ -307,7 +308,7 @@ class FacesResult:
     videos: list[dict] = field(default_factory=list)  # meta rows, in input order
     decoded: int = 0  # videos that went through the decoder in this run
     cached: int = 0  # videos whose complete cache entry was reused (no decoder, no detector)
-    wall_seconds: float = 0.0  # in an annotate run: when the last video's faces were done (the chain streams on)
+    wall_seconds: float = 0.0  # in an annotate run: when the tracking actor emitted the last video (the chain goes on)
 
     def count(self, status: str) -> int:
         return sum(v["status"] == status for v in self.videos)
@@ -386,9 +387,10 @@ class TrackVideos:
     """``chunk``/``end`` rows -> one ``video`` row per video once all of its rows are in: its faces linked into
     tracks and its cache entry written (atomically); ``cached`` rows -> the ``video`` row of the complete entry.
 
-    Payload of a video row: ``meta`` (the cache entry's), ``faces`` (pa.Table; None when the video failed) and
-    ``decoded`` (False: from the cache). Stateful (it holds each unfinished video's face rows), so it runs as ONE
-    actor, on the driver's node: the cache is a folder there.
+    Payload of a video row: ``meta`` (the cache entry's), ``faces`` (pa.Table; None when the video failed),
+    ``decoded`` (False: from the cache) and ``tracked_at`` (``time.time()``: this node's clock, as the driver's).
+    Stateful (it holds each unfinished video's face rows), so it runs as ONE actor, on the driver's node: the cache
+    is a folder there.
     """
 
     def __init__(self, cache_dir: str, settings_hash: str, settings: dict, sources: dict[str, Source],
@@ -404,12 +406,14 @@ class TrackVideos:
                 entry = cache.read_entry(self.cache_dir, self.settings_hash, vid)
                 table, meta = entry if entry else (None, _error_meta(
                     self.sources[vid], self.settings, "cache: the entry was removed during the run; run again"))
-                yield _rows([vid], ["video"], [{"meta": meta, "faces": table, "decoded": False}])
+                yield _rows([vid], ["video"], [{"meta": meta, "faces": table, "decoded": False,
+                                                 "tracked_at": time.time()}])
                 continue
             meta = self.assembler.add(vid, kind, payload)
             if meta is not None:
                 entry = cache.read_entry(self.cache_dir, self.settings_hash, vid)  # None for a failed video
-                yield _rows([vid], ["video"], [{"meta": meta, "faces": entry[0] if entry else None, "decoded": True}])
+                yield _rows([vid], ["video"], [{"meta": meta, "faces": entry[0] if entry else None, "decoded": True,
+                                                 "tracked_at": time.time()}])
 
 
 def _error_meta(src: Source, settings: dict, message: str) -> dict:
@@ -420,20 +424,22 @@ def _error_meta(src: Source, settings: dict, message: str) -> dict:
 
 
 def face_stages(ds, s: FaceSettings, det_path: Path, lm_path: Path | None, device: str, pools: dict[str, Pool],
-                cache_dir: Path, key: str, record: dict, sources: list[Source]):
-    """Input rows {video_id, path, cached} -> one ``video`` row per video (see TrackVideos)."""
+                cache_dir: Path, key: str, record: dict, sources: list[Source], detect: bool = True):
+    """Input rows {video_id, path, cached} -> one ``video`` row per video (see TrackVideos). ``detect=False``
+    (every video cached) leaves out the detector and landmark actors: nothing would reach them."""
     # decode: sampled frames in bounded chunks, plus one end row per video
     ds = ds.map_batches(DecodeChunks, batch_size=1, **pools["decode"].args(),
                         fn_constructor_kwargs=dict(decoder=s.decoder, fps=s.fps, chunk_size=s.chunk_size))
-    # detect faces in every sampled frame
-    ds = ds.map_batches(DetectFaces, batch_size=1, **pools["detect"].args(),
-                        fn_constructor_kwargs=dict(weights=str(det_path), network=DETECTORS[s.detector], device=device,
-                                                   score_threshold=s.score_threshold, nms_threshold=s.nms_threshold,
-                                                   long_side=s.long_side))
-    # 68 landmarks per face; frames are dropped after this stage
-    ds = ds.map_batches(FindLandmarks, batch_size=1, **pools["landmarks"].args(),
-                        fn_constructor_kwargs=dict(backend=s.landmarks, weights=str(lm_path) if lm_path else None,
-                                                   device=device))
+    if detect:
+        # detect faces in every sampled frame
+        ds = ds.map_batches(DetectFaces, batch_size=1, **pools["detect"].args(),
+                            fn_constructor_kwargs=dict(weights=str(det_path), network=DETECTORS[s.detector],
+                                                       device=device, score_threshold=s.score_threshold,
+                                                       nms_threshold=s.nms_threshold, long_side=s.long_side))
+        # 68 landmarks per face; frames are dropped after this stage
+        ds = ds.map_batches(FindLandmarks, batch_size=1, **pools["landmarks"].args(),
+                            fn_constructor_kwargs=dict(backend=s.landmarks, weights=str(lm_path) if lm_path else None,
+                                                       device=device))
     # link each complete video's faces into tracks, write its cache entry
     return ds.map_batches(TrackVideos, batch_size=1, **pools["track"].args(), **on_this_node(),
                           fn_constructor_kwargs=dict(cache_dir=str(cache_dir), settings_hash=key, settings=record,
@@ -546,7 +552,7 @@ class AnnotateResult:
     wall_seconds: float = 0.0
     s2d_seconds: float = 0.0  # time the S2D actors spent in the model (normalise + forward), summed over clips
     first_timeline_seconds: float | None = None  # when the first timeline file of this run was written
-    faces: FacesResult | None = None  # the face stage's part (its wall_seconds: when the last video's faces were done)
+    faces: FacesResult | None = None  # the face stage's part (its wall_seconds: when the last video was tracked)
     warning: str | None = None
 
     def count(self, status: str) -> int:
@@ -629,7 +635,8 @@ class TimelineAssembler:
     returns its record."""
 
     def __init__(self, out_dir: Path, settings_hash: str, classifier, model_name: str, sources: dict[str, Source]):
-        self.out_dir, self.settings_hash, self.classifier, self.model_name = out_dir, settings_hash, classifier, model_name
+        self.out_dir, self.settings_hash, self.classifier = out_dir, settings_hash, classifier
+        self.model_name = model_name
         self.sources = sources
         self.plans: dict[str, list] = {}
         self.probs: dict[str, dict[str, np.ndarray]] = {}
@@ -702,7 +709,7 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
     from .classify import ClassifyClips, resolve_classifier
     from .timeline import is_complete, read_timeline_meta, timeline_path
 
-    t0 = time.perf_counter()
+    t0, t0_wall = time.perf_counter(), time.time()
     out_dir = Path(out_dir)
     cache_dir = Path(cache_dir) if cache_dir else out_dir / "cache"
     # 0. everything that can fail for lack of a file fails now, before any work
@@ -721,8 +728,9 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
         path = timeline_path(out_dir, s.video_id, s.path)
         if not force and is_complete(path, key):
             table = pq.read_table(path, columns=["track_id"])
-            done[s.video_id] = {"video_id": s.video_id, "video_path": s.path, "status": read_timeline_meta(path)["status"],
-                                "error": None, "timeline": str(path), "n_segments": table.num_rows,
+            done[s.video_id] = {"video_id": s.video_id, "video_path": s.path, "error": None,
+                                "status": read_timeline_meta(path)["status"], "timeline": str(path),
+                                "n_segments": table.num_rows,
                                 "n_tracks": len(set(table.column("track_id").to_pylist())), "skipped": True}
     result.skipped = len(done)
     todo = [s for s in sources if s.video_id not in done]
@@ -735,7 +743,7 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
         pools = plan_pools(cpus, gpus if device == "cuda" else 0, emotions=True)
         # 2. faces: decode, detect, landmarks, tracks and the cache entry (or the entry as cached)
         ds = face_stages(_inputs(todo, cached), faces, det_path, lm_path, device, pools, cache_dir, face_key,
-                         face_record, todo)
+                         face_record, todo, detect=len(cached) < len(todo))
         # 3. segments per track, from the video's tracked faces
         ds = ds.map_batches(PlanSegments, batch_size=1, **pools["plan"].args(),
                             fn_constructor_kwargs=dict(settings=settings, fps=faces.fps))
@@ -761,7 +769,7 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
                         if kind == "video":
                             face_metas[vid] = payload["meta"]
                             result.faces.decoded += bool(payload["decoded"])
-                            result.faces.wall_seconds = time.perf_counter() - t0
+                            result.faces.wall_seconds = max(result.faces.wall_seconds, payload["tracked_at"] - t0_wall)
                             cbar.total += len(payload["segments"])
                             cbar.refresh()
                             rec = assembler.plan(vid, payload["meta"], payload["segments"], payload.get("error"))
