@@ -93,3 +93,13 @@ def test_views_of_a_window_are_averaged_into_one_row(assembler):
     df = pq.read_table(rec["timeline"]).to_pandas()
     assert list(df.segment) == [0, 1] and df.n_face_frames.tolist() == [16, 16]  # the first view's count
     np.testing.assert_allclose(df[["p_happy", "p_angry", "p_surprise"]].to_numpy(), [[.5, .5, 0], [0, 0, 1]])
+
+
+def test_a_video_that_cannot_be_re_decoded_gives_error_clips(tmp_path):
+    from pipeline.run import CutClips
+
+    gone = tmp_path / "removed_after_the_face_stage.mp4"
+    rows = CutClips("pyav").block("a", str(gone), [_segment(0, 0), _segment(1, 0)])
+    assert list(rows["kind"]) == ["clip", "clip"] and [p["key"] for p in rows["payload"]] == ["0:0:0", "1:0:0"]
+    assert all(p["error"] == f"{gone}: file not found" for p in rows["payload"])  # the video fails, clearly
+    assert all(p["clip"] is None for p in rows["payload"])
