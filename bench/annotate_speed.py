@@ -407,7 +407,8 @@ def main() -> None:
     # ---------------------------------------------------------------------------------------- the table
     rows: list[dict] = []
     video_s = sum(v["duration_s"] or 0.0 for v in cold.faces.videos if v["status"] != "error")
-    wall, face_s, first_s, s2d_s = cold.wall_seconds, cold.faces.wall_seconds, cold.first_timeline_seconds, cold.s2d_seconds
+    wall, face_s = cold.wall_seconds, cold.faces.wall_seconds
+    first_s, s2d_s = cold.first_timeline_seconds, cold.s2d_seconds
     e2e, in_actor = cold.clips / wall, cold.clips / s2d_s if s2d_s > 0 else float("nan")
     sec = "1 cold run"
     rows.append(dict(section=sec, item="run_annotate, cold (fresh cache + out)", value=wall, unit="s",

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import cache
@@ -109,8 +110,6 @@ def init_ray(address: str | None = None) -> None:
     ctx.enable_progress_bars = False  # we draw one bar over videos instead
     ctx.verbose_progress = False
     ctx.enable_fallback_to_arrow_object_ext_type = True  # payload columns are pickled objects by design: no warning
-
-
 
 
 # ------------------------------------------------------------------------------------------ resources
@@ -240,6 +239,8 @@ class DecodeChunks:
             end["status"], end["error"] = "error", _error_text("decode", exc)
         end["decode_seconds"] = time.perf_counter() - start
         yield _rows([vid], ["end"], [end])
+
+
 class DetectFaces:
     """Chunk frames -> RetinaFace detections per frame (``dets``)."""
 
@@ -334,8 +335,8 @@ class VideoAssembler:
         self.ends: dict[str, dict] = {}
         self.started = time.perf_counter()
 
-    def add(self, vid: str, kind: str, payload: dict) -> dict | None:
-        """Feed one row; returns the video's meta when the video is complete and written."""
+    def add(self, vid: str, kind: str, payload: dict) -> tuple[dict, pa.Table] | None:
+        """Feed one row; returns the video's (meta, faces table) when the video is complete and written."""
         if kind == "end":
             self.ends[vid] = payload
         else:
@@ -345,13 +346,14 @@ class VideoAssembler:
             return None
         return self.finish(vid, self.parts.pop(vid, []), self.ends.pop(vid))
 
-    def finish(self, vid: str, parts: list[dict], end: dict) -> dict:
+    def finish(self, vid: str, parts: list[dict], end: dict) -> tuple[dict, pa.Table]:
         errors = [p["error"] for p in parts if "error" in p]
         status, error = end["status"], end["error"]
         if errors and status != "error":
             status, error = "error", errors[0]
-        faces = self.faces(vid, sorted((p for p in parts if "faces" in p), key=lambda p: p["chunk"]))
-        if status == "ok" and len(faces["frame_index"]) == 0:
+        chunks = sorted((p for p in parts if "faces" in p), key=lambda p: p["chunk"])
+        faces = cache.faces_table(self.faces(vid, chunks))
+        if status == "ok" and faces.num_rows == 0:
             status = "no_faces"
         info = end.get("info") or {}
         meta = {
@@ -363,7 +365,7 @@ class VideoAssembler:
             "total_seconds": time.perf_counter() - self.started,
         }
         cache.write_entry(self.cache_dir, self.settings_hash, vid, faces, meta)
-        return cache.read_meta(self.cache_dir, self.settings_hash, vid)
+        return cache.read_meta(self.cache_dir, self.settings_hash, vid), faces
 
     def faces(self, vid: str, parts: list[dict]) -> dict:
         """Concatenate the chunks' face rows in stream order and give each a track id."""
@@ -409,11 +411,11 @@ class TrackVideos:
                 yield _rows([vid], ["video"], [{"meta": meta, "faces": table, "decoded": False,
                                                  "tracked_at": time.time()}])
                 continue
-            meta = self.assembler.add(vid, kind, payload)
-            if meta is not None:
-                entry = cache.read_entry(self.cache_dir, self.settings_hash, vid)  # None for a failed video
-                yield _rows([vid], ["video"], [{"meta": meta, "faces": entry[0] if entry else None, "decoded": True,
-                                                 "tracked_at": time.time()}])
+            done = self.assembler.add(vid, kind, payload)
+            if done is not None:
+                meta, table = done
+                yield _rows([vid], ["video"], [{"meta": meta, "faces": None if meta["status"] == "error" else table,
+                                                 "decoded": True, "tracked_at": time.time()}])
 
 
 def _error_meta(src: Source, settings: dict, message: str) -> dict:
@@ -540,6 +542,10 @@ class AnnotateSettings:
     views: int = 1  # 2: test-time views, a window's first and last 16 sampled frames, averaged (when it has more)
     batch_size: int = 8  # clips per S2D forward
     windows_per_block: int = 8  # windows re-decoded together (bounds memory per task)
+
+    def __post_init__(self):  # fail before any work, not once per video in the planner
+        if self.views not in (1, 2):
+            raise ValueError(f"views must be 1 or 2, not {self.views}")
 
 
 @dataclass

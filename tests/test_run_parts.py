@@ -103,3 +103,10 @@ def test_a_video_that_cannot_be_re_decoded_gives_error_clips(tmp_path):
     assert list(rows["kind"]) == ["clip", "clip"] and [p["key"] for p in rows["payload"]] == ["0:0:0", "1:0:0"]
     assert all(p["error"] == f"{gone}: file not found" for p in rows["payload"])  # the video fails, clearly
     assert all(p["clip"] is None for p in rows["payload"])
+
+
+def test_bad_views_fail_at_the_settings_not_per_video():
+    from pipeline.run import AnnotateSettings
+
+    with pytest.raises(ValueError, match="views must be 1 or 2, not 3"):
+        AnnotateSettings(views=3)
