@@ -110,3 +110,14 @@ def test_bad_views_fail_at_the_settings_not_per_video():
 
     with pytest.raises(ValueError, match="views must be 1 or 2, not 3"):
         AnnotateSettings(views=3)
+
+
+def test_a_cache_entry_removed_during_the_run_fails_its_video_clearly(tmp_path):
+    from pipeline.run import TrackVideos, _rows
+
+    src = Source(str(tmp_path / "v.mp4"), "v", 1, 0.0)
+    track = TrackVideos(str(tmp_path / "cache"), "hash", {}, {"v": src}, max_gap_s=1.0)
+    (out,) = list(track(_rows(["v"], ["cached"], [{}])))  # the driver saw a complete entry; now it is gone
+    (payload,) = out["payload"]
+    assert list(out["kind"]) == ["video"] and payload["faces"] is None and payload["decoded"] is False
+    assert payload["meta"]["status"] == "error" and "removed during the run" in payload["meta"]["error"]
