@@ -93,6 +93,7 @@ def weights_path(name: str = typer.Argument(..., help="a known or imported name"
         raise typer.Exit(1)
 
 
+SHARD_HELP = "seconds per time shard: a longer video is split so that several face actors share it"
 DEVICE_HELP = "auto (GPU when the cluster has one), cpu or cuda"
 
 
@@ -123,16 +124,18 @@ def faces_cmd(
     nms_threshold: float = typer.Option(0.4, help="NMS IoU threshold"),
     long_side: int = typer.Option(640, help="frames are resized to this long side for detection"),
     decoder: str = typer.Option("pyav", help="pyav | decord (decord leaks memory on long files)"),
+    shard: float = typer.Option(60.0, help=SHARD_HELP),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ):
     """Find, landmark and track every face in every video; write the Parquet landmark cache."""
-    from pipeline.run import FaceSettings, run_faces
+    from pipeline.faces_run import run_faces
+    from pipeline.settings import FaceSettings
     from s2d_model.weights import WeightsNotFound
 
     settings = FaceSettings(fps=fps, detector=detector, detector_weights=detector_weights, landmarks=landmarks,
                             landmark_weights=landmark_weights, score_threshold=score_threshold,
-                            nms_threshold=nms_threshold, long_side=long_side, decoder=decoder)
+                            nms_threshold=nms_threshold, long_side=long_side, decoder=decoder, shard_s=shard)
     try:
         result = run_faces([str(p) for p in paths], cache, settings, device=device, address=address)
     except (WeightsNotFound, FileNotFoundError, ValueError) as e:
@@ -170,22 +173,25 @@ def annotate_cmd(
         None, envvar="S2D_LANDMARK_WEIGHTS", help="MobileFaceNet file (face stage and S2D's landmark branch); with "
         "--landmarks fan, the FAN file"),
     decoder: str = typer.Option("pyav", help="pyav | decord"),
+    shard: float = typer.Option(60.0, help=SHARD_HELP),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ):
     """Write a per-track, per-segment emotion timeline (Parquet) for every face in every video."""
-    from pipeline.run import AnnotateSettings, FaceSettings, run_annotate
+    from pipeline.annotate import run_annotate
+    from pipeline.settings import AnnotateSettings, FaceSettings
     from s2d_model.checkpoints import CheckpointError
     from s2d_model.weights import WeightsNotFound
 
     face_settings = FaceSettings(fps=fps, detector=detector, detector_weights=detector_weights,
-                                 landmarks=landmarks, landmark_weights=landmark_weights, decoder=decoder)
+                                 landmarks=landmarks, landmark_weights=landmark_weights, decoder=decoder,
+                                 shard_s=shard)
     s2d_landmarks = landmark_weights if landmarks == "mobilefacenet" else None
     settings = AnnotateSettings(weights=weights, labels=labels, s2d_landmark_weights=s2d_landmarks,
                                 segment_s=segment, stride_s=stride, min_face_frames=min_face_frames, views=views,
                                 batch_size=batch_size)
     if weights == "random-tiny":
-        from pipeline.classify import UNTRAINED_WARNING
+        from pipeline.emotions import UNTRAINED_WARNING
 
         typer.echo(f"WARNING: {UNTRAINED_WARNING}", err=True)
     try:
@@ -373,7 +379,7 @@ def prepare_cmd(
     """
     from jobs.datasets import DatasetError
     from jobs.prepare import prepare
-    from pipeline.run import FaceSettings
+    from pipeline.settings import FaceSettings
     from s2d_model.weights import WeightsNotFound
 
     faces = FaceSettings(fps=fps, detector=detector, detector_weights=detector_weights, landmarks=landmarks,

@@ -76,7 +76,9 @@ def bench_loop(cfg: dict) -> None:
 
     import s2d_model as S
     from jobs.augment import to_model_input
-    from jobs.train import apply_mixup, param_groups, soft_cross_entropy
+    from timm.loss import SoftTargetCrossEntropy
+
+    from jobs.train import apply_mixup, param_groups
 
     ctx = ray.train.get_context()
     world = ctx.get_world_size()
@@ -116,7 +118,7 @@ def bench_loop(cfg: dict) -> None:
             xm, target = apply_mixup(mixup, x, label)
         else:
             xm, target = x, torch.nn.functional.one_hot(label, 7).float()
-        loss = soft_cross_entropy(ddp(xm), target)
+        loss = SoftTargetCrossEntropy()(ddp(xm).float(), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

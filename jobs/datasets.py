@@ -41,8 +41,6 @@ from .augment import ClipAugment, eval_windows, train_window
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 FORMATS = ("dfew", "ferv39k", "mafw", "rafdb", "affectnet7", "affectnet8", "csv")
-LABEL_SET_OF = {"dfew": "dfew", "ferv39k": "ferv39k", "mafw": "mafw", "rafdb": "rafdb",
-                "affectnet7": "affectnet7", "affectnet8": "affectnet8"}
 
 
 class DatasetError(ValueError):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import s2d_model as S
-from s2d_model.checkpoints import infer_config, read_file, split_file
+from pipeline.cluster import init_ray
 
 from .augment import to_model_input
 
@@ -91,32 +91,12 @@ def predict_views(model: torch.nn.Module, clips: torch.Tensor, views: torch.Tens
     return probs
 
 
-# ============================================================================ checkpoints -> models
-def model_from_checkpoint(path: str | Path, landmark_weights: str | Path | None, trust: bool = False):
-    """Build the S2DVideo / S2DImage a checkpoint describes and load it. -> (model in eval mode, meta)."""
-    fmt, sd, meta = split_file(read_file(path, trust), path)
-    config = meta.get("config") or infer_config(sd)
-    image = meta.get("kind") == "image" or (meta.get("kind") is None and fmt == "image")
-    head = sd.get("head.weight") if image else sd.get("head.fc_cls.weight")
-    if head is None:
-        raise S.CheckpointError(f"{path}: no classifier head in the checkpoint")
-    num_classes = head.shape[0]
-    if image:
-        model = S.create_image_model(config, num_classes)
-    else:
-        num_frames = meta.get("num_frames") or sd["temporal_embedding"].shape[1]
-        model = S.create_model(config, num_classes, num_frames=num_frames)
-    S.load_checkpoint(model, path, trust=trust, verbose=False)
-    if landmark_weights is not None:
-        S.load_landmark_weights(model, landmark_weights)
-    return model.eval(), {**meta, "config": config, "num_classes": num_classes, "kind": "image" if image else "video"}
-
-
+# ============================================================================ the model actor
 class Predictor:
     """Ray Data callable class: a batch of test views -> averaged softmax probabilities."""
 
     def __init__(self, checkpoint: str, landmark_weights: str, trust: bool = False):
-        self.model, _ = model_from_checkpoint(checkpoint, landmark_weights, trust)
+        self.model, _ = S.load_model(checkpoint, landmark_weights, trust)
         if torch.cuda.is_available():
             self.model.cuda()
 
@@ -192,14 +172,13 @@ def evaluate(data: str | Path, format: str, checkpoint: str | Path, out: str | P
 
     ckpt = W.resolve(str(checkpoint)).resolve()
     landmark = W.resolve(str(landmark_weights)).resolve()  # a missing file stops here, with the weights message
-    model, meta = model_from_checkpoint(ckpt, landmark, trust)  # validates the file before starting Ray work
-    num_frames = model.num_frames or 1
+    model, _ = S.load_model(ckpt, landmark, trust)  # validates the file before starting Ray work
+    num_frames, num_classes, image_mode = model.num_frames or 1, model.num_classes, isinstance(model, S.S2DImage)
     del model
     data_split = load_split(data, format, split, fold, labels)
-    if meta["num_classes"] != data_split.num_classes:
-        raise ValueError(f"{ckpt}: the checkpoint has {meta['num_classes']} classes, the dataset "
+    if num_classes != data_split.num_classes:
+        raise ValueError(f"{ckpt}: the checkpoint has {num_classes} classes, the dataset "
                          f"{data_split.source} has {data_split.num_classes}")
-    image_mode = meta["kind"] == "image"
 
     import ray
 
@@ -225,13 +204,3 @@ def evaluate(data: str | Path, format: str, checkpoint: str | Path, out: str | P
     print(f"{format} {split}{'' if fold is None else f' fold {fold}'}: UAR {100 * metrics['uar']:.2f}  "
           f"WAR {100 * metrics['war']:.2f}  F1 macro {100 * metrics['f1_macro']:.2f}  (n={metrics['n']}) -> {out}")
     return {**metrics, "outputs": outputs}
-
-
-def init_ray(address: str | None) -> None:
-    """Connect to the cluster at ``address`` (e.g. ``ray://head:10001`` or ``auto``), else start a local Ray;
-    nothing if Ray is already initialised in this process."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    ray.init(address=address) if address else ray.init()

@@ -5,7 +5,7 @@ Input: a CSV with columns ``path,label`` and optionally ``split`` (``train``, ``
 int or a class name); with ``labels`` (a label-set name or comma-separated class names) they are checked first.
 
 Per video:
-1. the face stage (``pipeline.run.run_faces``; its landmark cache under ``OUT/cache`` is reused on re-runs);
+1. the face stage (``pipeline.faces_run.run_faces``; its landmark cache under ``OUT/cache`` is reused on re-runs);
 2. the track with the most sampled faces (ties: the larger mean box) is the clip's subject;
 3. 16 target times spread uniformly over that track's span (first to last face time, plus one sampling
    step), ``t_j = t0 + (j + 0.5) * span / 16``, each taking the nearest frame of the track -- DFEW's clips are
@@ -25,6 +25,7 @@ with the same face-stage settings (``force`` redoes them). Clip cutting runs in 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -33,6 +34,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+
+from s2d_model.files import atomic_write
 
 from .datasets import DatasetError, _csv_names, _read_table, parse_label
 
@@ -130,7 +133,8 @@ def prepare(videos_csv: str | Path, out: str | Path, faces=None, labels: str | N
     from tqdm import tqdm
 
     from pipeline import cache
-    from pipeline.run import FaceSettings, run_faces
+    from pipeline.faces_run import run_faces
+    from pipeline.settings import FaceSettings
     from pipeline.sources import make_source
 
     t0 = time.perf_counter()
@@ -172,18 +176,15 @@ def prepare(videos_csv: str | Path, out: str | Path, faces=None, labels: str | N
         if not ok:
             target.unlink(missing_ok=True)
             continue
-        tmp = target.with_name(f".{target.name}.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "label"])
-            w.writerows([v["clip"], v["label"]] for v in ok)
-        os.replace(tmp, target)
+        text = io.StringIO(newline="")
+        w = csv.writer(text)
+        w.writerow(["path", "label"])
+        w.writerows([v["clip"], v["label"]] for v in ok)
+        atomic_write(target, text.getvalue())
         csvs[split] = {"file": str(target), "clips": len(ok)}
     manifest = {"videos_csv": str(Path(videos_csv).resolve()), "out": str(out), "labels": labels,
                 "faces": asdict(faces), "faces_settings_hash": result.settings_hash, "csv": csvs,
                 "clips_written": written, "clips_kept": kept, "faces_from_cache": result.cached,
                 "wall_seconds": round(time.perf_counter() - t0, 2), "videos": videos}
-    tmp = out / ".prepare.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, default=str))
-    os.replace(tmp, out / "prepare.json")
+    atomic_write(out / "prepare.json", json.dumps(manifest, indent=1, default=str))
     return manifest

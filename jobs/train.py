@@ -6,7 +6,8 @@ Datasets (``jobs/datasets.py``) and starts a ``TorchTrainer``; one worker loop (
 Recipe (``../shared/S2D_REFERENCE.md`` section 3):
 - AdamW (0.9, 0.999), weight decay 0.05 except 1-D parameters, ``pos_embed``, ``temporal_embedding`` and
   ``cls_token``; peak lr = ``lr`` x total batch / 8; linear warm-up from 0 for 2 epochs, then cosine down to
-  ``min_lr`` (1e-6, VideoMAE's default), set every step.
+  ``min_lr`` (1e-6, VideoMAE's default), set every step (timm ``CosineLRScheduler``); loss: timm
+  ``SoftTargetCrossEntropy`` on the mixed (or smoothed one-hot) targets.
 - dynamic stage: ``lr`` 1e-5 (the authors' scripts), ``create_model`` already freezes all but the temporal
   embedding, ``ln_post``, head, prompts and adapters; ``--init`` an image or video checkpoint.
 - static stage: ``lr`` 2.5e-6, i.e. MAE-SFER's AffectNet-7 command (``--learning-rate 1e-5`` per 32-image
@@ -41,8 +42,8 @@ comma-separated class names), ``model``, ``epochs``, ``batch_size`` (per worker)
 from __future__ import annotations
 
 import csv
+import io
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -51,12 +52,17 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from timm.data.mixup import mixup_target
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import param_groups_weight_decay
+from timm.scheduler import CosineLRScheduler
 
 import s2d_model as S
+from pipeline.cluster import init_ray
+from s2d_model.files import atomic_write
 
 from .augment import to_model_input
-from .evaluate import init_ray, metrics_from_confusion, predict_views
+from .evaluate import metrics_from_confusion, predict_views
 from .sdl import DEFAULT_SCHEDULE, EmotionAnchors, sdl_weight
 
 STATIC_LR = 2.5e-6  # per 8 samples; MAE-SFER AffectNet-7: 1e-5 per 32-image GPU batch
@@ -174,13 +180,14 @@ def _summarise(result, out: Path, cfg: dict) -> dict:
             continue
         src = Path(ckpt.path) / "model.pth"
         dst = out / f"{name}.pth"
-        tmp = dst.with_name(f".{dst.name}.tmp")
+        tmp = dst.with_name(f".{dst.name}.link")
         tmp.unlink(missing_ok=True)
-        try:
-            os.link(src, tmp)  # a hard link: no copy of a 380 MB file, and it outlives Ray's checkpoint pruning
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+        try:  # a hard link: no copy of a 380 MB file, and it outlives Ray's checkpoint pruning
+            os.link(src, tmp)
+            os.replace(tmp, dst)
+        except OSError:  # no hard links here (another file system): a copy
+            with open(src, "rb") as f_src:
+                atomic_write(dst, lambda f: shutil.copyfileobj(f_src, f, 1 << 20))
         paths[name] = str(dst)
     rows = read_metrics(out)
     return {"run_dir": str(out), "best_checkpoint": paths.get("best"), "last_checkpoint": paths.get("last"),
@@ -204,47 +211,30 @@ def write_metrics_row(run_dir: str | Path, row: dict) -> None:
     """Add an epoch's row to metrics.jsonl and metrics.csv, replacing rows of that epoch or later (a resumed
     run repeats the epochs after its last checkpoint)."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     rows = [r for r in read_metrics(run_dir) if r["epoch"] < row["epoch"]] + [row]
-    for name, text in (("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows)), ("metrics.csv", None)):
-        tmp = run_dir / f".{name}.tmp"
-        if text is None:
-            with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
-                w.writeheader()
-                w.writerows(rows)
-        else:
-            tmp.write_text(text)
-        os.replace(tmp, run_dir / name)
+    atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(run_dir / "metrics.csv", text.getvalue())
 
 
 # ============================================================================ pieces of the loop
-def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, floor: float) -> float:
-    """Linear warm-up from 0 over ``warmup_steps``, then cosine from ``peak`` to ``floor``."""
-    if step < warmup_steps:
-        return peak * step / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable parameters in two AdamW groups: with decay, and without (1-D, pos/temporal embedding, cls)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(NO_DECAY) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """Trainable parameters in two AdamW groups (timm): with decay, and without (1-D, ``NO_DECAY``). The decay
+    group comes first, as in the ``train_state.pt`` of runs started before timm made the groups."""
+    groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=NO_DECAY)
+    return sorted(groups, key=lambda g: g["weight_decay"] == 0)
 
 
-def smooth_one_hot(y: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
-    """[B] -> [B, C] targets as timm's mixup_target without mixing: 1 - s + s/C on the class, s/C elsewhere."""
-    off = smoothing / num_classes
-    return torch.full((len(y), num_classes), off, device=y.device).scatter_(1, y[:, None], 1 - smoothing + off)
-
-
-def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+def lr_schedule(optimizer: torch.optim.Optimizer, cfg: dict) -> CosineLRScheduler:
+    """Per step (``step_update(step)``): linear warm-up from 0 to the optimizer's lr over ``warmup_epochs``, then
+    cosine down to ``min_lr`` at the last step."""
+    steps = cfg["steps_per_epoch"]
+    total, warmup = cfg["epochs"] * steps, int(round(cfg["warmup_epochs"] * steps))
+    return CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), lr_min=cfg["min_lr"], warmup_t=warmup,
+                             warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
 
 
 def apply_mixup(mixup, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,6 +286,8 @@ def _train_loop(cfg: dict) -> None:
     checkpoint = ray.train.get_checkpoint()  # set when resuming (a re-run, or a restart after a failure)
     model = build_model({**cfg, "init": None} if checkpoint is not None else cfg, verbose=rank == 0)
     optimizer = torch.optim.AdamW(param_groups(model, cfg["weight_decay"]), lr=cfg["peak_lr"], betas=(0.9, 0.999))
+    scheduler = lr_schedule(optimizer, cfg)
+    criterion = SoftTargetCrossEntropy()
     anchors = None
     if cfg["sdl"]:
         anchors = EmotionAnchors(c, model.embed_dim, k=cfg["sdl_k"], size=cfg["sdl_queue"], device=device)
@@ -321,7 +313,6 @@ def _train_loop(cfg: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if cfg["has_val"] else None
     steps = cfg["steps_per_epoch"]
-    total_steps, warmup_steps = cfg["epochs"] * steps, int(round(cfg["warmup_epochs"] * steps))
 
     for epoch in range(start_epoch, cfg["epochs"]):
         t0 = time.time()
@@ -333,19 +324,18 @@ def _train_loop(cfg: dict) -> None:
                                                                  drop_last=cfg["drop_last"])):
             if i >= steps:  # equal shards give every rank the same count; this only guards the DDP lockstep
                 continue  # (and drains the shard: the streaming split expects every consumer to finish)
-            lr = lr_at(epoch * steps + i, total_steps, warmup_steps, cfg["peak_lr"], cfg["min_lr"])
-            for g in optimizer.param_groups:
-                g["lr"] = lr
+            scheduler.step_update(epoch * steps + i)
+            lr = optimizer.param_groups[0]["lr"]
             x = to_model_input(batch["clip"].to(device))  # [B, 3, T, H, W]
             x = x[:, :, 0] if image else x  # images [B, 3, H, W]
             y = batch["label"].to(device)  # [B]
             if mixup is not None and len(y) % 2 == 0:
                 xm, target = apply_mixup(mixup, x, y)
             else:
-                xm, target = x, smooth_one_hot(y, c, cfg["label_smoothing"])
+                xm, target = x, mixup_target(y, c, smoothing=cfg["label_smoothing"])  # smoothed one-hot
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits, feature = ddp(xm, return_feature=True)  # [B, C], [B, D]
-            loss = soft_cross_entropy(logits, target)
+            loss = criterion(logits.float(), target)
             sdl_loss = None
             if anchors is not None and w_sdl > 0 and anchors.ready:
                 sdl_loss = anchors.loss(logits, feature)

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from s2d_model.files import atomic_write
 
 
 def _f(name: str, t: pa.DataType, nullable: bool = False) -> pa.Field:
@@ -153,19 +153,6 @@ def entry_paths(cache_dir: str | Path, settings_hash: str, video_id: str) -> tup
     return d / f"{video_id}.faces.parquet", d / f"{video_id}.meta.parquet"
 
 
-def _atomic_write(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            pq.write_table(table, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _meta_table(meta: dict) -> pa.Table:
     row = {}
     for f in META_SCHEMA:
@@ -206,8 +193,8 @@ def write_entry(cache_dir: str | Path, settings_hash: str, video_id: str, faces:
     faces_path, meta_path = entry_paths(cache_dir, settings_hash, video_id)
     faces_path.parent.mkdir(parents=True, exist_ok=True)
     meta_path.unlink(missing_ok=True)  # the entry is incomplete from here ...
-    _atomic_write(table, faces_path)
-    _atomic_write(mt, meta_path)  # ... until here
+    atomic_write(faces_path, lambda f: pq.write_table(table, f))
+    atomic_write(meta_path, lambda f: pq.write_table(mt, f))  # ... until here
     return faces_path, meta_path
 
 

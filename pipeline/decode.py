@@ -9,7 +9,11 @@ Sampling rule (both backends): with an analysis rate ``fps`` the grid times are 
 (k = 0, 1, 2, ...). Frames are walked in presentation order; a frame is kept when its PTS is at or
 after the next grid time, and the grid then moves to the first grid time after that frame's PTS.
 So every grid point picks at most one frame, and variable-frame-rate files are sampled by their
-real timestamps, never by ``index / fps``. ``fps`` of None or <= 0 keeps every frame.
+real timestamps, never by ``index / fps``. ``fps`` of None or <= 0 keeps every frame. A time shard that
+starts at grid time ``T`` starts its grid there (``PtsSampler(fps, T)``) and keeps the same frames as one pass.
+
+``iter_frames`` yields the sampled frames one by one (``(index, time_s, uint8[H, W, 3])``), optionally from a start
+time (seeking to the keyframe before it: indices then count from that keyframe, see ``iter_frames``).
 
 Chunks are dicts of numpy arrays::
 
@@ -38,6 +42,7 @@ __all__ = [
     "display_rotation",
     "rotate_upright",
     "PtsSampler",
+    "sampling_step",
 ]
 
 _EPS = 1e-6  # seconds; absorbs float error when a PTS lies exactly on a grid time
@@ -165,11 +170,11 @@ def rotate_upright(img: np.ndarray, rotation: int) -> np.ndarray:
 
 
 class PtsSampler:
-    """Keeps the first frame at or after each grid time k/fps (see module docstring)."""
+    """Keeps the first frame at or after each grid time k/fps (see module docstring), from grid time ``start_s``."""
 
-    def __init__(self, fps: float | None):
+    def __init__(self, fps: float | None, start_s: float = 0.0):
         self.fps = float(fps) if fps and fps > 0 else None
-        self.next_t = -math.inf
+        self.next_t = start_s if start_s > 0 else -math.inf
 
     def keep(self, t: float) -> bool:
         if self.fps is None:
@@ -180,6 +185,18 @@ class PtsSampler:
             return False
         self.next_t = (math.floor(t * self.fps + _EPS * self.fps) + 1) / self.fps
         return True
+
+
+def sampling_step(fps: float | None, native_fps: float | None) -> float:
+    """The nominal interval between sampled frames: 1 / fps, or one frame when the video is slower than that
+    (or every frame is kept); 1/30 s when neither rate is known."""
+    rates = [r for r in (fps, native_fps) if r and r > 0]
+    return 1.0 / min(rates) if rates else 1.0 / 30
+
+
+def grid_time(t: float, fps: float | None) -> float:
+    """The sampling grid time k / fps at or before ``t`` (a time shard starts there)."""
+    return math.floor(t * fps + _EPS) / fps if fps and fps > 0 else t
 
 
 def _pack(indices: list[int], times: list[float], frames: list[np.ndarray]) -> dict:
@@ -274,33 +291,38 @@ class PyAVDecoder:
                 f"(byte {last_corrupt}); it is truncated or corrupt"
             )
 
-    def iter_chunks(self, path, fps: float | None = 8.0, chunk_size: int = 32) -> Iterator[dict]:
-        if chunk_size < 1:
-            raise ValueError("chunk_size must be >= 1")
-        sampler = PtsSampler(fps)
+    def iter_frames(self, path, fps: float | None = 8.0, start_s: float = 0.0,
+                    end_s: float | None = None) -> Iterator[tuple[int, float, np.ndarray]]:
+        """Sampled frames with start_s <= PTS < end_s, one by one: (index, time_s, uint8 RGB [H,W,3] upright).
+        The return value is the number of frames decoded. With ``start_s > 0`` it seeks to the keyframe before
+        ``start_s`` and ``index`` counts from there (the caller learns the offset where shards overlap)."""
+        sampler = PtsSampler(fps, start_s)
         container, stream = self._open(path)
         try:
+            if stream.codec_context.width * stream.codec_context.height > 3840 * 2160:
+                stream.codec_context.thread_count = 1  # one 8K frame is 100 MB: no queue of frames in threads
+            if start_s > 0:
+                try:
+                    container.seek(int(math.floor(start_s / stream.time_base)), stream=stream, backward=True)
+                except (av.error.FFmpegError, OSError) as exc:
+                    raise DecodeError(f"{path}: cannot seek to {start_s:.3f}s: {exc}") from exc
             rotation, n_seen = None, 0
-            idx, times, frames = [], [], []
             for i, t, frame in self._frames(path, container, stream):
+                if end_s is not None and t >= end_s:
+                    break
                 n_seen += 1
                 if rotation is None:
                     rotation = display_rotation(stream, frame)
-                if not sampler.keep(t):
-                    continue
-                idx.append(i)
-                times.append(t)
-                frames.append(rotate_upright(frame.to_ndarray(format="rgb24"), rotation))
-                if len(frames) >= chunk_size:
-                    yield _pack(idx, times, frames)
-                    idx, times, frames = [], [], []
-            if n_seen == 0:
+                if t >= start_s - _EPS and sampler.keep(t):
+                    yield i, t, rotate_upright(frame.to_ndarray(format="rgb24"), rotation)
+            if n_seen == 0 and start_s <= 0:
                 raise DecodeError(f"{path}: no decodable video frames")
-            if frames:
-                yield _pack(idx, times, frames)
             return n_seen
         finally:
             container.close()
+
+    def iter_chunks(self, path, fps: float | None = 8.0, chunk_size: int = 32) -> Iterator[dict]:
+        return _chunks(self.iter_frames(path, fps), chunk_size)
 
     def read_frames(self, path, frame_indices, times_s=None) -> dict:
         requested = np.asarray(frame_indices, dtype=np.int64).reshape(-1)
@@ -445,16 +467,21 @@ class DecordDecoder:
         except decord.DECORDError as exc:
             raise DecodeError(f"{path}: decode failed at frame {indices[0]}: {exc}") from exc
 
-    def iter_chunks(self, path, fps: float | None = 8.0, chunk_size: int = 32) -> Iterator[dict]:
-        if chunk_size < 1:
-            raise ValueError("chunk_size must be >= 1")
+    def iter_frames(self, path, fps: float | None = 8.0, start_s: float = 0.0,
+                    end_s: float | None = None) -> Iterator[tuple[int, float, np.ndarray]]:
+        """As PyAVDecoder.iter_frames; indices are always the stream's own (decord reads by index)."""
         vr, times = self._open(path)
-        sampler = PtsSampler(fps)
-        keep = [i for i, t in enumerate(times) if sampler.keep(float(t))]
-        for s in range(0, len(keep), chunk_size):
-            idx = keep[s : s + chunk_size]
-            yield _pack(idx, [float(times[i]) for i in idx], list(self._batch(path, vr, idx)))
-        return len(times)
+        sampler = PtsSampler(fps, start_s)
+        inside = [i for i, t in enumerate(times) if t >= start_s - _EPS and (end_s is None or t < end_s)]
+        keep = [i for i in inside if sampler.keep(float(times[i]))]
+        for s in range(0, len(keep), 8):  # decord decodes a batch of indices at once
+            idx = keep[s: s + 8]
+            for i, frame in zip(idx, self._batch(path, vr, idx)):
+                yield i, float(times[i]), frame
+        return inside[-1] + 1 if inside else 0  # frames up to the last one in range, as PyAV counts them
+
+    def iter_chunks(self, path, fps: float | None = 8.0, chunk_size: int = 32) -> Iterator[dict]:
+        return _chunks(self.iter_frames(path, fps), chunk_size)
 
     def read_frames(self, path, frame_indices, times_s=None) -> dict:
         requested = np.asarray(frame_indices, dtype=np.int64).reshape(-1)
@@ -468,6 +495,26 @@ class DecordDecoder:
         frames = self._batch(path, vr, uniq)
         got = {i: (float(times[i]), frames[k]) for k, i in enumerate(uniq)}
         return _reorder(got, requested)
+
+
+def _chunks(frames: Iterator[tuple[int, float, np.ndarray]], chunk_size: int) -> Iterator[dict]:
+    """Frames one by one -> chunks of at most ``chunk_size``; returns the frames' generator's return value."""
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be >= 1")
+    idx, times, arrays = [], [], []
+    while True:
+        try:
+            i, t, a = next(frames)
+        except StopIteration as stop:
+            if arrays:
+                yield _pack(idx, times, arrays)
+            return stop.value
+        idx.append(i)
+        times.append(t)
+        arrays.append(a)
+        if len(arrays) >= chunk_size:
+            yield _pack(idx, times, arrays)
+            idx, times, arrays = [], [], []
 
 
 # --------------------------------------------------------------------------- factory

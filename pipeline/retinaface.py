@@ -20,6 +20,7 @@ import pickle
 import zipfile
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn as nn
@@ -49,6 +50,7 @@ PRIOR_CFG = dict(
 )
 
 BGR_MEAN = (104.0, 117.0, 123.0)
+FLOAT_FRAME_BYTES = 3840 * 2160 * 3 * 4  # frames up to 4K are resized as float32; larger ones as uint8 first
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -319,9 +321,9 @@ def decode_landmarks(pre: torch.Tensor, priors: torch.Tensor, variance=PRIOR_CFG
 class FaceDetector:
     """RGB uint8 frames [N,H,W,3] -> per-frame {"bbox" [k,4], "score" [k], "kps5" [k,10]} in source pixels.
 
-    Each frame is resized as a whole (bilinear, torch `interpolate`, align_corners=False, no antialias - the
-    same sampling as cv2.INTER_LINEAR; on the fixtures the two give boxes within 0.1 px of each other) so that
-    its long side is `long_side`, then detected at that size.
+    Each frame is resized as a whole (bilinear, torch `interpolate`, align_corners=False, no antialias; frames larger
+    than 4K are resized as uint8 by cv2.INTER_LINEAR, the same sampling, on the fixtures within 0.1 px) so that its
+    long side is `long_side`, then detected at that size.
     """
 
     def __init__(self, weights: str | Path, network: str | None = None, device: str = "cpu",
@@ -350,13 +352,19 @@ class FaceDetector:
         return self._priors[key]
 
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
-        """uint8 RGB [n,H,W,3] -> network input [n,3,h,w] (resized, BGR, minus mean)."""
-        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
-        x = x.permute(0, 3, 1, 2).float()  # [n,3,H,W] RGB
-        size = self.input_size(*x.shape[-2:])
-        if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
-        return x.flip(1) - self.mean  # [n,3,h,w] BGR minus mean
+        """uint8 RGB [n,H,W,3] -> network input [n,3,h,w] (resized, BGR, minus mean), one frame at a time: a
+        frame is turned to float32 and resized by torch (bilinear), or, above ``FLOAT_FRAME_BYTES`` as float (an 8K
+        frame is 400 MB), resized as uint8 by cv2.INTER_LINEAR first (the same sampling, rounded to uint8)."""
+        size = self.input_size(*frames.shape[1:3])
+        out = []
+        for f in frames:
+            if f.shape[:2] != size and f.size * 4 > FLOAT_FRAME_BYTES:
+                f = cv2.resize(f, size[::-1], interpolation=cv2.INTER_LINEAR)
+            x = torch.from_numpy(np.ascontiguousarray(f)).to(self.device).permute(2, 0, 1)[None].float()  # [1,3,H,W]
+            if tuple(x.shape[-2:]) != size:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
+            out.append(x)
+        return torch.cat(out).flip(1) - self.mean  # [n,3,h,w] BGR minus mean
 
     def __call__(self, frames: np.ndarray) -> list[dict]:
         frames = np.asarray(frames)

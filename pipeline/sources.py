@@ -16,7 +16,8 @@ import av
 
 from .decode import DecodeError, display_rotation, native_fps, open_video
 
-__all__ = ["Source", "VideoInfo", "VIDEO_EXTENSIONS", "list_videos", "make_source", "probe", "is_video", "DecodeError"]
+__all__ = ["Source", "VideoInfo", "VIDEO_EXTENSIONS", "list_videos", "find_videos", "make_source", "probe", "is_video",
+           "DecodeError"]
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp"}
@@ -118,6 +119,14 @@ def list_videos(paths: Sequence[str | os.PathLike], recursive: bool = True) -> l
                 if is_video(f):
                     add(f)
     return [found[k] for k in sorted(found)]
+
+
+def find_videos(paths) -> list[Source]:
+    """``list_videos``, or FileNotFoundError when there is none."""
+    sources = list_videos(paths)
+    if not sources:
+        raise FileNotFoundError(f"no videos found in {', '.join(map(str, paths))}")
+    return sources
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:

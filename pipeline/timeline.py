@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.cache import _atomic_write
+from s2d_model.files import atomic_write
 
 STATUSES = ("ok", "no_faces")
 META_KEYS = ("settings_hash", "labels", "status", "complete")
@@ -85,6 +85,26 @@ def timeline_table(video_id: str, video_path: str, rows: dict, probs, labels: Se
     return pa.Table.from_arrays([cols[name] for name in schema.names], schema=schema.with_metadata(meta))
 
 
+def windows_table(video_id: str, video_path: str, clips: list, labels: Sequence[str], model: str,
+                  settings_hash: str, status: str = "ok") -> pa.Table:
+    """A video's classified clips [(Segment with the video's track id, probs [C])] -> its timeline table: one row
+    per (track, window) in that order; a window's test-time views are averaged, its times, face count and box are
+    its first view's."""
+    windows: dict[tuple[int, int], list] = {}
+    for seg, probs in sorted(clips, key=lambda c: (c[0].track_id, c[0].segment, c[0].view)):
+        windows.setdefault((seg.track_id, seg.segment), []).append((seg, probs))
+    first = [views[0][0] for views in windows.values()]
+    rows = {"track_id": np.array([s.track_id for s in first], np.int32),
+            "segment": np.array([s.segment for s in first], np.int32),
+            "start_s": np.array([s.start_s for s in first], np.float64),
+            "end_s": np.array([s.end_s for s in first], np.float64),
+            "n_face_frames": np.array([s.n_face_frames for s in first], np.int16),
+            "bbox": np.array([s.bbox_mean for s in first], np.float32).reshape(-1, 4)}
+    p = np.stack([np.mean([pr for _, pr in views], axis=0) for views in windows.values()]) if windows else \
+        np.zeros((0, len(labels)), np.float32)
+    return timeline_table(video_id, video_path, rows, p.astype(np.float32), labels, model, settings_hash, status)
+
+
 def _stem(video_path) -> str:
     stem = re.sub(r"[^A-Za-z0-9_\-]+", "_", Path(str(video_path)).stem).strip("_")
     return stem[:80] or "video"
@@ -99,10 +119,7 @@ def timeline_path(out_dir, video_id: str, video_path) -> Path:
 
 def write_timeline(table: pa.Table, path) -> Path:
     """Atomic write (temp file in the same folder, fsync, os.replace); creates the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(table, path)
-    return path
+    return atomic_write(path, lambda f: pq.write_table(table, f))
 
 
 def read_timeline_meta(path) -> dict | None:

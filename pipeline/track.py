@@ -1,6 +1,9 @@
 """Face tracks within one video: frame-to-frame Hungarian matching of detector boxes. numpy + scipy only.
 
-Rule (``assign_tracks``):
+``OnlineTracker`` takes one sampled frame at a time (the face actor runs it as it decodes); ``assign_tracks`` runs
+it over a whole video's face rows; ``stitch_units`` joins the tracks of a long video's time shards.
+
+Rule (``OnlineTracker.update``):
 - Rows are processed frame by frame (ascending ``frame_index``); inside a frame, by x1, then y1, then row order,
   so the result does not depend on the row order within a frame.
 - Candidate tracks for a frame at time t: tracks whose last face is at most ``max_gap_s`` earlier
@@ -9,7 +12,8 @@ Rule (``assign_tracks``):
   (exponentially smoothed over its matches) times ``t - t_last``. This keeps ids on crossing faces.
 - A (track, face) pair is plausible if the centre distance d (normalised by the mean diagonal of the predicted
   and the face box) is at most ``max_center_dist * sqrt(steps)``, where steps = (t - t_last) / ``step_s`` (>= 1;
-  ``step_s`` is the sampling interval, default: the median interval between frames with faces): a face may drift
+  ``step_s`` is the sampling interval: the face actor passes ``sampling_step(fps, native_fps)``; ``assign_tracks``
+  defaults to the median interval between frames with faces): a face may drift
   further over a longer gap, but it does not fly. Pairs with IoU >= ``min_iou`` are always plausible.
 - Cost = (1 - IoU) + d (+ ``landmark_weight`` x mean landmark distance / diagonal, when landmarks are given).
   Implausible pairs are forbidden. ``scipy.optimize.linear_sum_assignment`` picks the global minimum, so faces
@@ -43,14 +47,83 @@ def _diag(b: np.ndarray) -> np.ndarray:
     return np.hypot(b[..., 2] - b[..., 0], b[..., 3] - b[..., 1])
 
 
+class OnlineTracker:
+    """Track ids for one video (or one time shard), one sampled frame at a time; see the module docstring."""
+
+    def __init__(self, step_s: float, max_gap_s: float = 1.0, min_iou: float = 0.3, max_center_dist: float = 0.5,
+                 landmark_weight: float = 0.5, velocity_smoothing: float = 0.5):
+        self.step_s, self.max_gap_s, self.min_iou = float(step_s), max_gap_s, min_iou
+        self.max_center_dist, self.landmark_weight, self.velocity_smoothing = max_center_dist, landmark_weight, \
+            velocity_smoothing
+        # open tracks: id -> last box [4], last time, velocity [2] (px/s), faces seen, last landmarks [68,2] | None
+        self.last_box: dict[int, np.ndarray] = {}
+        self.last_t: dict[int, float] = {}
+        self.vel: dict[int, np.ndarray] = {}
+        self.seen: dict[int, int] = {}
+        self.last_lm: dict[int, np.ndarray | None] = {}
+        self.next_id = 0
+
+    def update(self, t: float, bbox: np.ndarray, landmarks68: np.ndarray | None = None) -> np.ndarray:
+        """One frame at time ``t``: its faces' boxes [k,4] (and landmarks [k,68,2]) -> their track ids int32[k]."""
+        bbox = np.asarray(bbox, np.float64).reshape(-1, 4)
+        k = len(bbox)
+        lms = None if landmarks68 is None else np.asarray(landmarks68, np.float64).reshape(k, 68, 2)
+        order = np.lexsort((np.arange(k), bbox[:, 1], bbox[:, 0]))  # x1, then y1, then row
+        ids = np.full(k, -1, np.int32)
+        ids[order] = self._match(float(t), bbox[order], None if lms is None else lms[order])
+        return ids
+
+    def _match(self, t: float, boxes: np.ndarray, lms: np.ndarray | None) -> np.ndarray:
+        for tid in [i for i, lt in self.last_t.items() if t - lt > self.max_gap_s + 1e-9]:  # close stale tracks
+            for d in (self.last_box, self.last_t, self.vel, self.seen, self.last_lm):
+                del d[tid]
+        tids = sorted(self.last_t)
+        assigned = np.full(len(boxes), -1)
+        if tids and len(boxes):
+            gap = np.array([t - self.last_t[i] for i in tids])  # [m]
+            shift = np.stack([self.vel[i] for i in tids]) * gap[:, None]  # [m,2]
+            pred = np.stack([self.last_box[i] for i in tids]) + np.tile(shift, 2)  # [m,4]
+            iou = _iou(pred, boxes)  # [m,k]
+            scale = (_diag(pred)[:, None] + _diag(boxes)[None, :]) / 2
+            dist = np.linalg.norm(_centre(pred)[:, None] - _centre(boxes)[None], axis=-1) / np.maximum(scale, 1e-6)
+            allowed = self.max_center_dist * np.sqrt(np.maximum(gap / self.step_s, 1.0))  # [m]
+            cost = (1 - iou) + dist
+            if lms is not None and self.landmark_weight > 0:
+                for a, tid in enumerate(tids):
+                    if self.last_lm[tid] is None:
+                        continue
+                    d = np.linalg.norm(self.last_lm[tid][None] + shift[a] - lms, axis=-1)  # [k,68]
+                    fin = np.isfinite(d)  # faces without landmarks (NaN) add nothing
+                    d = np.where(fin, d, 0).sum(1) / np.maximum(fin.sum(1), 1)
+                    cost[a] += self.landmark_weight * d / np.maximum(scale[a], 1e-6)
+            ok = (dist <= allowed[:, None]) | (iou >= self.min_iou)
+            cost = np.where(ok, cost, _FORBIDDEN)
+            for a, b in zip(*linear_sum_assignment(cost)):
+                if ok[a, b]:
+                    assigned[b] = tids[a]
+        for j, box in enumerate(boxes):
+            tid = int(assigned[j])
+            if tid < 0:  # new track
+                tid, self.next_id = self.next_id, self.next_id + 1
+                self.vel[tid], self.seen[tid] = np.zeros(2), 0
+            elif t > self.last_t[tid]:
+                v = (_centre(box) - _centre(self.last_box[tid])) / (t - self.last_t[tid])
+                a = self.velocity_smoothing if self.seen[tid] > 1 else 0.0  # first step: take it as is
+                self.vel[tid] = a * self.vel[tid] + (1 - a) * v
+            self.seen[tid] += 1
+            self.last_box[tid], self.last_t[tid] = box, t
+            self.last_lm[tid] = None if lms is None or not np.isfinite(lms[j]).all() else lms[j]
+            assigned[j] = tid
+        return assigned
+
+
 def assign_tracks(frame_index: np.ndarray, time_s: np.ndarray, bbox: np.ndarray,
-                  landmarks68: np.ndarray | None = None, max_gap_s: float = 1.0, min_iou: float = 0.3,
-                  max_center_dist: float = 0.5, landmark_weight: float = 0.5,
-                  velocity_smoothing: float = 0.5, step_s: float | None = None) -> np.ndarray:
-    """Track id (int32[n]) per face row of one video. See the module docstring for the rule.
+                  landmarks68: np.ndarray | None = None, max_gap_s: float = 1.0, step_s: float | None = None,
+                  **options) -> np.ndarray:
+    """Track id (int32[n]) per face row of one video: ``OnlineTracker`` over its frames in order.
 
     frame_index int64[n], time_s float64[n] (PTS of the row's frame), bbox float[n,4] x1,y1,x2,y2,
-    landmarks68 float[n,68,2] or None.
+    landmarks68 float[n,68,2] or None. step_s: default the median interval between frames with faces.
     """
     frame_index = np.asarray(frame_index, np.int64).reshape(-1)
     n = len(frame_index)
@@ -60,64 +133,59 @@ def assign_tracks(frame_index: np.ndarray, time_s: np.ndarray, bbox: np.ndarray,
     out = np.full(n, -1, np.int32)
     if n == 0:
         return out
-
-    order = np.lexsort((np.arange(n), bbox[:, 1], bbox[:, 0], frame_index))  # frame, then x1, y1, row
+    order = np.lexsort((np.arange(n), frame_index))  # frame, then row
     frames, starts = np.unique(frame_index[order], return_index=True)
     bounds = list(starts) + [n]
     ftimes = time_s[order][starts]  # [F] time of each frame
     steps_dt = np.diff(ftimes)
     steps_dt = steps_dt[steps_dt > 0]
     dt_med = float(step_s) if step_s else float(np.median(steps_dt)) if len(steps_dt) else 1.0
-
-    # open tracks: id -> last box [4], last time, velocity [2] (px/s), faces seen, last landmarks [68,2] | None
-    last_box: dict[int, np.ndarray] = {}
-    last_t: dict[int, float] = {}
-    vel: dict[int, np.ndarray] = {}
-    seen: dict[int, int] = {}
-    last_lm: dict[int, np.ndarray | None] = {}
-    next_id = 0
+    tracker = OnlineTracker(dt_med, max_gap_s, **options)
     for f in range(len(frames)):
-        rows = order[bounds[f]:bounds[f + 1]]  # this frame's rows, sorted by x1
-        t = float(ftimes[f])
-        for tid in [k for k, lt in last_t.items() if t - lt > max_gap_s + 1e-9]:  # close stale tracks
-            for d in (last_box, last_t, vel, seen, last_lm):
-                del d[tid]
-        tids = sorted(last_t)
-        boxes = bbox[rows]  # [k,4]
-        assigned = np.full(len(rows), -1)
-        if tids:
-            gap = np.array([t - last_t[i] for i in tids])  # [m]
-            shift = np.stack([vel[i] for i in tids]) * gap[:, None]  # [m,2]
-            pred = np.stack([last_box[i] for i in tids]) + np.tile(shift, 2)  # [m,4]
-            iou = _iou(pred, boxes)  # [m,k]
-            scale = (_diag(pred)[:, None] + _diag(boxes)[None, :]) / 2
-            dist = np.linalg.norm(_centre(pred)[:, None] - _centre(boxes)[None], axis=-1) / np.maximum(scale, 1e-6)
-            allowed = max_center_dist * np.sqrt(np.maximum(gap / dt_med, 1.0))  # [m]
-            cost = (1 - iou) + dist
-            if lms is not None and landmark_weight > 0:
-                for a, tid in enumerate(tids):
-                    if last_lm[tid] is None:
-                        continue
-                    d = np.linalg.norm(last_lm[tid][None] + shift[a] - lms[rows], axis=-1)  # [k,68]
-                    fin = np.isfinite(d)  # faces without landmarks (NaN) add nothing
-                    d = np.where(fin, d, 0).sum(1) / np.maximum(fin.sum(1), 1)
-                    cost[a] += landmark_weight * d / np.maximum(scale[a], 1e-6)
-            ok = (dist <= allowed[:, None]) | (iou >= min_iou)
-            cost = np.where(ok, cost, _FORBIDDEN)
-            for a, b in zip(*linear_sum_assignment(cost)):
-                if ok[a, b]:
-                    assigned[b] = tids[a]
-        for j, r in enumerate(rows):
-            tid = int(assigned[j])
-            if tid < 0:  # new track
-                tid, next_id = next_id, next_id + 1
-                vel[tid], seen[tid] = np.zeros(2), 0
-            elif t > last_t[tid]:
-                v = (_centre(bbox[r]) - _centre(last_box[tid])) / (t - last_t[tid])
-                a = velocity_smoothing if seen[tid] > 1 else 0.0  # first step: take it as is
-                vel[tid] = a * vel[tid] + (1 - a) * v
-            seen[tid] += 1
-            last_box[tid], last_t[tid] = bbox[r], t
-            last_lm[tid] = None if lms is None or not np.isfinite(lms[r]).all() else lms[r]
-            out[r] = tid
+        rows = order[bounds[f]:bounds[f + 1]]
+        out[rows] = tracker.update(ftimes[f], bbox[rows], None if lms is None else lms[rows])
     return out
+
+
+def stitch_units(units: list[dict]) -> list[np.ndarray]:
+    """Shard-local track ids -> one video's track ids, numbered as one pass over the whole video numbers them.
+
+    units: the shards in time order, each {"time_s" float64[n], "face" int16[n], "track_id" int32[n] (local),
+    "own" bool[n] (the rows the shard owns), "bbox" float[n,4]}. Neighbouring shards decode the same frames where
+    they overlap; a shard's local track takes the id of the earlier shard's track whose faces it shares there (the
+    same frame and face number; most shared rows win), else a new one. Ids are then renumbered by first
+    appearance (time, then x1, y1), as ``OnlineTracker`` numbers them. Returns the video ids of each unit's rows.
+    """
+    video: list[np.ndarray] = []
+    next_id = 0
+    for i, u in enumerate(units):
+        local = np.asarray(u["track_id"], np.int64)
+        mapping: dict[int, int] = {}
+        if i:
+            prev, prev_ids = units[i - 1], video[i - 1]
+            where = {(t, f): vid for t, f, vid in zip(prev["time_s"].tolist(), prev["face"].tolist(),
+                                                       prev_ids.tolist())}
+            votes: dict[tuple[int, int], int] = {}
+            for t, f, tid in zip(u["time_s"].tolist(), u["face"].tolist(), local.tolist()):
+                if (t, f) in where:
+                    votes[(tid, where[(t, f)])] = votes.get((tid, where[(t, f)]), 0) + 1
+            taken: set[int] = set()
+            for (tid, vid), _ in sorted(votes.items(), key=lambda kv: -kv[1]):
+                if tid not in mapping and vid not in taken:
+                    mapping[tid] = vid
+                    taken.add(vid)
+        for tid in np.unique(local).tolist():  # ascending local id = order of first appearance in the shard
+            if tid not in mapping:
+                mapping[tid], next_id = next_id, next_id + 1
+        video.append(np.array([mapping[t] for t in local.tolist()], np.int64))
+    # renumber by first appearance among the owned rows
+    first: dict[int, tuple] = {}
+    for u, ids in zip(units, video):
+        bbox = np.asarray(u["bbox"], np.float64).reshape(-1, 4)
+        for j in np.flatnonzero(u["own"]):
+            key = (float(u["time_s"][j]), float(bbox[j, 0]), float(bbox[j, 1]))
+            vid = int(ids[j])
+            if vid not in first or key < first[vid]:
+                first[vid] = key
+    renumber = {vid: n for n, vid in enumerate(sorted(first, key=lambda v: first[v]))}
+    return [np.array([renumber.get(int(v), -1) for v in ids], np.int32) for ids in video]

@@ -1,8 +1,8 @@
 """S2D (Chen et al., IEEE TAFFC 2024) for PyTorch: the model, its configurations, checkpoints and weights."""
 from __future__ import annotations
 
-from .checkpoints import (CheckpointError, LoadReport, infer_config, load_checkpoint, load_landmark_weights,
-                          load_video_model, save_checkpoint, save_landmark_weights)
+from .checkpoints import (CheckpointError, LoadReport, infer_config, load_checkpoint, load_landmark_weights, load_model,
+                          save_checkpoint, save_landmark_weights)
 from .configs import CONFIGS, get_config
 from .labels import LABEL_SETS, labels
 from .mobilefacenet import MobileFaceNet
@@ -19,6 +19,7 @@ def create_image_model(name: str, num_classes: int, **overrides) -> S2DImage:
     return S2DImage(num_classes, **{**get_config(name), **overrides})
 
 
-__all__ = ["create_model", "create_image_model", "load_checkpoint", "load_video_model", "save_checkpoint", "load_landmark_weights",
-           "save_landmark_weights", "infer_config", "CheckpointError", "LoadReport", "LABEL_SETS", "labels",
-           "CONFIGS", "get_config", "S2DVideo", "S2DImage", "MobileFaceNet", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["create_model", "create_image_model", "load_model", "load_checkpoint",
+           "save_checkpoint", "load_landmark_weights", "save_landmark_weights", "infer_config", "CheckpointError",
+           "LoadReport", "LABEL_SETS", "labels", "CONFIGS", "get_config", "S2DVideo", "S2DImage", "MobileFaceNet",
+           "IMAGENET_MEAN", "IMAGENET_STD"]

@@ -12,7 +12,6 @@ Anything else pickled is refused unless ``trust=True`` (only for files whose ori
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from .configs import CONFIGS
+from .files import atomic_write
 from .mobilefacenet import MobileFaceNet
 from .s2d import S2DBase, S2DImage, S2DVideo
 
@@ -98,7 +98,11 @@ def load_checkpoint(model: S2DBase, path: str | Path, trust: bool = False, verbo
     differ, load non-strictly and print the missing/unexpected keys (expected missing: temporal embedding,
     TMA weights, ``head.fc_cls.*``).
     """
-    fmt, sd, meta = split_file(read_file(path, trust), path)
+    return _load_state(model, *split_file(read_file(path, trust), path), path, verbose)
+
+
+def _load_state(model: S2DBase, fmt: str, sd: dict, meta: dict, path, verbose: bool) -> LoadReport:
+    """``load_checkpoint`` on a file already split (``split_file``)."""
     is_video = isinstance(model, S2DVideo)
     strict = fmt == "state_dict" or (fmt == "video") == is_video
     if is_video and "norm.weight" in sd and "ln_post.weight" not in sd:
@@ -123,38 +127,41 @@ def load_checkpoint(model: S2DBase, path: str | Path, trust: bool = False, verbo
     return report
 
 
-def load_video_model(path: str | Path, trust: bool = False, verbose: bool = False) -> tuple[S2DVideo, LoadReport]:
-    """Build the S2DVideo a checkpoint file describes (configuration and classes from the file) and load it."""
+def load_model(path: str | Path, landmark_weights: str | Path | None = None, trust: bool = False,
+               verbose: bool = False, kind: str | None = None) -> tuple[S2DVideo | S2DImage, LoadReport]:
+    """Build the model a checkpoint file describes and load it strictly: an S2DImage for an image file
+    (``{"model_state_dict"}``, or our ``s2d.kind == "image"``), else an S2DVideo; configuration from our
+    ``s2d.config`` or inferred from the tensors, classes from the head, frames from ``temporal_embedding``.
+    Then the landmark branch from ``landmark_weights`` (a path) when given. ``kind`` ("video" / "image")
+    refuses the other kind. -> (model in eval mode, LoadReport with ``meta["config"]`` set)."""
     fmt, sd, meta = split_file(read_file(path, trust), path)
-    if fmt == "image":
-        raise CheckpointError(f"{path}: an image-model checkpoint; it initialises training, it does not classify clips")
-    if "head.fc_cls.weight" not in sd or "pos_embed" not in sd:
-        raise CheckpointError(f"{path}: not an S2D video checkpoint (no head.fc_cls.weight / pos_embed)")
+    found = meta.get("kind") or ("image" if fmt == "image" else "video")
+    if kind is not None and found != kind:
+        raise CheckpointError(f"{path}: {found}-model checkpoint, but a {kind} model is needed here")
+    head = "head.weight" if found == "image" else "head.fc_cls.weight"
+    absent = [k for k in (head, "pos_embed") + (() if found == "image" else ("temporal_embedding",)) if k not in sd]
+    if absent:
+        raise CheckpointError(f"{path}: not an S2D {found} checkpoint (no {' / '.join(absent)})")
     config = meta.get("config") or infer_config(sd)
-    from . import create_model
+    from . import create_image_model, create_model
 
-    model = create_model(config, sd["head.fc_cls.weight"].shape[0], num_frames=sd["temporal_embedding"].shape[1])
-    _check_shapes(model, sd, path)
-    result = nn.Module.load_state_dict(model, sd, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith("landmark.")]
-    if missing or result.unexpected_keys:
-        raise CheckpointError(f"{path}: keys do not match {config} (missing {missing[:20]}, "
-                              f"unexpected {list(result.unexpected_keys)[:20]})")
-    return model, LoadReport(str(path), fmt, [], [], {**meta, "config": config})
+    if found == "image":
+        model = create_image_model(config, sd[head].shape[0])
+    else:
+        model = create_model(config, sd[head].shape[0], num_frames=sd["temporal_embedding"].shape[1])
+    report = _load_state(model, fmt, sd, {**meta, "config": config}, path, verbose)
+    if landmark_weights is not None:
+        load_landmark_weights(model, landmark_weights)
+    return model.eval(), report
 
 
 def save_checkpoint(model: S2DBase, path: str | Path, config: str | None = None, labels: str | None = None,
                     **extra) -> Path:
     """Write ``model`` atomically in the authors' layout (video: {"model"}, image: {"model_state_dict"})."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"kind": "video" if isinstance(model, S2DVideo) else "image", "config": config, "labels": labels,
             "num_classes": model.num_classes, "num_frames": model.num_frames, **extra}
     key = "model" if isinstance(model, S2DVideo) else "model_state_dict"
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({key: model.state_dict(), "s2d": meta}, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda f: torch.save({key: model.state_dict(), "s2d": meta}, f))
 
 
 def infer_config(sd: dict) -> str:
@@ -182,12 +189,8 @@ def load_landmark_weights(model: S2DBase | MobileFaceNet, path: str | Path) -> N
 
 def save_landmark_weights(model: S2DBase | MobileFaceNet, path: str | Path) -> Path:
     net = model.landmark if isinstance(model, S2DBase) else model
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({"state_dict": net.state_dict()}, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda f: torch.save({"state_dict": net.state_dict()}, f))
 
 
-__all__ = ["CheckpointError", "LoadReport", "load_checkpoint", "load_video_model", "save_checkpoint", "load_landmark_weights",
-           "save_landmark_weights", "read_file", "split_file", "infer_config", "S2DImage"]
+__all__ = ["CheckpointError", "LoadReport", "load_model", "load_checkpoint", "save_checkpoint",
+           "load_landmark_weights", "save_landmark_weights", "read_file", "split_file", "infer_config", "S2DImage"]

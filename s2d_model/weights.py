@@ -21,6 +21,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import atomic_write
+
 HF_REPO = "cyinen/S2D"
 
 
@@ -163,10 +165,7 @@ def import_file(path: str | Path, name: str) -> Path:
         raise WeightsNotFound(f"cannot import {path}: no such file")
     reg = imported()
     reg[name] = str(p)
-    _registry_path().parent.mkdir(parents=True, exist_ok=True)
-    tmp = _registry_path().with_suffix(".tmp")
-    tmp.write_text(json.dumps(reg, indent=1, sort_keys=True))
-    os.replace(tmp, _registry_path())
+    atomic_write(_registry_path(), json.dumps(reg, indent=1, sort_keys=True))
     return p
 
 
@@ -200,8 +199,8 @@ def _hf_download(spec: WeightsSpec, dest: Path) -> None:
             f"{spec.hf_repo}: expected one file matching '{spec.hf_pattern}', found {matches or 'none'} "
             f"among {files}; download the right one by hand and use `s2d weights import PATH --name {spec.name}`")
     got = hf_hub_download(spec.hf_repo, matches[0], cache_dir=str(cache_dir() / "hf"))
-    shutil.copyfile(got, dest.with_name(dest.name + ".part"))
-    os.replace(dest.with_name(dest.name + ".part"), dest)
+    with open(got, "rb") as src:
+        atomic_write(dest, lambda f: shutil.copyfileobj(src, f, 1 << 20))
 
 
 def download(name: str, progress: bool = True) -> Path:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -16,7 +17,8 @@ import torch
 
 import s2d_model as S
 from media import write_video
-from pipeline.run import AnnotateSettings, FaceSettings, run_annotate
+from pipeline.annotate import run_annotate
+from pipeline.settings import AnnotateSettings, FaceSettings
 from pipeline.timeline import read_timelines, timeline_schema
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,15 +148,81 @@ def test_rerun_skips_and_force_redoes(run, inputs, face_settings, settings):
     assert forced.faces.cached == 1 and forced.faces.decoded == 0  # its faces came from the cache, not the decoder
 
 
-def test_a_killed_classifier_actor_is_restarted_and_its_batch_retried(ray_local, inputs, face_settings, settings,
-                                                                        tmp_path, monkeypatch):
-    marker = tmp_path / "crashed"
-    monkeypatch.setenv("S2D_FAULT_INJECT_MARKER", str(marker))
+def _worker_pids(name: str) -> list[int]:
+    """Processes of this machine running a busy Ray actor of ``name`` (Ray titles them ray::...(name)).submit)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            title = (d / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if d.name.isdigit() and title.startswith("ray::") and f"({name}))" in title and ".submit" in title:
+            pids.append(int(d.name))
+    return pids
+
+
+def _kill_when_busy(name: str, after_s: float, timeout: float = 180.0) -> list:
+    """A thread that SIGKILLs the actor process ``name`` once, when it has been working for ``after_s``."""
+    import signal
+    import threading
+    import time
+
+    killed = []
+
+    def watch():
+        end, since = time.time() + timeout, None
+        while time.time() < end and not killed:
+            pids = _worker_pids(name)
+            since = (since or time.time()) if pids else None
+            if pids and time.time() - since >= after_s:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.02)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return killed
+
+
+@pytest.fixture(scope="module")
+def long_inputs(tmp_path_factory, fixtures_dir):
+    """a.mp4 (the short fixture) and b.mp4 (12 s: it, back and forth; three 4 s shards)."""
+    import av
+
+    root = tmp_path_factory.mktemp("long")
+    shutil.copy(fixtures_dir / "videos" / "single_face.mp4", root / "a.mp4")
+    with av.open(str(fixtures_dir / "videos" / "single_face.mp4")) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    write_video(root / "b.mp4", (frames + frames[::-1]) * 2 + frames, fps=30, gop=30)
+    return root
+
+
+@pytest.fixture(scope="module")
+def clean_long_run(ray_local, long_inputs, face_settings, settings, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean")
+    faces = dataclasses.replace(face_settings, shard_s=4.0)
+    return run_annotate([long_inputs], out, out / "cache", faces, settings, progress=False)
+
+
+def _same_timelines(a, b):
+    for va, vb in zip(a.videos, b.videos):
+        ta, tb = pq.read_table(va["timeline"]).to_pandas(), pq.read_table(vb["timeline"]).to_pandas()
+        assert ta[["track_id", "segment", "start_s", "end_s", "n_face_frames", "label"]].equals(
+            tb[["track_id", "segment", "start_s", "end_s", "n_face_frames", "label"]])
+        p = [c for c in ta.columns if c.startswith("p_")]
+        np.testing.assert_allclose(ta[p].to_numpy(), tb[p].to_numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("actor", ["FaceWorker", "S2DWorker"])
+def test_a_killed_actor_is_restarted_and_nothing_is_lost(actor, clean_long_run, long_inputs, face_settings, settings,
+                                                       tmp_path):
     out = tmp_path / "out"
-    result = run_annotate([inputs / "single_face.mp4", inputs / "group.mp4"], out, tmp_path / "cache",
-                          face_settings, settings, progress=False)
-    assert marker.exists()  # the actor did die holding a batch ...
-    assert result.clips == 7 and result.count("ok") == 2  # ... and every clip was still classified
+    killed = _kill_when_busy(actor, 3.0 if actor == "FaceWorker" else 0.0)  # the face actor: in b's shards
+    faces = dataclasses.replace(face_settings, shard_s=4.0)
+    result = run_annotate([long_inputs], out, out / "cache", faces, settings, progress=False)
+    assert killed, f"the {actor} actor was never seen working"
+    assert [v["status"] for v in result.videos] == ["ok", "ok"], result.videos
+    assert result.videos[1]["n_segments"] == 12 and clean_long_run.videos[1]["n_segments"] == 12
+    _same_timelines(result, clean_long_run)  # every window classified once, as in a clean run
 
 
 def _s2d(*args, env=None):

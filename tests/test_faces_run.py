@@ -15,7 +15,8 @@ import pytest
 
 from media import write_audio_only, write_video
 from pipeline import cache
-from pipeline.run import FaceSettings, run_faces
+from pipeline.faces_run import run_faces
+from pipeline.settings import FaceSettings
 from s2d_model.weights import WeightsNotFound
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,6 +1,7 @@
 """jobs/augment.py: temporal windows, clip-consistent augmentation, model input; batch mixup in jobs/train.py."""
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 
 from jobs.augment import (ClipAugment, apply_consistently, eval_windows, rand_augment, rrc_box, to_model_input,
                           train_window)
-from jobs.train import apply_mixup, lr_at, param_groups, smooth_one_hot, soft_cross_entropy
+from jobs.train import apply_mixup, lr_schedule, param_groups
 
 
 def test_train_window_is_consecutive_and_padded():
@@ -117,17 +118,45 @@ def test_cutmix_box_is_the_same_on_every_frame():
     assert torch.equal(x[0], torch.zeros_like(x[0]))  # the input batch itself is not modified
 
 
-def test_targets_schedule_and_param_groups():
-    t = smooth_one_hot(torch.tensor([1, 0]), 4, 0.1)
-    assert torch.allclose(t[0], torch.tensor([0.025, 0.925, 0.025, 0.025]))
+def test_targets_and_loss_are_timms_smoothed_one_hot_and_soft_cross_entropy():
+    from timm.data.mixup import mixup_target
+    from timm.loss import SoftTargetCrossEntropy
+
+    t = mixup_target(torch.tensor([1, 0]), 4, smoothing=0.1)  # what a batch without mixup trains on
+    assert torch.equal(t[0], torch.tensor([0.025, 0.925, 0.025, 0.025]))
     logits = torch.tensor([[0.0, 10.0, 0.0, 0.0]])
-    assert soft_cross_entropy(logits, t[:1]) < soft_cross_entropy(logits, t[1:])
-    # warm-up from 0, peak after warm-up, cosine to the floor
-    assert lr_at(0, 100, 10, 1.0, 0.01) == 0.0
-    assert lr_at(5, 100, 10, 1.0, 0.01) == pytest.approx(0.5)
-    assert lr_at(10, 100, 10, 1.0, 0.01) == pytest.approx(1.0)
-    assert lr_at(55, 100, 10, 1.0, 0.01) == pytest.approx(0.505)
-    assert lr_at(100, 100, 10, 1.0, 0.01) == pytest.approx(0.01)
+    loss = SoftTargetCrossEntropy()
+    assert loss(logits, t[:1]) < loss(logits, t[1:])
+    torch.testing.assert_close(loss(logits, t[1:]), -(t[1:] * logits.log_softmax(-1)).sum())
+
+
+def _old_lr_at(step, total_steps, warmup_steps, peak, floor):  # the schedule before timm's scheduler
+    if step < warmup_steps:
+        return peak * step / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@pytest.mark.parametrize("epochs, steps, warmup_epochs", [(10, 10, 1), (100, 7, 2), (3, 5, 0), (1, 3, 2), (4, 3, 0.5)])
+def test_lr_schedule_is_warmup_then_cosine_to_the_floor(epochs, steps, warmup_epochs):
+    peak, floor = 1e-3, 1e-6
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+    cfg = dict(epochs=epochs, steps_per_epoch=steps, warmup_epochs=warmup_epochs, min_lr=floor)
+    scheduler = lr_schedule(optimizer, cfg)
+    total, warmup = epochs * steps, int(round(warmup_epochs * steps))
+    for step in range(total + 1):
+        scheduler.step_update(step)
+        old = _old_lr_at(step, total, warmup, peak, floor)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(old, rel=1e-9, abs=1e-15)
+    if warmup < total:  # ends on the floor, peaks right after the warm-up
+        assert optimizer.param_groups[0]["lr"] == floor
+        scheduler.step_update(warmup)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(peak, rel=1e-9)
+    scheduler.step_update(0)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0 if warmup else peak, rel=1e-9)
+
+
+def test_param_groups():
     import s2d_model as S
 
     model = S.create_model("s2d_tiny", 7)
@@ -135,8 +164,15 @@ def test_targets_schedule_and_param_groups():
     names = {id(p): n for n, p in model.named_parameters()}
     no_decay_names = {names[id(p)] for p in no_decay["params"]}
     assert "temporal_embedding" in no_decay_names and "head.fc_cls.bias" in no_decay_names
+    assert any(n.startswith("ln_post.") for n in no_decay_names)  # norms
     assert all(model.get_parameter(names[id(p)]).ndim > 1 for p in decay["params"])
     assert "blocks.0.attn.qkv.weight" not in {names[id(p)] for p in decay["params"]}  # frozen in the video stage
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
     trainable = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
     assert trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    image = S.create_image_model("s2d_tiny", 7)
+    image.pos_embed.requires_grad_(True)  # fixed in training; here only to see that the name list excludes it
+    decay, no_decay = param_groups(image, 0.05)
+    names = {id(p): n for n, p in image.named_parameters()}
+    assert {"pos_embed", "cls_token"} <= {names[id(p)] for p in no_decay["params"]}
+    assert "blocks.0.attn.qkv.weight" in {names[id(p)] for p in decay["params"]}

@@ -135,7 +135,7 @@ def test_train_evaluate_and_annotate_weights_from_the_prepared_dataset(prepared,
     assert metrics["n"] == 1 and metrics["war"] in (0.0, 1.0) and "recall per class: Happy " in result.output and "Sad -" in result.output
     assert (tmp_path / "eval" / "confusion.png").stat().st_size > 0
 
-    from pipeline.classify import build_model, resolve_classifier
+    from pipeline.emotions import build_model, resolve_classifier
 
     classifier = resolve_classifier(str(run / "best.pth"), None, str(landmark_weights))  # as `s2d annotate` does
     assert classifier.labels == "dfew"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import s2d_model as S
-from jobs.evaluate import (compute_metrics, confusion_matrix, model_from_checkpoint, predict_views, write_outputs)
+from jobs.evaluate import compute_metrics, confusion_matrix, predict_views, write_outputs
 from jobs.sdl import EmotionAnchors, sdl_weight
 
 
@@ -67,15 +67,16 @@ def test_predict_views_averages_softmax_of_two_views(tiny_video):
 def test_checkpoints_round_trip_through_s2d_model(tmp_path, tiny_video, landmark_weights):
     path = S.save_checkpoint(tiny_video, tmp_path / "video.pth", config="s2d_tiny", labels=None,
                              label_names=["a", "b", "c"])
-    model, meta = model_from_checkpoint(path, landmark_weights)
-    assert isinstance(model, S.S2DVideo) and meta["num_classes"] == 3 and meta["num_frames"] == 2
+    model, report = S.load_model(path, landmark_weights)
+    assert isinstance(model, S.S2DVideo) and model.num_classes == 3 and model.num_frames == 2 and not model.training
+    assert report.meta["label_names"] == ["a", "b", "c"] and report.meta["config"] == "s2d_tiny"
     clip = torch.randn(1, 3, 2, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(model(clip), tiny_video(clip))
     image = S.create_image_model("s2d_tiny", 7)
     S.save_checkpoint(image, tmp_path / "image.pth", config="s2d_tiny", labels="rafdb")
-    model, meta = model_from_checkpoint(tmp_path / "image.pth", landmark_weights)
-    assert isinstance(model, S.S2DImage) and meta["kind"] == "image" and meta["labels"] == "rafdb"
+    model, report = S.load_model(tmp_path / "image.pth", landmark_weights)
+    assert isinstance(model, S.S2DImage) and report.format == "image" and report.meta["labels"] == "rafdb"
 
 
 def test_outputs_written(tmp_path):

@@ -274,12 +274,22 @@ def test_label_sets_follow_the_spec_order():
         S.labels("ckplus")
 
 
-def test_load_video_model_builds_what_the_file_describes(tiny, clip, tmp_path):
-    model, report = S.load_video_model(_authors_finetuned(tiny, tmp_path / "authors.pth"))
-    assert report.meta["config"] == "s2d_tiny" and model.num_classes == 7  # inferred from the tensors
+def test_load_model_builds_what_the_file_describes(tiny, clip, tmp_path, landmark_weights):
+    model, report = S.load_model(_authors_finetuned(tiny, tmp_path / "authors.pth"))
+    assert isinstance(model, S.S2DVideo) and not model.training
+    assert report.meta["config"] == "s2d_tiny" and model.num_classes == 7 and model.num_frames == 16  # from the tensors
     model.landmark.load_state_dict(tiny.landmark.state_dict())
     with torch.no_grad():
-        assert torch.equal(model.eval()(clip), tiny(clip))
+        assert torch.equal(model(clip), tiny(clip))
     image = S.save_checkpoint(S.create_image_model("s2d_tiny", 7), tmp_path / "image.pth")
-    with pytest.raises(CheckpointError, match="image-model checkpoint"):
-        S.load_video_model(image)
+    with pytest.raises(CheckpointError, match="image-model checkpoint, but a video model is needed"):
+        S.load_model(image, kind="video")
+    model, report = S.load_model(image, landmark_weights, kind="image")  # the landmark branch loads too
+    assert isinstance(model, S.S2DImage) and report.format == "image"
+    ref = S.MobileFaceNet()
+    S.load_landmark_weights(ref, landmark_weights)
+    assert all(torch.equal(a, b) for a, b in zip(model.landmark.state_dict().values(), ref.state_dict().values()))
+    sd = dict(tiny.state_dict())
+    del sd["temporal_embedding"]
+    with pytest.raises(CheckpointError, match="not an S2D video checkpoint .no temporal_embedding"):
+        S.load_model(_save(tmp_path / "partial.pth", {"model": sd}))

@@ -1,7 +1,6 @@
-"""The S2D actor: batches of aligned uint8 clips -> class probabilities (a callable class for map_batches)."""
+"""The S2D actor: batches of aligned uint8 clips -> class probabilities; which weights and labels a run uses."""
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,36 +77,32 @@ def build_model(c: Classifier):
     if c.path is None:
         torch.manual_seed(0)
         model = S.create_model("s2d_tiny", len(c.class_names))
-    else:
-        model, _ = S.load_video_model(c.path)
-        if model.num_classes != len(c.class_names):
-            raise ValueError(f"{c.path}: {model.num_classes} classes, but label set '{c.labels}' has "
-                             f"{len(c.class_names)}")
-    S.load_landmark_weights(model, c.landmark_path)
-    return model.eval()
+        S.load_landmark_weights(model, c.landmark_path)
+        return model.eval()
+    model, _ = S.load_model(c.path, c.landmark_path, kind="video")
+    if model.num_classes != len(c.class_names):
+        raise ValueError(f"{c.path}: {model.num_classes} classes, but label set '{c.labels}' has "
+                         f"{len(c.class_names)}")
+    return model
 
 
-class ClassifyClips:
-    """``clip`` rows (payload ``clip`` uint8 [16, 224, 224, 3]) -> payload ``probs`` float32 [C]; the clip is dropped.
-    Other rows pass through. It takes whole blocks as they come (no waiting for more rows to fill a batch) and runs
-    their clips through the model ``batch_size`` at a time.
+class S2DWorker:
+    """Ray Data callable: rows {"item": Clip | UnitFaces} -> the same rows, each clip's ``probs`` (float32 [C]) set
+    and its pixels dropped; other items pass through. The batch's clips go through the model ``batch_size`` at a
+    time, normalised (ImageNet mean/std) on the device; bf16 autocast on CUDA. ``threads``: torch's CPU threads
+    (the node's cores: the actor reserves one CPU but uses every core the face actors leave idle)."""
 
-    Normalisation (ImageNet mean/std) happens here, on the device. Clips whose ``error`` is set get NaN probs.
-    On CUDA the forward runs under bf16 autocast.
-    """
-
-    def __init__(self, classifier: Classifier, device: str = "cpu", batch_size: int = 8,
-                 crash_marker: str | None = None):
+    def __init__(self, classifier: Classifier, device: str = "cpu", batch_size: int = 8, threads: int = 1):
         import torch
 
-        self.crash_marker = crash_marker  # fault injection for tests: die once, mid-run (see run_annotate)
         from s2d_model import IMAGENET_MEAN, IMAGENET_STD
 
+        torch.set_num_threads(max(1, threads))
         self.device = torch.device(device)
         self.model = build_model(classifier).to(self.device)
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1, 1)
-        self.num_classes, self.batch_size = len(classifier.class_names), batch_size
+        self.batch_size = batch_size
 
     def probabilities(self, clips: np.ndarray) -> np.ndarray:
         """uint8 [B, T, H, W, 3] -> float32 [B, C]."""
@@ -121,17 +116,12 @@ class ClassifyClips:
         return logits.float().softmax(-1).cpu().numpy()
 
     def __call__(self, batch: dict) -> dict:
-        clips = [p for k, p in zip(batch["kind"], batch["payload"]) if k == "clip"]
-        if clips and self.crash_marker and not Path(self.crash_marker).exists():
-            Path(self.crash_marker).touch()
-            os._exit(1)  # as if the process were killed while holding these clips
-        good = [p for p in clips if not p["error"]]
-        for i in range(0, len(good), self.batch_size):
-            part, t = good[i:i + self.batch_size], time.perf_counter()
-            probs = self.probabilities(np.stack([p["clip"] for p in part]))
-            for p, pr in zip(part, probs):
-                p["probs"], p["s2d_seconds"] = pr, (time.perf_counter() - t) / len(part)  # its share of the forward
-        for p in clips:
-            p.pop("clip")
-            p.setdefault("probs", np.full(self.num_classes, np.nan, np.float32))
+        from .units import Clip
+
+        clips = [c for c in batch["item"] if isinstance(c, Clip) and c.pixels is not None]
+        for i in range(0, len(clips), self.batch_size):
+            part, t = clips[i:i + self.batch_size], time.perf_counter()
+            probs = self.probabilities(np.stack([c.pixels for c in part]))
+            for c, pr in zip(part, probs):
+                c.probs, c.pixels, c.s2d_seconds = pr, None, (time.perf_counter() - t) / len(part)
         return batch

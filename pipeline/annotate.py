@@ -1,0 +1,223 @@
+"""``run_annotate``: videos -> one emotion timeline Parquet per video (+ ``manifest.json``), one chain top to bottom.
+
+    list -> [Ray tasks] probe, cut long videos into time shards
+         -> [face actors] decode -> detect -> landmarks -> track -> each window's aligned clip as the window closes
+         -> [S2D actors] probabilities, ``batch_size`` clips at a time
+         -> [driver] when a video's units and clips are all in: its cache entry, then its timeline (atomic)
+
+Frames never leave the face actor that decoded them: what travels is uint8 clips and face rows. A video's clips
+are classified while its later shards and the next videos are still being decoded. A video whose timeline is
+complete for the same settings is skipped; one whose landmark-cache entry is complete is not detected again (its
+clips are cut from the entry and a second decode).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from s2d_model.files import atomic_write
+
+from . import cache
+from .cluster import chain_context, init_ray, pick_device, plan_actors, resources
+from .emotions import S2DWorker, resolve_classifier
+from .faces import FaceWorker
+from .faces_run import FacesResult, Video, error_meta, unit_rows, write_units
+from .settings import AnnotateSettings, FacePlan, FaceSettings, plan_faces, timeline_record
+from .sources import Source, find_videos
+from .timeline import is_complete, read_timeline_meta, timeline_path, windows_table, write_timeline
+from .units import Clip, UnitFaces
+
+
+@dataclass
+class AnnotateResult:
+    out_dir: Path
+    settings_hash: str
+    videos: list[dict] = field(default_factory=list)  # per video: status, error, n_tracks, n_segments, timeline
+    skipped: int = 0  # videos whose complete timeline was kept
+    clips: int = 0  # clips classified in this run
+    wall_seconds: float = 0.0
+    s2d_seconds: float = 0.0  # time the S2D actors spent in the model (normalise + forward), summed over clips
+    first_timeline_seconds: float | None = None  # when the first timeline file of this run was written
+    first_face_seconds: float | None = None  # from Ray being up to the first face found (face actor's clock)
+    faces: FacesResult | None = None  # the face stage's part (its wall_seconds: when the last video's faces were in)
+    warning: str | None = None
+
+    def count(self, status: str) -> int:
+        return sum(v["status"] == status for v in self.videos)
+
+    def summary(self) -> str:
+        return (f"videos: {self.count('ok')} ok, {self.count('no_faces')} no faces, {self.count('error')} failed "
+                f"({self.skipped} already done); segments: {sum(v['n_segments'] for v in self.videos)}; "
+                f"clips classified: {self.clips} in {self.wall_seconds:.1f} s")
+
+
+def video_segment(s, tracks: dict[int, int], offset: int):
+    """A unit's segment in its video's terms: the video's track id and frame indices."""
+    return dataclasses.replace(s, track_id=tracks[s.track_id], frame_index=s.frame_index + offset)
+
+
+def clip_key(s) -> str:
+    """"track:segment:view", a clip's name within its unit."""
+    return f"{s.track_id}:{s.segment}:{s.view}"
+
+
+class Timelines:
+    """The driver's part: collects each video's units and classified clips, in whatever order they come; when all
+    are in, writes the video's cache entry (unless it came from the cache) and its timeline, and returns its record.
+    Items of a video already finished (a retried task sends them again) are ignored."""
+
+    def __init__(self, sources: dict[str, Source], plan: FacePlan, cache_dir: Path, out_dir: Path, key: str,
+                 class_names, model_name: str, entries: dict[str, dict]):
+        self.sources, self.plan, self.cache_dir, self.out_dir, self.key = sources, plan, cache_dir, out_dir, key
+        self.class_names, self.model_name, self.entries = class_names, model_name, entries
+        self.units: dict[str, dict[int, UnitFaces]] = {}
+        self.clips: dict[str, dict[tuple, Clip]] = {}
+        self.face_metas: dict[str, dict] = {}
+        self.finished: set[str] = set()
+
+    def add(self, item: Clip | UnitFaces) -> dict | None:
+        vid = item.video_id
+        if vid in self.finished:
+            return None
+        if isinstance(item, UnitFaces):
+            self.units.setdefault(vid, {})[item.index] = item
+        else:
+            self.clips.setdefault(vid, {})[(item.unit, clip_key(item.segment))] = item
+        units = self.units.get(vid, {})
+        if not units or len(units) < next(iter(units.values())).count:
+            return None
+        if len(self.clips.get(vid, {})) < sum(u.n_clips for u in units.values()):
+            return None
+        self.finished.add(vid)
+        return self.finish(vid, [units[i] for i in range(len(units))], list(self.clips.pop(vid, {}).values()))
+
+    def finish(self, vid: str, units: list[UnitFaces], clips: list[Clip]) -> dict:
+        src = self.sources[vid]
+        del self.units[vid]
+        error = next((u.error for u in units if u.status == "error"), None)
+        if vid in self.entries:  # faces from the cache entry: its track ids are the video's
+            meta = self.entries[vid] if error is None else error_meta(src, self.plan.record, error)
+            maps = None
+        else:
+            meta, maps = write_units(self.cache_dir, self.plan, src, units)
+        self.face_metas[vid] = meta
+        record = {"video_id": vid, "video_path": src.path, "status": meta["status"], "error": meta["error"],
+                  "timeline": None, "n_segments": 0, "n_tracks": 0}
+        if meta["status"] == "error":
+            return record
+        segments = [(c.segment if maps is None else video_segment(c.segment, *maps[c.unit]), c.probs) for c in clips]
+        table = windows_table(vid, src.path, segments, self.class_names, self.model_name, self.key,
+                              "ok" if segments else meta["status"])
+        path = write_timeline(table, timeline_path(self.out_dir, vid, src.path))
+        return {**record, "status": "ok" if segments else meta["status"], "timeline": str(path),
+                "n_segments": table.num_rows, "n_tracks": len(set(table.column("track_id").to_pylist()))}
+
+
+def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None,
+                 faces: FaceSettings = FaceSettings(), settings: AnnotateSettings = AnnotateSettings(),
+                 device: str = "auto", address: str | None = None, force: bool = False,
+                 progress: bool = True) -> AnnotateResult:
+    """Videos -> one emotion timeline Parquet per video under ``out_dir`` (+ ``manifest.json``)."""
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    cache_dir = Path(cache_dir) if cache_dir else out_dir / "cache"
+    # 0. everything that can fail for lack of a file fails now, before any work
+    plan = plan_faces(faces)
+    classifier = resolve_classifier(settings.weights, settings.labels, settings.s2d_landmark_weights)
+    model_name = settings.weights if classifier.path is None or Path(settings.weights).name != classifier.path.name \
+        else classifier.path.name
+    record = timeline_record(plan.key, classifier.fingerprint, settings)
+    key = cache.settings_hash(record)
+    result = AnnotateResult(out_dir, key, warning=classifier.warning)
+    sources = find_videos(paths)
+    done: dict[str, dict] = {}
+    for s in sources:  # 1. complete timelines of the same settings are kept (unless --force)
+        path = timeline_path(out_dir, s.video_id, s.path)
+        if not force and is_complete(path, key):
+            table = pq.read_table(path, columns=["track_id"])
+            done[s.video_id] = {"video_id": s.video_id, "video_path": s.path, "error": None,
+                                "status": read_timeline_meta(path)["status"], "timeline": str(path),
+                                "n_segments": table.num_rows,
+                                "n_tracks": len(set(table.column("track_id").to_pylist())), "skipped": True}
+    result.skipped = len(done)
+    todo = {s.video_id: s for s in sources if s.video_id not in done}
+
+    if todo:
+        entries = {vid: e for vid in todo if (e := cache.read_entry(cache_dir, plan.key, vid)) is not None}
+        init_ray(address)
+        chain_context()
+        ray_up = time.time()
+        device = pick_device(device)
+        cpus, gpus, nodes = resources()
+        pools = plan_actors(cpus, gpus if device == "cuda" else 0, nodes, emotions=True)
+        videos = [Video(vid, s.path, entries[vid][0] if vid in entries else None) for vid, s in todo.items()]
+        # 1. units: probe each video, cut long ones into time shards
+        ds = unit_rows(videos, faces, settings.segment_s)
+        # 2. face actors: decode -> detect -> landmarks -> track -> aligned clips as windows close (or the cache)
+        ds = ds.map_batches(FaceWorker, batch_size=1, **pools["faces"].args(tasks_per_actor=1),
+                            fn_constructor_kwargs=dict(plan=plan, device=device, emotions=settings))
+        # 3. S2D actors: probabilities, batch_size clips per forward
+        ds = ds.map_batches(S2DWorker, batch_size=settings.batch_size, **pools["s2d"].args(),
+                            fn_constructor_kwargs=dict(classifier=classifier, device=device,
+                                                       batch_size=settings.batch_size, threads=pools["s2d"].threads))
+        # 4. the driver: a video's cache entry and timeline, as soon as its last unit and clip are in
+        timelines = Timelines(todo, plan, cache_dir, out_dir, key, classifier.class_names, model_name,
+                              {vid: e[1] for vid, e in entries.items()})
+        result.faces = FacesResult(cache_dir, plan.key, cached=len(entries))
+        with tqdm(total=len(todo), unit="video", desc="videos", disable=not progress) as bar:
+            try:
+                for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                    for item in batch["item"]:
+                        if isinstance(item, Clip) and item.video_id not in timelines.finished:
+                            result.clips += 1
+                            result.s2d_seconds += item.s2d_seconds
+                        elif isinstance(item, UnitFaces) and item.first_face_at is not None:
+                            first = item.first_face_at - ray_up
+                            result.first_face_seconds = min(first, result.first_face_seconds or first)
+                        rec = timelines.add(item)
+                        if rec is None:
+                            continue
+                        done[rec["video_id"]] = rec
+                        result.faces.decoded += rec["video_id"] not in entries
+                        result.faces.wall_seconds = time.perf_counter() - t0
+                        if rec["timeline"] and result.first_timeline_seconds is None:
+                            result.first_timeline_seconds = time.perf_counter() - t0
+                        bar.set_postfix_str(f"{Path(rec['video_path']).name}: {rec['status']}; clips {result.clips}")
+                        bar.update()
+                message = "pipeline: the video never completed (an actor holding it was restarted?); run again"
+            except Exception as exc:  # the chain itself broke: what is left failed; what is written stays
+                message = f"pipeline: {type(exc).__name__}: {exc}"
+                traceback.print_exc()
+        for vid, s in todo.items():
+            if vid not in done:
+                done[vid] = {"video_id": vid, "video_path": s.path, "status": "error", "error": message,
+                             "timeline": None, "n_segments": 0, "n_tracks": 0}
+        result.faces.videos = [timelines.face_metas.get(vid) or error_meta(s, plan.record, message)
+                               for vid, s in todo.items()]
+    result.videos = [done[s.video_id] for s in sources]
+    result.wall_seconds = time.perf_counter() - t0
+    write_manifest(result, record, settings, faces, classifier)
+    return result
+
+
+def write_manifest(result: AnnotateResult, record: dict, settings: AnnotateSettings, faces: FaceSettings,
+                   classifier) -> Path:
+    """``<out>/manifest.json``: settings, weights, versions, per-video status and timings (atomic)."""
+    manifest = {"settings_hash": result.settings_hash, "settings": asdict(settings), "face_settings": asdict(faces),
+                "face_settings_hash": record["faces"], "weights": classifier.fingerprint,
+                "labels": list(classifier.class_names), "warning": result.warning,
+                "versions": cache.library_versions(), "wall_seconds": result.wall_seconds,
+                "clips_classified": result.clips, "s2d_seconds": result.s2d_seconds, "skipped": result.skipped,
+                "videos": result.videos,
+                "faces_wall_seconds": result.faces.wall_seconds if result.faces else 0.0,
+                "first_timeline_seconds": result.first_timeline_seconds,
+                "first_face_seconds": result.first_face_seconds}
+    return atomic_write(result.out_dir / "manifest.json", json.dumps(manifest, indent=1, default=str))

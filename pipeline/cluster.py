@@ -1,0 +1,91 @@
+"""Ray: connecting, what the cluster has, and how many face and S2D actors a run gets (``plan_actors``)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+BLOCK_BYTES = 4 << 20  # Ray Data output blocks: a few clips each, so clips reach S2D as they are cut
+OBJECT_STORE_BUDGET = 1 << 30  # what a run's blocks may hold in the object store at once (bounded queues)
+
+
+def init_ray(address: str | None = None) -> None:
+    """Connect to ``address`` (a running cluster: ``auto``, ``HOST:PORT``, ``ray://HOST:10001``), or start a local
+    Ray; nothing if this process is connected already. The one place the project starts or joins Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=True) if address else \
+            ray.init(include_dashboard=False)
+
+
+def chain_context() -> None:
+    """This process's Ray Data settings for the annotate and faces chains: small output blocks (clips stream to
+    S2D as they are cut), a bounded share of the object store (bounded queues), items kept pickled, our own
+    progress bar instead of Ray Data's."""
+    import ray
+    from ray.data import ExecutionResources
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.verbose_progress = False
+    ctx.enable_fallback_to_arrow_object_ext_type = True
+    ctx.target_max_block_size = BLOCK_BYTES
+    store = ray.cluster_resources().get("object_store_memory", 4 * OBJECT_STORE_BUDGET)
+    ctx.execution_options.resource_limits = ExecutionResources.for_limits(
+        object_store_memory=min(OBJECT_STORE_BUDGET, store / 4))
+
+
+def resources() -> tuple[float, float, list[float]]:
+    """(CPUs, GPUs, CPUs of each alive node) of the connected cluster."""
+    import ray
+
+    nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+    res = ray.cluster_resources()
+    return max(1.0, res.get("CPU", 1.0)), res.get("GPU", 0.0), [c for c in nodes if c > 0] or [1.0]
+
+
+def pick_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import ray
+
+    return "cuda" if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One actor pool: how many actors, what each reserves, and how many threads each runs."""
+
+    size: int
+    num_cpus: float
+    num_gpus: float = 0.0
+    threads: int = 1
+
+    def args(self, tasks_per_actor: int | None = None) -> dict:
+        """The map_batches keywords."""
+        from ray.data import ActorPoolStrategy
+
+        return dict(compute=ActorPoolStrategy(size=self.size, max_tasks_in_flight_per_actor=tasks_per_actor),
+                    num_cpus=self.num_cpus, num_gpus=self.num_gpus)
+
+
+def plan_actors(cpus: float, gpus: float, node_cpus: list[float], emotions: bool) -> dict[str, Pool]:
+    """The face pool (one unit of work per actor at a time) and, with ``emotions``, the S2D pool; both fit on the
+    cluster at once, so neither can starve the other.
+
+    CPU only: one S2D actor per 8 CPUs (at least one), reserving one CPU but running as many threads as its
+    node's share of cores: once the face work is done no core idles. The face actors take the other CPUs, one
+    each (a single thread each: many videos and shards run side by side). With GPUs: one S2D actor per GPU
+    (half of it reserved, so the face actors share the other halves) and one CPU for each.
+    """
+    g = int(gpus)
+    if not emotions:
+        n = max(1, int(cpus))
+        return {"faces": Pool(n, min(1.0, cpus / n), min(0.5, g / n) if g else 0.0)}
+    m = g if g else max(1, int(cpus // 8))
+    per_node = math.ceil(m / len(node_cpus))
+    threads = max(1, int(min(node_cpus) // per_node))
+    s2d = Pool(m, min(1.0, cpus / (m + 1)), 0.5 if g else 0.0, threads)
+    n = max(1, int((cpus - m * s2d.num_cpus) // 1))
+    faces = Pool(n, min(1.0, (cpus - m * s2d.num_cpus) / n), min(0.5, 0.5 * g / n) if g else 0.0)
+    return {"faces": faces, "s2d": s2d}

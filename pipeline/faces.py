@@ -1,0 +1,188 @@
+"""The face actor: one unit of work (a video, or a time shard of one) in one process, frames never leave it.
+
+    decode (sampled by PTS) -> detect (RetinaFace, frames batched) -> 68 landmarks -> track online
+        -> align every face (5-point similarity, 224 px) -> each window's 16-frame clip as soon as it closes
+
+``run_unit`` is that loop as a plain generator over its parts (tested without Ray); ``FaceWorker`` is the Ray
+Data callable around it, which loads the detector and landmark network once, on first use (a run whose videos are
+all cached never loads them). Out come ``Clip`` items as windows close and, last, one ``UnitFaces`` per unit.
+A unit whose video has a complete landmark-cache entry (``Unit.cached``) takes its faces and track ids from the
+entry (matched by frame time) instead of the detector: the clips are cut from a second decode, nothing else runs.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .align import align_face
+from .decode import DecodeError, get_decoder, sampling_step
+from .segments import OnlineWindows
+from .settings import DETECTORS, AnnotateSettings, FacePlan, FaceSettings
+from .track import OnlineTracker
+from .units import Clip, Unit, UnitFaces, empty_faces
+
+FRAME_BYTES = 64 << 20  # frames per detector forward: at most this many bytes of decoded frames (one 8K frame)
+
+
+def error_text(stage: str, exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, DecodeError) else f"{stage}: {type(exc).__name__}: {exc}"
+
+
+class Frames:
+    """A decoder's sampled frames in batches of at most ``n`` frames and ``FRAME_BYTES``; after the loop,
+    ``count`` is the generator's return value (frames decoded) and ``seconds`` the time spent decoding."""
+
+    def __init__(self, frames: Iterator, n: int):
+        self.frames, self.n, self.count, self.seconds = frames, n, 0, 0.0
+
+    def __iter__(self):
+        batch, size = [], 0
+        while True:
+            t = time.perf_counter()
+            try:
+                item = next(self.frames)
+            except StopIteration as stop:
+                self.count = int(stop.value or 0)
+                self.seconds += time.perf_counter() - t
+                break
+            self.seconds += time.perf_counter() - t
+            batch.append(item)
+            size += item[2].nbytes
+            if len(batch) >= self.n or size >= FRAME_BYTES:
+                yield batch
+                batch, size = [], 0
+        if batch:
+            yield batch
+
+
+def cached_faces(table, start_s: float = 0.0, end_s: float | None = None) -> Callable:
+    """A complete cache entry -> analyse(batch) giving its rows per frame (matched by time) with their track ids.
+    ``start_s``/``end_s``: the unit's decoded range (its rows outside it are not expected)."""
+    t = table.column("time_s").to_numpy()
+    fixed = {k: table.column(k).combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(len(t), n)
+             for k, n in (("bbox", 4), ("kps5", 10), ("landmarks68", 136))}
+    cols = {"score": table.column("score").to_numpy(), "track_id": table.column("track_id").to_numpy(), **fixed}
+    rows: dict[float, list[int]] = {}
+    for i, ti in enumerate(t.tolist()):
+        if ti >= start_s - 1e-6 and (end_s is None or ti < end_s):
+            rows.setdefault(ti, []).append(i)
+
+    def analyse(batch):
+        out = []
+        for _, ti, _ in batch:
+            r = rows.pop(ti, [])
+            out.append(({"bbox": cols["bbox"][r], "score": cols["score"][r], "kps5": cols["kps5"][r]},
+                        cols["landmarks68"][r].reshape(-1, 68, 2), cols["track_id"][r].astype(np.int32)))
+        return out
+
+    analyse.unmatched = rows  # what no decoded frame matched (checked at the end of the unit)
+    return analyse
+
+
+def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
+             a: AnnotateSettings | None) -> Iterator[Clip | UnitFaces]:
+    """The per-unit loop (see the module docstring). ``analyse(batch of (index, time, frame))`` -> per frame
+    (detections {"bbox" [k,4], "score" [k], "kps5" [k,10]}, landmarks [k,68,2], track ids [k] or None: tracked
+    here). ``a``: the annotate settings (windows and clips), or None for faces only. Never raises: a failure ends
+    the unit with an ``error`` status (clips already sent stay counted)."""
+    started = time.perf_counter()
+    info = unit.info or {}
+    step = sampling_step(s.fps, info.get("native_fps"))
+    tracker = OnlineTracker(step, s.max_gap_s)
+    windows = OnlineWindows(step, info.get("duration_s"), a.segment_s, a.stride_s, a.min_face_frames, a.views,
+                            own_start_s=unit.own_start_s, own_end_s=unit.own_end_s) if a else None
+    done = UnitFaces(unit.video_id, unit.index, unit.count, info=unit.info,
+                     from_start=unit.start_s <= 0 or s.decoder == "decord")
+    parts: list[dict] = []
+    sampled: list[tuple[int, float]] = []
+    frames = None
+    try:
+        if unit.error:
+            raise DecodeError(unit.error)
+        frames = Frames(decoder.iter_frames(unit.path, s.fps, unit.start_s, unit.end_s), s.batch_frames)
+        for batch in frames:
+            for (index, t, frame), (det, marks, ids) in zip(batch, analyse(batch)):
+                if ids is None:
+                    ids = tracker.update(t, det["bbox"], marks)
+                own = unit.own_start_s <= t < unit.own_end_s
+                sampled.append((index, t))
+                done.n_sampled_own += own
+                done.height, done.width = frame.shape[:2]
+                k = len(ids)
+                if k and done.first_face_at is None:
+                    done.first_face_at = time.time()
+                parts.append({"frame_index": np.full(k, index, np.int64), "time_s": np.full(k, t),
+                              "face": np.arange(k, dtype=np.int16), "track_id": np.asarray(ids, np.int32),
+                              "score": np.asarray(det["score"], np.float32),
+                              "bbox": np.asarray(det["bbox"], np.float32).reshape(k, 4),
+                              "kps5": np.asarray(det["kps5"], np.float32).reshape(k, 10),
+                              "landmarks68": np.asarray(marks, np.float32).reshape(k, 136), "own": np.full(k, own)})
+                if windows is not None:
+                    crops = [align_face(frame, kps) for kps in parts[-1]["kps5"]]
+                    for seg, slots in windows.add(t, index, ids, parts[-1]["kps5"], parts[-1]["bbox"], crops):
+                        done.n_clips += 1
+                        yield Clip(unit.video_id, unit.index, seg, np.stack(slots))
+        if windows is not None:
+            for seg, slots in windows.finish():
+                done.n_clips += 1
+                yield Clip(unit.video_id, unit.index, seg, np.stack(slots))
+        if getattr(analyse, "unmatched", None):
+            raise ValueError(f"{len(analyse.unmatched)} frame times of the landmark cache entry were not decoded "
+                             "(the video or the decoder changed?); run with --force on a fresh cache")
+        done.frame_count = frames.count
+    except Exception as exc:  # a bad file fails its own video, never the run
+        done.status, done.error = "error", error_text("faces", exc)
+    faces = empty_faces()
+    if parts:
+        faces = {k: np.concatenate([p[k] for p in parts]) for k in faces}
+    done.faces = faces
+    done.sampled = (np.array([i for i, _ in sampled], np.int64), np.array([t for _, t in sampled], np.float64))
+    done.decode_seconds = frames.seconds if frames else 0.0
+    done.seconds = time.perf_counter() - started
+    yield done
+
+
+class FaceWorker:
+    """Ray Data callable: rows {"item": Unit} -> rows {"item": Clip | UnitFaces}, item by item as they come."""
+
+    def __init__(self, plan: FacePlan, device: str = "cpu", emotions: AnnotateSettings | None = None,
+                 threads: int = 1):
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self.plan, self.device, self.emotions = plan, device, emotions
+        self.decoder = get_decoder(plan.settings.decoder)
+        self.detector = self.landmarker = None
+
+    def analyse(self, batch):
+        """Detections and landmarks of a batch of frames (models loaded on first use)."""
+        s = self.plan.settings
+        if self.detector is None:
+            from .landmarks import get_landmarker
+            from .retinaface import FaceDetector
+
+            self.detector = FaceDetector(self.plan.detector_path, DETECTORS[s.detector], device=self.device,
+                                         score_threshold=s.score_threshold, nms_threshold=s.nms_threshold,
+                                         long_side=s.long_side)
+            lm = self.plan.landmark_path
+            self.landmarker = get_landmarker(s.landmarks, str(lm) if lm else None, self.device)
+        frames = batch[0][2][None] if len(batch) == 1 else np.stack([f for _, _, f in batch])  # no copy of one
+        dets = self.detector(frames)
+        marks = self.landmarker(frames, [d["bbox"] for d in dets])
+        return [(d, m, None) for d, m in zip(dets, marks)]
+
+    def __call__(self, batch: dict):
+        for unit in batch["item"]:
+            analyse = self.analyse if unit.cached is None else cached_faces(unit.cached, unit.start_s, unit.end_s)
+            for item in run_unit(unit, self.decoder, analyse, self.plan.settings, self.emotions):
+                yield items(item)
+
+
+def items(*objects) -> dict:
+    """A Ray Data batch of one ``item`` column holding these objects (kept pickled: they are not Arrow types)."""
+    column = np.empty(len(objects), dtype=object)
+    for i, o in enumerate(objects):
+        column[i] = o
+    return {"video_id": np.array([o.video_id for o in objects]), "item": column}

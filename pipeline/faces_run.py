@@ -1,0 +1,157 @@
+"""``run_faces``: videos -> the landmark cache, one chain top to bottom; and the face-stage steps that
+``run_annotate`` shares (the unit rows, writing a video's cache entry from its units).
+
+    list -> [Ray tasks] probe, cut long videos into time shards -> [face actors] decode, detect, landmarks, track
+         -> [driver] join a video's units (stitch shard tracks), write its cache entry atomically
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import cache
+from .cluster import chain_context, init_ray, pick_device, plan_actors, resources
+from .faces import FaceWorker, items
+from .settings import FacePlan, FaceSettings, plan_faces
+from .sources import Source, find_videos
+from .units import empty_faces, join_units, plan_units
+
+
+@dataclass
+class Video:
+    """A chain's input row: one video to do (``cached``: its complete cache rows, when it has an entry)."""
+
+    video_id: str
+    path: str
+    cached: object = None
+
+
+@dataclass
+class FacesResult:
+    cache_dir: Path
+    settings_hash: str
+    videos: list[dict] = field(default_factory=list)  # meta rows, in input order
+    decoded: int = 0  # videos that went through the decoder in this run
+    cached: int = 0  # videos whose complete cache entry was reused (no detector)
+    wall_seconds: float = 0.0  # in an annotate run: when the last video's faces were complete (the chain goes on)
+
+    def count(self, status: str) -> int:
+        return sum(v["status"] == status for v in self.videos)
+
+    def summary(self) -> str:
+        faces = sum(v["n_faces"] for v in self.videos)
+        tracks = sum(v["n_tracks"] for v in self.videos)
+        seconds = sum(v["duration_s"] or 0.0 for v in self.videos if v["status"] != "error")
+        speed = seconds / self.wall_seconds if self.wall_seconds > 0 else float("nan")
+        return (f"videos: {self.count('ok')} ok, {self.count('no_faces')} no faces, {self.count('error')} failed "
+                f"({self.cached} from cache); faces: {faces}; tracks: {tracks}; "
+                f"{seconds:.1f} s of video in {self.wall_seconds:.1f} s ({speed:.2f} video-s per wall-s)")
+
+
+def unit_rows(videos: list[Video], s: FaceSettings, segment_s: float):
+    """The chains' input: one row {"item": Unit} per unit. Probing and shard planning run as Ray tasks that
+    reserve no CPU (the actors hold them), one video each, so the first unit starts at once."""
+    import ray
+
+    def plan(batch: dict) -> dict:
+        v = batch["item"][0]
+        return items(*plan_units(v.video_id, v.path, s.fps, s.shard_s, segment_s, v.cached))
+
+    ds = ray.data.from_items(videos, override_num_blocks=len(videos))
+    return ds.map_batches(plan, batch_size=1, num_cpus=0, concurrency=2)
+
+
+def write_units(cache_dir: Path, plan: FacePlan, src: Source, units: list) -> tuple[dict, list[dict]]:
+    """A decoded video's units -> its cache entry (written atomically) -> (its meta row, per unit the
+    {unit track: video track} map and the frame-index offset)."""
+    info = next((u.info for u in units if u.info), None) or {}
+    error = next((u.error for u in units if u.status == "error"), None)
+    faces, maps, counts = empty_faces(), [{} for _ in units], {}
+    if error is None:
+        try:
+            faces, maps, counts = join_units(units)
+        except ValueError as exc:
+            error = f"shards: {exc}"
+    if error is not None:
+        faces, maps = {**empty_faces(), "width": 0, "height": 0}, [{} for _ in units]
+    faces.pop("own", None)
+    n = len(faces["frame_index"])
+    status = "error" if error else "ok" if n else "no_faces"
+    meta = {"video_id": src.video_id, "source_path": src.path, "duration_s": info.get("duration_s"),
+            "native_fps": info.get("native_fps"), "rotation": info.get("rotation", 0), "width": info.get("width"),
+            "height": info.get("height"), "settings": plan.record, "status": status, "error": error,
+            "frame_count": counts.get("frame_count", 0), "sampled_frames": counts.get("sampled_frames", 0),
+            "decode_seconds": sum(u.decode_seconds for u in units), "total_seconds": sum(u.seconds for u in units)}
+    cache.write_entry(cache_dir, plan.key, src.video_id, {**faces, "video_id": src.video_id}, meta)
+    offsets = counts.get("offsets", [0] * len(units))
+    return cache.read_meta(cache_dir, plan.key, src.video_id), list(zip(maps, offsets))
+
+
+def error_meta(src: Source, settings: dict, message: str) -> dict:
+    return {"video_id": src.video_id, "source_path": src.path, "duration_s": None, "native_fps": None,
+            "frame_count": 0, "sampled_frames": 0, "rotation": 0, "width": None, "height": None,
+            "settings": settings, "status": "error", "error": message, "decode_seconds": None, "total_seconds": 0.0,
+            "n_faces": 0, "n_tracks": 0}
+
+
+def run_faces(paths, cache_dir: str | Path, settings: FaceSettings = FaceSettings(), device: str = "auto",
+              address: str | None = None, progress: bool = True) -> FacesResult:
+    """Videos (files or folders, or Sources) -> one landmark-cache entry per video. Re-runs reuse complete
+    entries."""
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    plan = plan_faces(settings)  # a missing weights file stops here
+    cache_dir = Path(cache_dir)
+    sources = paths if paths and isinstance(paths[0], Source) else find_videos(paths)
+    result = FacesResult(cache_dir, plan.key)
+    done: dict[str, dict] = {}
+    for s in sources:  # the cache: complete entries are reused, nothing is decoded for them
+        entry = cache.read_entry(cache_dir, plan.key, s.video_id)
+        if entry is not None:
+            done[s.video_id] = entry[1]
+    result.cached = len(done)
+    todo = {s.video_id: s for s in sources if s.video_id not in done}
+
+    if todo:
+        init_ray(address)
+        chain_context()
+        device = pick_device(device)
+        cpus, gpus, nodes = resources()
+        pools = plan_actors(cpus, gpus if device == "cuda" else 0, nodes, emotions=False)
+        # 1. units: probe each video, cut long ones into time shards
+        ds = unit_rows([Video(s.video_id, s.path) for s in todo.values()], settings, segment_s=2.0)
+        # 2. face actors: decode -> detect -> 68 landmarks -> track, one unit per actor at a time
+        ds = ds.map_batches(FaceWorker, batch_size=1, **pools["faces"].args(tasks_per_actor=1),
+                            fn_constructor_kwargs=dict(plan=plan, device=device))
+        # 3. the driver: a video's units joined into its cache entry
+        parts: dict[str, dict] = {}
+        with tqdm(total=len(todo), unit="video", desc="faces", disable=not progress) as bar:
+            try:
+                for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                    for u in batch["item"]:
+                        got = parts.setdefault(u.video_id, {})
+                        got[u.index] = u
+                        if len(got) < u.count or u.video_id in done:
+                            continue
+                        meta, _ = write_units(cache_dir, plan, todo[u.video_id], [got[i] for i in range(u.count)])
+                        done[u.video_id] = meta
+                        result.decoded += 1
+                        bar.set_postfix_str(f"{Path(meta['source_path']).name}: {meta['status']}")
+                        bar.update()
+                message = "pipeline: the video never completed; run again"
+            except Exception as exc:  # the chain itself broke: record what is left as failed, keep what is done
+                message = f"pipeline: {type(exc).__name__}: {exc}"
+                traceback.print_exc()
+        for vid, s in todo.items():
+            if vid not in done:
+                cache.write_entry(cache_dir, plan.key, vid, {**empty_faces(), "video_id": vid, "width": 0,
+                                                             "height": 0}, error_meta(s, plan.record, message))
+                done[vid] = cache.read_meta(cache_dir, plan.key, vid)
+    result.videos = [done[s.video_id] for s in sources]
+    result.wall_seconds = time.perf_counter() - t0
+    return result

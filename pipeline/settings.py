@@ -1,0 +1,89 @@
+"""What a run is asked to do, checked before any work, and the cache keys: which settings change which outputs."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import cache
+
+
+@dataclass(frozen=True)
+class FaceSettings:
+    fps: float = 8.0  # analysis rate: frames sampled per second of video, by presentation timestamp
+    detector: str = "retinaface-mobilenet"  # or "retinaface-resnet50"
+    detector_weights: str | None = None  # path or weights name; default: the detector's registry entry
+    landmarks: str = "mobilefacenet"  # or "fan"
+    landmark_weights: str | None = None  # path or weights name; default: the backend's usual file
+    score_threshold: float = 0.6
+    nms_threshold: float = 0.4
+    long_side: int = 640  # frames are resized so their long side is this, for detection
+    decoder: str = "pyav"  # or "decord"
+    max_gap_s: float = 1.0  # a track survives this long without its face
+    shard_s: float = 60.0  # long videos are cut into time shards of this length, one face actor each
+    batch_frames: int = 16  # frames per detector forward (fewer when frames are large); not part of the cache key
+
+
+@dataclass(frozen=True)
+class AnnotateSettings:
+    weights: str = "s2d-dfew"  # weights name, path, or "random-tiny" (untrained, for smoke tests)
+    labels: str | None = None  # label set; default: what the weights were trained on
+    s2d_landmark_weights: str | None = None  # S2D's landmark branch (MobileFaceNet); default: "mobilefacenet"
+    segment_s: float = 2.0
+    stride_s: float = 1.0
+    min_face_frames: int = 8
+    views: int = 1  # 2: test-time views, a window's first and last 16 sampled frames, averaged (when it has more)
+    batch_size: int = 8  # clips per S2D forward
+
+    def __post_init__(self):  # fail before any work, not once per video
+        if self.views not in (1, 2):
+            raise ValueError(f"views must be 1 or 2, not {self.views}")
+
+
+DETECTORS = {"retinaface-mobilenet": "mobilenet0.25", "retinaface-resnet50": "resnet50"}
+NOT_IN_FACE_KEY = ("batch_frames", "shard_s", "detector_weights", "landmark_weights")  # speed or file names only
+NOT_IN_TIMELINE_KEY = ("batch_size", "weights", "labels", "s2d_landmark_weights")  # the classifier's fingerprint
+
+
+def resolve_face_weights(s: FaceSettings) -> tuple[Path, Path | None]:
+    """(detector weights, landmark weights) on disk, or a WeightsNotFound naming the file, before any work."""
+    from s2d_model.weights import resolve
+
+    if s.detector not in DETECTORS:
+        raise ValueError(f"unknown detector '{s.detector}': choose one of {', '.join(DETECTORS)}")
+    det = resolve(s.detector_weights or s.detector)
+    if s.landmarks == "mobilefacenet":
+        lm = resolve(s.landmark_weights or "mobilefacenet")
+    elif s.landmarks == "fan":
+        from .landmarks import FANLandmarks, fan_default_path
+
+        lm = Path(s.landmark_weights) if s.landmark_weights else fan_default_path()
+        if not lm.is_file():  # FANLandmarks says the same with the upstream URL; fail before any work
+            FANLandmarks(lm)
+    else:
+        raise ValueError(f"unknown landmark backend '{s.landmarks}': use mobilefacenet or fan")
+    return det, lm
+
+
+@dataclass(frozen=True)
+class FacePlan:
+    """The face stage, decided before any work: weights on disk, the settings record and its cache key."""
+
+    settings: FaceSettings
+    detector_path: Path
+    landmark_path: Path | None
+    record: dict  # everything that changes the face rows
+    key: str  # the cache folder: a hash of ``record``
+
+
+def plan_faces(s: FaceSettings) -> FacePlan:
+    det, lm = resolve_face_weights(s)
+    record = {k: v for k, v in asdict(s).items() if k not in NOT_IN_FACE_KEY}
+    record["detector_file"] = cache.file_fingerprint(det)
+    record["landmark_file"] = cache.file_fingerprint(lm) if lm else None
+    return FacePlan(s, det, lm, record, cache.settings_hash(record))
+
+
+def timeline_record(face_key: str, classifier_fingerprint: dict, s: AnnotateSettings) -> dict:
+    """Everything that changes a timeline: the timeline's settings hash is a hash of this."""
+    return {"faces": face_key, "classifier": classifier_fingerprint,
+            **{k: v for k, v in asdict(s).items() if k not in NOT_IN_TIMELINE_KEY}}
