@@ -161,7 +161,8 @@ def annotate_cmd(
     views: int = typer.Option(1, min=1, max=2, help="2: test-time views, a window's first and last 16 sampled "
                               "frames with their probabilities averaged (the authors' protocol), where the window "
                               "holds more than 16 (e.g. --segment 4 at --fps 8)"),
-    batch_size: int = typer.Option(8, help="clips per S2D forward pass"),
+    batch_size: Optional[int] = typer.Option(None, help="clips per S2D forward pass [default: 8 on a GPU, 1 on CPU, "
+                                             "where one clip at a time is fastest]"),
     cache: Optional[Path] = typer.Option(None, "--cache", help="landmark cache folder [default: OUT/cache]"),
     force: bool = typer.Option(False, "--force", help="redo videos whose timeline already exists"),
     fps: float = typer.Option(8.0, help="analysis rate of the face stage (frames per second)"),

@@ -1,70 +1,86 @@
-"""Annotate speed: `run_annotate` end to end on Ray vs the S2D model alone, memory, and re-runs.
+"""Annotate speed and memory, before and after the one-pass-per-video rebuild, measured in one run.
 
-    python bench/annotate_speed.py [--quick] [--model s2d_tiny|s2d_base_patch16_224] [--videos N]
-                                   [--seconds S] [--workdir DIR] [--device cpu|cuda] [--out-json FILE]
+    python bench/annotate_speed.py [--quick] [--only a,b,c,d,e] [--no-base] [--baseline DIR]
+                                   [--workdir DIR] [--interval S] [--timeout S] [--out-json FILE]
 
-Prints one table, then notes. Sections:
+"baseline" is commit a7e3743 (the chain before the rebuild: ``pipeline.run.run_annotate``), checked out as a git
+worktree (``--baseline``, default ``$TMPDIR/s2d-baseline``, made with ``git worktree add --detach`` if missing;
+no install: it runs with PYTHONPATH and cwd = that folder, so ``import pipeline`` resolves there). "new" is this
+working tree (``pipeline.annotate.run_annotate``). Every measured run is a fresh subprocess
+(``python bench/annotate_speed.py --one SPEC``, or ``python -m cli`` for e), one at a time, on a fresh out dir
+and cache dir; ``run_annotate`` starts a local Ray inside it (plain ``ray.init()``: all CPUs of this machine),
+so every run is cold (Ray start-up, actor construction and model loading are in its time) and its memory is its
+own. While a child runs, this process samples every ``--interval`` s (0.5) the PSS (``Pss:`` of
+/proc/PID/smaps_rollup: shared pages split among their users) summed over the child and all its descendants
+(gcs_server, raylet, Ray workers and actors, ...; a process seen once in the tree is kept after it is
+re-parented) and reports the peak. The child calls ``ray.shutdown()``, then waits for its descendants to exit
+and kills those left after 10 s (by PID); this process does the same for any process of that tree still alive
+after the child exits, before the next run starts. The table's ``value`` is the new chain's figure, ``ratio``
+is new / baseline and ``vs`` gives the baseline's figure. Sections (``--only``):
 
-1. cold run: ``run_annotate`` on a fresh cache dir and a fresh out dir (local ``ray.init(num_cpus=2)``, started
-   before and not timed; Ray Data start-up and actor construction are in the time, as in ``s2d annotate``):
-   wall seconds, clips/s, video-seconds per wall-second; the chain streams, so instead of stage times: when the
-   last video's faces were tracked (``result.faces.wall_seconds``), when the first timeline file was written
-   (``result.first_timeline_seconds``: before the former when the emotion stages overlap the face stages), and the
-   time the S2D actors spent in the model (``result.s2d_seconds``).
-2. model only, in this same process after the runs: ``ClassifyClips(...).probabilities`` on random uint8 clips
-   [B, 16, 224, 224, 3] with the run's batch size B, timed after a warm-up call at that shape, with torch's
-   default thread count here and with the thread count a Ray actor of ``num_cpus=1`` gets (Ray sets
-   OMP_NUM_THREADS to the actor's CPUs; checked in a Ray task). Efficiency = end-to-end clips/s / model-only
-   clips/s; also the S2D actor's own rate (clips / its seconds in the model) over model-only.
-3. memory: peak RSS of this driver process (``ru_maxrss``; inputs and weights are made in a separate spawned
-   process so they do not count) and of the Ray processes the local ``ray.init`` started (sampled from /proc
-   every 0.25 s during the cold run: the sum of RSS over all of them, the sum of PSS (every 1 s; shared pages
-   split among their users), and the RSS peak per actor kind).
-4. re-runs, as ratios to the cold run: the same out dir again (complete timelines are skipped), and
-   ``force=True`` on that out dir with the landmark cache warm (faces reused, emotions recomputed).
+a. length: one generated 30 s and one 300 s 640x360 video (``--quick``: 30 s and 60 s), random-tiny S2D
+   (``AnnotateSettings(weights="random-tiny", s2d_landmark_weights=<fixture MobileFaceNet>)``), fixture
+   detector and landmark weights, other settings default: wall s (``AnnotateResult.wall_seconds``: from the
+   call, Ray start included, to the manifest), video-seconds per wall-second, clips/s, peak PSS of the tree,
+   the 300 s / 30 s PSS ratio; for the new chain also ``first_face_seconds`` (from Ray being up to the first
+   face found) and ``first_timeline_seconds``.
+b. resolution: a 2 s 1920x1080 and a 2 s 7680x4320 video (``--quick``: 1920x1080 and 3840x2160), the same
+   face content scaled up: peak PSS of each and the difference.
+c. sum of parts, in this process after the a runs, torch with 2 threads, on a's longest video: decode
+   (``get_decoder("pyav").iter_frames(path, 8.0)``, the time spent in the generator), RetinaFace MobileNet-0.25
+   (``FaceDetector``, batches of 16 sampled frames), MobileFaceNet on the detected boxes (per batch),
+   ``align_face`` per detected face, tiny S2D (``S2DWorker(...).probabilities``, batch 8, on as many random
+   clips as the new run classified, after one untimed warm-up call); their sum, the new run's wall / that sum
+   (target <= 1.3) and the new run's video-s per wall-s (target >= 3.2, meant for the full 300 s run).
+   Tracking, windowing and clip assembly are not parts: they are in the overhead.
+d. base model on CPU (not with ``--quick`` or ``--no-base``): random ``s2d_base_patch16_224`` weights (seed 0)
+   saved in the authors' fine-tuned layout, inputs 3 x 25 s generated videos + the 3 fixture videos:
+   end-to-end clips/s (clips / wall), the model alone (the chain's own S2D class, ``probabilities`` on random
+   uint8 clips [8, 16, 224, 224, 3], 2 torch threads, timed after a warm-up call, in a fresh child per chain)
+   and efficiency = end-to-end / model alone (target >= 0.85 for the new chain).
+e. the README example: ``python -m cli annotate <fixtures>/videos --out <tmp> --weights random-tiny`` with
+   S2D_DETECTOR_WEIGHTS / S2D_LANDMARK_WEIGHTS set to the fixture files, in each tree: the command's wall
+   seconds (process start to exit: imports, Ray start and shutdown included).
 
-Inputs: ``--videos`` generated 640x360 30 fps videos of ``--seconds`` each, made from the real fixture face
-video (``single_face.mp4``'s 72 frames played forwards and backwards, slowly panned and zoomed so the face
-moves, each video with its own phase; libx264 veryfast crf 23), plus the real fixture videos
-(``single_face.mp4``, ``face_noface.mov``, ``no_face.mp4``; ``--no-fixtures`` leaves them out). They are cached in
-``--workdir`` (default ``$TMPDIR/s2d-annotate-speed``) and reused; generation time is not measured.
-S2D weights: random weights (seed 0) of ``--model`` saved in the authors' fine-tuned layout into a temp dir
-(removed at the end): speed only, labels meaningless. Detector and landmark weights are the real fixtures.
-Timings on a shared machine are noisy: the notes print the load average before and after.
+Inputs are generated from the real fixture face video (``single_face.mp4``'s frames played forwards and
+backwards, slowly panned and zoomed so the face moves; made at 640x360 and resized up for b; 30 fps, libx264
+veryfast crf 23), cached in ``--workdir`` (default ``$TMPDIR/s2d-annotate-speed``) and reused; generation time is
+not measured. Random S2D weights are for speed only (labels meaningless). Timings on a shared machine are noisy:
+the notes print the load average before and after.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
+import math
 import os
 import platform
-import resource
 import shutil
-import statistics
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from table import cached_file, print_table
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("S2D_FIXTURES", REPO.parent / "shared" / "fixtures"))
+BASELINE_COMMIT = "a7e3743"
 W, H, FPS = 640, 360, 30
 FIXTURE_VIDEOS = ("single_face.mp4", "face_noface.mov", "no_face.mp4")
-RANDOM_LABEL = "random weights: speed only"
+SECTIONS = "abcde"
+LINGER_S = 10.0
 
 
-# ------------------------------------------------------------------------------------------ inputs (in a child)
-def _generated_video(path: Path, fixtures: Path, seconds: float, phase: int) -> Path:
-    """single_face.mp4's frames ping-pong looped, panned (+-60 px, +-20 px) and zoomed (0.85-1.0) slowly."""
+# ------------------------------------------------------------------------------------------ inputs
+def _generated_video(path: Path, fixtures: Path, seconds: float, phase: int, size: tuple[int, int] = (W, H)) -> Path:
+    """single_face.mp4's frames ping-pong looped, panned (+-60 px, +-20 px) and zoomed (0.85-1.0) slowly at
+    640x360, then resized (bilinear) to ``size``."""
 
     def write(tmp: Path) -> None:
-        import math
-
         import av
         import cv2
 
@@ -75,7 +91,7 @@ def _generated_video(path: Path, fixtures: Path, seconds: float, phase: int) -> 
         n = int(round(seconds * FPS))
         with av.open(str(tmp), "w") as c:
             s = c.add_stream("libx264", rate=FPS)
-            s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+            s.width, s.height, s.pix_fmt = size[0], size[1], "yuv420p"
             s.options = {"preset": "veryfast", "crf": "23"}
             for i in range(n):
                 t = i / FPS + 3.7 * phase
@@ -86,12 +102,19 @@ def _generated_video(path: Path, fixtures: Path, seconds: float, phase: int) -> 
                 m[:, 2] += (dx, dy)
                 img = cv2.warpAffine(src[order[i % len(order)]], m, (W, H), flags=cv2.INTER_LINEAR,
                                      borderMode=cv2.BORDER_REFLECT)
+                if size != (W, H):
+                    img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
                 for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                     c.mux(p)
             for p in s.encode():
                 c.mux(p)
 
     return cached_file(path, write)
+
+
+def _video(workdir: Path, fixtures: Path, seconds: float, size=(W, H), phase: int = 0) -> Path:
+    name = f"gen{phase}_{seconds:g}".replace(".", "p") + f"s_{size[0]}x{size[1]}.mp4"
+    return _generated_video(workdir / "inputs" / name, fixtures, seconds, phase, tuple(size))
 
 
 def _random_s2d(path: Path, model_name: str) -> Path:
@@ -113,84 +136,58 @@ def _random_s2d(path: Path, model_name: str) -> Path:
     return path
 
 
-def prepare(workdir: str, fixtures: str, n_videos: int, seconds: float, with_fixtures: bool, model_name: str,
-            weights_dir: str) -> dict:
-    """Runs in a spawned child (so the driver's ru_maxrss is the pipeline's): inputs and random S2D weights."""
+def _duration(path: Path) -> float:
     import av
 
-    t = time.perf_counter()
-    fx, wd = Path(fixtures), Path(workdir)
-    folder = wd / "inputs"
-    videos = []
-    for k in range(n_videos):
-        tag = f"{seconds:g}".replace(".", "p")
-        videos.append(_generated_video(folder / f"gen{k:02d}_{tag}s.mp4", fx, seconds, k))
-    if with_fixtures:
-        for name in FIXTURE_VIDEOS:
-            dst = folder / name
-            if not dst.is_file():
-                folder.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(fx / "videos" / name, dst)
-            videos.append(dst)
-    gen_s = time.perf_counter() - t
-    t = time.perf_counter()
-    ckpt = _random_s2d(Path(weights_dir) / f"{model_name}-random-seed0.pth", model_name)
-    durations = {}
-    for v in videos:
-        with av.open(str(v)) as c:
-            st = c.streams.video[0]
-            durations[v.name] = float(st.duration * st.time_base) if st.duration else float(c.duration or 0) / 1e6
-    return dict(videos=[str(v) for v in videos], durations=durations, weights=str(ckpt),
-                weights_mib=ckpt.stat().st_size / 2**20, gen_s=gen_s, weights_s=time.perf_counter() - t,
-                bytes=sum(v.stat().st_size for v in videos))
+    with av.open(str(path)) as c:
+        st = c.streams.video[0]
+        return float(st.duration * st.time_base) if st.duration else float(c.duration or 0) / 1e6
 
 
-# ------------------------------------------------------------------------------------------ Ray process memory
-def _children_map() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
+# ------------------------------------------------------------------------------------------ process trees
+def _stat(pid: int) -> tuple[int, int, str] | None:
+    """(ppid, start time in clock ticks, state) or None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+        return int(rest[1]), int(rest[19]), rest[0]
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _all_stats() -> dict[int, tuple[int, int, str]]:
+    out = {}
     for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        kids.setdefault(ppid, []).append(int(d))
-    return kids
+        if d.isdigit() and (s := _stat(int(d))) is not None:
+            out[int(d)] = s
+    return out
 
 
-def _rss_mib(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def _title(pid: int) -> str:
-    """Ray workers set their process title (ray::IDLE, ray::MapWorker(MapBatches(DetectFaces)), ...)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-    except OSError:
-        return "?"
-    if not argv:
-        return "?"
-    if argv[0].startswith("ray::"):
-        return argv[0].split()[0]
-    name = Path(argv[0]).name
-    if name.startswith("python") and len(argv) > 1:
-        script = next((Path(a).name for a in argv[1:] if a.endswith(".py")), argv[1])
-        return f"python {script}"
-    return name
+def _tree(root: int, root_start: int | None, seen: dict[int, int]) -> list[int]:
+    """Live processes of root's tree: root, its descendants by parent links, and any process seen in it before
+    (same start time) that is still alive, e.g. re-parented after its parent exited. Updates ``seen``."""
+    stats = _all_stats()
+    kids: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in stats.items():
+        kids.setdefault(ppid, []).append(pid)
+    found = set()
+    if root in stats and (root_start is None or stats[root][1] == root_start):
+        todo = [root]
+        while todo:
+            pid = todo.pop()
+            if pid in found:
+                continue
+            found.add(pid)
+            todo.extend(kids.get(pid, []))
+    for pid, start in list(seen.items()):
+        if pid in stats and stats[pid][1] == start:
+            found.add(pid)
+    for pid in found:
+        seen[pid] = stats[pid][1]
+    return [p for p in found if stats[p][2] not in ("Z", "X")]
 
 
 def _pss_mib(pid: int) -> float:
-    """Proportional set size: shared pages (torch's libraries, the object store) split among their users."""
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
@@ -201,28 +198,39 @@ def _pss_mib(pid: int) -> float:
     return 0.0
 
 
-def _kind(title: str) -> str:
-    """ray::MapWorker(MapBatches(ClassifyClips)) -> ClassifyClips; ray::_StatsActor.method -> ray::_StatsActor."""
-    if "MapBatches(" in title:
-        return title.split("MapBatches(")[-1].split(")")[0]
-    if title.startswith("ray::"):
-        return "ray::" + title[5:].split(".")[0]
-    return title
+def _title(pid: int) -> str:
+    """ray::FaceWorker..., raylet, gcs_server, python <script>."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return "?"
+    if not argv:
+        return "?"
+    if argv[0].startswith("ray::"):
+        t = argv[0].split()[0]
+        return t.split("MapBatches(")[-1].split(")")[0] if "MapBatches(" in t else t
+    name = Path(argv[0]).name
+    if name.startswith("python") and len(argv) > 1:
+        if "-m" in argv:
+            return f"python -m {argv[argv.index('-m') + 1]}" if argv.index("-m") + 1 < len(argv) else name
+        script = next((Path(a).name for a in argv[1:] if a.endswith(".py")), Path(argv[1]).name)
+        return f"python {script}"
+    return name
 
 
-class RaySampler:
-    """Samples the RSS of every descendant of this process (the local Ray cluster) in a thread; every
-    ``pss_every``-th sample also their PSS (smaps_rollup: dearer to read, but it does not count shared pages
-    once per process)."""
+class TreeSampler:
+    """Peak of the PSS summed over a process tree, sampled in a thread."""
 
-    def __init__(self, interval: float = 0.25, pss_every: int = 4):
-        self.interval, self.pss_every = interval, pss_every
-        self.peak_sum = 0.0
-        self.peak_pss = 0.0
-        self.peak_by_kind: dict[str, float] = {}
-        self.pids: set[int] = set()
-        self.kinds: dict[int, str] = {}
-        self.samples = 0
+    def __init__(self, root: int, interval: float):
+        self.root, self.interval = root, interval
+        st = _stat(root)
+        self.root_start = st[1] if st else None
+        self.seen: dict[int, int] = {}
+        self.peak = 0.0
+        self.peak_top: list[tuple[float, str]] = []  # the largest processes at the peak
+        self.peak_procs = self.max_procs = self.samples = 0
+        self.cost = 0.0  # CPU seconds spent sampling (this thread)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -234,295 +242,544 @@ class RaySampler:
         self._stop.set()
         self._thread.join()
 
+    def sample(self) -> None:
+        t = time.thread_time()
+        pids = _tree(self.root, self.root_start, self.seen)
+        per = [(_pss_mib(p), p) for p in pids]
+        total = sum(v for v, _ in per)
+        if total > self.peak:
+            self.peak, self.peak_procs = total, len(per)
+            self.peak_top = [(v, _title(p)) for v, p in sorted(per, reverse=True)[:3]]
+        self.max_procs = max(self.max_procs, len(per))
+        self.samples += 1
+        self.cost += time.thread_time() - t
+
     def _loop(self) -> None:
-        root = os.getpid()
         while True:
-            kids = _children_map()
-            todo, total, pss = list(kids.get(root, [])), 0.0, 0.0
-            with_pss = self.samples % self.pss_every == 0
-            while todo:
-                pid = todo.pop()
-                todo.extend(kids.get(pid, []))
-                title = _title(pid)  # a process on its way out has no cmdline: keep what it was called
-                kind = self.kinds[pid] = _kind(title) if title != "?" else self.kinds.get(pid, "(exiting)")
-                rss = _rss_mib(pid)
-                total += rss
-                pss += _pss_mib(pid) if with_pss else 0.0
-                self.pids.add(pid)
-                self.peak_by_kind[kind] = max(self.peak_by_kind.get(kind, 0.0), rss)
-            self.peak_sum = max(self.peak_sum, total)
-            self.peak_pss = max(self.peak_pss, pss)
-            self.samples += 1
+            self.sample()
             if self._stop.wait(self.interval):
                 return
 
-
-def _ray_threads() -> dict:
-    """What a Ray task/actor with num_cpus=1 gets: OMP_NUM_THREADS and torch's thread count."""
-    import ray
-
-    @ray.remote(num_cpus=1)
-    def probe():
-        import torch
-
-        return {"omp": os.environ.get("OMP_NUM_THREADS"), "torch": torch.get_num_threads()}
-
-    return ray.get(probe.remote())
+    def top(self) -> str:
+        return ", ".join(f"{t} {v:.0f}" for v, t in self.peak_top)
 
 
-# ------------------------------------------------------------------------------------------ model only
-def model_only(classifier, device: str, batch: int, threads: int | None, min_seconds: float,
-               min_calls: int) -> dict:
-    """clips/s of ClassifyClips.probabilities on random uint8 clips, after one warm-up call at this shape."""
+def _alive(pid: int, start: int) -> bool:
+    st = _stat(pid)
+    return st is not None and st[1] == start and st[2] not in ("Z", "X")
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except (ChildProcessError, OSError):
+        pass
+
+
+def end_tree(procs: dict[int, int], linger_s: float = LINGER_S, exclude: int | None = None) -> list[str]:
+    """Wait until the processes {pid: start time} have exited; kill (SIGKILL, by PID) those alive after
+    ``linger_s``. Returns what was killed."""
+    procs = {p: s for p, s in procs.items() if p != exclude}
+    deadline, killed = time.monotonic() + linger_s, []
+    while True:
+        for p in procs:
+            _reap(p)
+        left = {p: s for p, s in procs.items() if _alive(p, s)}
+        if not left:
+            return killed
+        if time.monotonic() > deadline:
+            for p, s in left.items():
+                if _alive(p, s):
+                    killed.append(f"{_title(p)} ({p})")
+                    try:
+                        os.kill(p, signal.SIGKILL)
+                    except OSError:
+                        pass
+            time.sleep(0.5)
+            for p in left:
+                _reap(p)
+            return killed
+        time.sleep(0.2)
+
+
+# ------------------------------------------------------------------------------------------ the child
+def _model_alone(chain: str, weights: str, mfn: str, batch: int, threads: int, min_s: float, min_calls: int) -> dict:
     import numpy as np
     import torch
 
-    from pipeline.classify import ClassifyClips
+    torch.set_num_threads(threads)
+    if chain == "baseline":
+        from pipeline.classify import ClassifyClips, resolve_classifier
 
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        clf = ClassifyClips(classifier, device=device)
-        clips = np.random.default_rng(0).integers(0, 256, (batch, 16, 224, 224, 3), dtype=np.uint8)
+        clf = ClassifyClips(resolve_classifier(weights, None, mfn), device="cpu", batch_size=batch)
+    else:
+        from pipeline.emotions import S2DWorker, resolve_classifier
+
+        clf = S2DWorker(resolve_classifier(weights, None, mfn), "cpu", batch, threads=threads)
+    clips = np.random.default_rng(0).integers(0, 256, (batch, 16, 224, 224, 3), dtype=np.uint8)
+    t = time.perf_counter()
+    clf.probabilities(clips)
+    warm = time.perf_counter() - t
+    per, start = [], time.perf_counter()
+    while len(per) < min_calls or time.perf_counter() - start < min_s:
         t = time.perf_counter()
         clf.probabilities(clips)
-        warm = time.perf_counter() - t
-        per, start = [], time.perf_counter()
-        while len(per) < min_calls or time.perf_counter() - start < min_seconds:
-            t = time.perf_counter()
-            probs = clf.probabilities(clips)
-            per.append(time.perf_counter() - t)
-        assert probs.shape == (batch, len(classifier.class_names))
-        return dict(threads=torch.get_num_threads(), mean=batch * len(per) / sum(per), best=batch / min(per),
-                    median=batch / statistics.median(per), calls=len(per), seconds=sum(per), warm_s=warm)
-    finally:
-        torch.set_num_threads(before)
+        per.append(time.perf_counter() - t)
+    return dict(clips_per_s=batch * len(per) / sum(per), calls=len(per), seconds=sum(per), warm_s=warm,
+                threads=torch.get_num_threads())
 
 
-# ------------------------------------------------------------------------------------------ output
-def _statuses(result) -> str:
+def _annotate(spec: dict) -> dict:
+    if spec["chain"] == "baseline":
+        from pipeline.run import AnnotateSettings, FaceSettings, run_annotate
+    else:
+        from pipeline.annotate import run_annotate
+        from pipeline.settings import AnnotateSettings, FaceSettings
+    faces = FaceSettings(detector_weights=spec["mnet"], landmark_weights=spec["mfn"])
+    settings = AnnotateSettings(weights=spec["weights"], s2d_landmark_weights=spec["mfn"])
+    r = run_annotate(spec["videos"], spec["out"], spec["cache"], faces, settings, device="cpu", progress=False)
+    import ray
+
+    out = dict(wall_seconds=r.wall_seconds, clips=r.clips, s2d_seconds=r.s2d_seconds,
+               first_timeline_seconds=r.first_timeline_seconds,
+               first_face_seconds=getattr(r, "first_face_seconds", None),
+               faces_wall_seconds=r.faces.wall_seconds if r.faces else None, summary=r.summary(),
+               statuses=[v["status"] for v in r.videos], errors=[v.get("error") for v in r.videos if v.get("error")],
+               warning=r.warning, ray_cpus=ray.cluster_resources().get("CPU") if ray.is_initialized() else None)
+    if ray.is_initialized():  # which tree the Ray workers imported (PYTHONPATH): after the timed run
+        out["worker_pipeline"] = ray.get(ray.remote(num_cpus=0)(lambda: __import__("pipeline").__file__).remote())
+    return out
+
+
+def child_main(spec: dict) -> None:
+    """One measured run in this fresh process; the result goes to spec["result"] as JSON."""
+    t0 = time.perf_counter()
+    try:  # orphans of this run (a double fork) stay in this tree: PR_SET_CHILD_SUBREAPER
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+    except Exception:
+        pass
+    res: dict = {"chain": spec["chain"], "kind": spec["kind"]}
+    try:
+        if spec["kind"] == "annotate":
+            res.update(_annotate(spec))
+        else:
+            res.update(_model_alone(spec["chain"], spec["weights"], spec["mfn"], spec.get("batch", 8),
+                                    spec.get("threads", 2), spec.get("min_s", 10.0), spec.get("min_calls", 3)))
+        import pipeline
+
+        res["pipeline"] = pipeline.__file__
+    except BaseException as exc:
+        import traceback
+
+        traceback.print_exc()
+        res["failed"] = f"{type(exc).__name__}: {exc}"
+    t = time.perf_counter()
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
+    me = os.getpid()
+    procs: dict[int, int] = {}
+    _tree(me, None, procs)
+    res["lingered_killed"] = end_tree(procs, exclude=me)
+    res["shutdown_s"] = time.perf_counter() - t
+    res["child_s"] = time.perf_counter() - t0
+    Path(spec["result"]).write_text(json.dumps(res, default=str))
+
+
+# ------------------------------------------------------------------------------------------ the parent
+class Runner:
+    def __init__(self, trees: dict[str, Path], runs_dir: Path, fixtures: Path, interval: float, timeout: float):
+        self.trees, self.runs_dir, self.fx = trees, runs_dir, fixtures
+        self.interval, self.timeout = interval, timeout
+        self.n, self.killed, self.log = 0, [], []
+        self.sample_cost, self.samples, self.sampled_s = 0.0, 0, 0.0
+
+    def env(self, chain: str) -> dict:
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONPATH")}
+        env["PYTHONPATH"] = str(self.trees[chain])
+        return env
+
+    def measure(self, label: str, chain: str, cmd: list[str], env: dict | None = None) -> dict:
+        """Run ``cmd`` (cwd = the chain's tree), sampling its tree's PSS; then make sure the tree is gone."""
+        self.n += 1
+        log = self.runs_dir / f"{self.n:02d}_{label}.log"
+        print(f"[{time.strftime('%H:%M:%S')}] {label} ({chain}) ...", file=sys.stderr, flush=True)
+        t = time.perf_counter()
+        with open(log, "wb") as f:
+            proc = subprocess.Popen(cmd, cwd=self.trees[chain], env=env or self.env(chain), stdout=f,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+            sampler = TreeSampler(proc.pid, self.interval)
+            with sampler:
+                try:
+                    rc = proc.wait(timeout=self.timeout)
+                except subprocess.TimeoutExpired:
+                    rc = None
+                    proc.kill()
+                    proc.wait()
+            wall = time.perf_counter() - t
+        killed = end_tree(dict(sampler.seen), exclude=proc.pid)
+        self.killed += [f"{label}: {k}" for k in killed]
+        self.sample_cost += sampler.cost
+        self.samples += sampler.samples
+        self.sampled_s += wall
+        tail = log.read_text(errors="replace")[-1500:]
+        out = dict(label=label, chain=chain, rc=rc, process_s=wall, peak_pss=sampler.peak, top=sampler.top(),
+                   procs=sampler.peak_procs, max_procs=sampler.max_procs, samples=sampler.samples, log_tail=tail)
+        print(f"[{time.strftime('%H:%M:%S')}]   rc {rc}, {wall:.1f} s, peak PSS {sampler.peak:.0f} MiB",
+              file=sys.stderr, flush=True)
+        if rc != 0:
+            print(f"  {label} ({chain}) failed (rc {rc}); end of its log:\n{tail}", file=sys.stderr)
+        return out
+
+    def one(self, label: str, chain: str, spec: dict) -> dict:
+        result = self.runs_dir / f"{self.n + 1:02d}_{label}.json"
+        spec = dict(spec, chain=chain, result=str(result))
+        m = self.measure(label, chain, [sys.executable, str(Path(__file__).resolve()), "--one", json.dumps(spec)])
+        r = json.loads(result.read_text()) if result.is_file() else {"failed": f"no result (rc {m['rc']})"}
+        if r.get("pipeline") and not r["pipeline"].startswith(str(self.trees[chain])):
+            r["failed"] = f"imported pipeline from {r['pipeline']}, not {self.trees[chain]}"
+        if r.get("worker_pipeline") and not r["worker_pipeline"].startswith(str(self.trees[chain])):
+            r["failed"] = f"Ray workers imported pipeline from {r['worker_pipeline']}"
+        self.killed += [f"{label} (in the child): {k}" for k in r.get("lingered_killed", [])]
+        return {**m, **r}
+
+    def annotate(self, label: str, chain: str, videos: list[Path], weights: str) -> dict:
+        d = self.runs_dir / f"{label}_{chain}"
+        spec = dict(kind="annotate", videos=[str(v) for v in videos], out=str(d / "out"), cache=str(d / "cache"),
+                    weights=weights, mnet=str(self.fx / "weights" / "mobilenet0.25_Final.pth"),
+                    mfn=str(self.fx / "weights" / "mobilefacenet_68pt.pth.tar"))
+        r = self.one(label, chain, spec)
+        shutil.rmtree(d, ignore_errors=True)
+        return r
+
+    def readme(self, chain: str) -> dict:
+        out = self.runs_dir / f"readme_{chain}"
+        env = self.env(chain)
+        env["S2D_DETECTOR_WEIGHTS"] = str(self.fx / "weights" / "mobilenet0.25_Final.pth")
+        env["S2D_LANDMARK_WEIGHTS"] = str(self.fx / "weights" / "mobilefacenet_68pt.pth.tar")
+        m = self.measure("readme", chain, [sys.executable, "-m", "cli", "annotate", str(self.fx / "videos"),
+                                           "--out", str(out), "--weights", "random-tiny"], env)
+        m["manifest"] = (out / "manifest.json").is_file()
+        shutil.rmtree(out, ignore_errors=True)
+        return m
+
+
+def ensure_baseline(path: Path) -> Path:
+    path = path.expanduser().resolve()
+    if not (path / "pipeline" / "run.py").is_file():
+        if path.exists() and any(path.iterdir()):
+            sys.exit(f"--baseline {path} exists but holds no pipeline/run.py (expected a checkout of "
+                     f"{BASELINE_COMMIT})")
+        cmd = ["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), BASELINE_COMMIT]
+        if subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode != 0:  # e.g. registered, folder deleted
+            subprocess.run(cmd[:5] + ["--force"] + cmd[5:], check=True, stdout=subprocess.DEVNULL)
+    return path
+
+
+def sum_of_parts(video: Path, fx: Path, clips: int, threads: int = 2) -> dict:
+    """Each part of the face + S2D work alone, in this process, one streaming pass over the video."""
+    import numpy as np
+    import torch
+
+    from pipeline.align import align_face
+    from pipeline.decode import get_decoder
+    from pipeline.emotions import S2DWorker, resolve_classifier
+    from pipeline.landmarks import get_landmarker
+    from pipeline.retinaface import FaceDetector
+
+    torch.set_num_threads(threads)
+    mfn = fx / "weights" / "mobilefacenet_68pt.pth.tar"
+    t = time.perf_counter()
+    det = FaceDetector(fx / "weights" / "mobilenet0.25_Final.pth", "mobilenet0.25")
+    lm = get_landmarker("mobilefacenet", mfn)
+    load_s = time.perf_counter() - t
+    parts = dict(decode=0.0, retinaface=0.0, mobilefacenet=0.0, alignment=0.0)
+    frames = faces = 0
+
+    def face_batch(batch: list) -> None:
+        nonlocal faces
+        arr = np.stack(batch)
+        t = time.perf_counter()
+        dets = det(arr)
+        parts["retinaface"] += time.perf_counter() - t
+        t = time.perf_counter()
+        lm(arr, [d["bbox"] for d in dets])
+        parts["mobilefacenet"] += time.perf_counter() - t
+        t = time.perf_counter()
+        for f, d in zip(batch, dets):
+            for kps in d["kps5"]:
+                align_face(f, kps)
+                faces += 1
+        parts["alignment"] += time.perf_counter() - t
+
+    it, batch = get_decoder("pyav").iter_frames(str(video), 8.0), []
+    while True:
+        t = time.perf_counter()
+        try:
+            _, _, frame = next(it)
+        except StopIteration:
+            parts["decode"] += time.perf_counter() - t
+            break
+        parts["decode"] += time.perf_counter() - t
+        frames += 1
+        batch.append(frame)
+        if len(batch) == 16:
+            face_batch(batch)
+            batch = []
+    if batch:
+        face_batch(batch)
+
+    s2d = S2DWorker(resolve_classifier("random-tiny", None, str(mfn)), "cpu", 8, threads=threads)
+    rand = np.random.default_rng(0).integers(0, 256, (8, 16, 224, 224, 3), dtype=np.uint8)
+    s2d.probabilities(rand)  # warm-up, not counted
+    t, left = time.perf_counter(), clips
+    while left > 0:
+        s2d.probabilities(rand[:min(8, left)])
+        left -= 8
+    parts["s2d"] = time.perf_counter() - t
+    return dict(parts=parts, frames=frames, faces=faces, clips=clips, load_s=load_s, threads=torch.get_num_threads())
+
+
+# ------------------------------------------------------------------------------------------ table helpers
+def _row(rows, sec, item, new, base, unit, detail="", higher=None):
+    """value = new, ratio = new / baseline, vs = the baseline's figure."""
+    from table import fmt
+
+    ratio = new / base if isinstance(new, (int, float)) and isinstance(base, (int, float)) and base else None
+    vs = f"baseline {fmt(base)}" if isinstance(base, (int, float)) else (base or "")
+    rows.append(dict(section=sec, item=item, value=new, unit=unit, ratio=ratio, vs=vs, detail=detail,
+                     baseline=base if isinstance(base, (int, float)) else None))
+
+
+def _ok(r: dict) -> bool:
+    return r.get("rc") == 0 and not r.get("failed")
+
+
+def _get(r: dict, key: str):
+    return r.get(key) if _ok(r) else None
+
+
+def _per(a, b):
+    return a / b if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else None
+
+
+def _status(r: dict) -> str:
+    if not _ok(r):
+        return f"FAILED ({r.get('failed') or 'rc ' + str(r.get('rc'))})"
     counts: dict[str, int] = {}
-    for v in result.videos:
-        counts[v["status"]] = counts.get(v["status"], 0) + 1
+    for s in r.get("statuses", []):
+        counts[s] = counts.get(s, 0) + 1
     return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-
-
-def _maxrss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ------------------------------------------------------------------------------------------ main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", choices=["s2d_tiny", "s2d_base_patch16_224"], default=None,
-                    help="S2D configuration (random weights; default: s2d_tiny on CPU, base on CUDA)")
-    ap.add_argument("--videos", type=int, default=None, help="generated videos (default 3; --quick 1)")
-    ap.add_argument("--seconds", type=float, default=None, help="length of each generated video (default 25; "
-                                                                "--quick 6)")
-    ap.add_argument("--no-fixtures", action="store_true", help="leave the real fixture videos out of the inputs")
-    ap.add_argument("--quick", action="store_true", help="small run (< ~3 min on 2 cores)")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one measured run (a JSON spec)
+    ap.add_argument("--quick", action="store_true", help="small run: 30 s + 60 s in a, 1080p vs 2160p in b, no d")
+    ap.add_argument("--only", default=",".join(SECTIONS), help="sections to run, e.g. a,c (default: all)")
+    ap.add_argument("--no-base", action="store_true", help="skip d (the base model on CPU)")
+    ap.add_argument("--baseline", type=Path, default=Path(tempfile.gettempdir()) / "s2d-baseline",
+                    help=f"checkout of {BASELINE_COMMIT} (made as a git worktree if missing)")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "s2d-annotate-speed",
-                    help="where generated videos are cached (reused across runs); runs' out/cache dirs go here "
-                         "too and are removed at the end")
+                    help="generated inputs are cached here; run folders go here too and are removed at the end")
     ap.add_argument("--fixtures", type=Path, default=FIXTURES, help="the shared fixtures folder")
-    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    ap.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray cluster (CI: 2)")
-    ap.add_argument("--batch-size", type=int, default=8, help="clips per S2D forward (AnnotateSettings default 8)")
-    ap.add_argument("--min-seconds", type=float, default=None, help="model-only: time at least this long")
+    ap.add_argument("--interval", type=float, default=0.5, help="PSS sampling interval, seconds")
+    ap.add_argument("--timeout", type=float, default=None, help="per run, seconds (default 3600; --quick 900)")
     ap.add_argument("--out-json", type=Path, default=None, help="also write the rows and notes as JSON")
     args = ap.parse_args()
+    if args.one:
+        return child_main(json.loads(args.one))
 
     quick = args.quick
-    n_videos = args.videos if args.videos is not None else (1 if quick else 3)
-    seconds = args.seconds if args.seconds is not None else (6.0 if quick else 25.0)
-    min_s = args.min_seconds if args.min_seconds is not None else (3.0 if quick else 8.0)
-    min_calls = 2 if quick else 3
-    fx = args.fixtures
-    mnet = fx / "weights" / "mobilenet0.25_Final.pth"
-    mfn = fx / "weights" / "mobilefacenet_68pt.pth.tar"
-    for p in (mnet, mfn, *(fx / "videos" / n for n in FIXTURE_VIDEOS)):
+    only = set(args.only.replace(",", "").replace(" ", ""))
+    if bad := only - set(SECTIONS):
+        sys.exit(f"--only: unknown section(s) {', '.join(sorted(bad))}; choose from {','.join(SECTIONS)}")
+    if quick or args.no_base:
+        only.discard("d")
+    fx = args.fixtures.resolve()
+    for p in (fx / "weights" / "mobilenet0.25_Final.pth", fx / "weights" / "mobilefacenet_68pt.pth.tar",
+              *(fx / "videos" / n for n in FIXTURE_VIDEOS)):
         if not p.is_file():
             sys.exit(f"missing fixture {p}: clone next to shared/ or set S2D_FIXTURES / --fixtures")
+    sys.path.insert(0, str(REPO))  # this process (section c) uses the new tree
+    baseline = ensure_baseline(args.baseline)
     workdir = args.workdir.expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    timeout = args.timeout or (900 if quick else 3600)
 
-    t_all = time.perf_counter()
-    load0 = os.getloadavg()
-    weights_dir = Path(tempfile.mkdtemp(prefix="weights_", dir=workdir))
+    t_all, load0 = time.perf_counter(), os.getloadavg()
     runs_dir = Path(tempfile.mkdtemp(prefix="runs_", dir=workdir))
+    run = Runner({"baseline": baseline, "new": REPO}, runs_dir, fx, args.interval, timeout)
+    mfn = str(fx / "weights" / "mobilefacenet_68pt.pth.tar")
+    rows: list[dict] = []
+    notes: list[str] = []
+    chains = ("baseline", "new")
+    lengths = (30.0, 60.0) if quick else (30.0, 300.0)
+    sizes = ((1920, 1080), (3840, 2160)) if quick else ((1920, 1080), (7680, 4320))
     try:
-        # 0. inputs and random S2D weights, in a spawned child so that none of it is in this process's peak RSS
-        import torch  # noqa: F401  (the imports are part of the driver's baseline, not of the runs)
+        # ------------------------------------------------------------------ a. length
+        a: dict = {}
+        if "a" in only or "c" in only:
+            for L in lengths:
+                v = _video(workdir, fx, L)
+                dur = _duration(v)
+                for ch in chains:
+                    if "a" not in only and (ch == "baseline" or L != lengths[-1]):
+                        continue  # c alone needs only the new chain's long run
+                    a[L, ch] = dict(run.annotate(f"len{L:g}s", ch, [v], "random-tiny"), video_s=dur)
+        if "a" in only:
+            sec = "a length"
+            for L in lengths:
+                b, n = a[L, "baseline"], a[L, "new"]
+                for r in (b, n):
+                    r["wall"] = _get(r, "wall_seconds")
+                    r["speed"] = _per(r["video_s"], r["wall"])
+                    r["cps"] = _per(_get(r, "clips"), r["wall"])
+                tag = f"{L:g} s {W}x{H}"
+                _row(rows, sec, f"{tag}: wall", n["wall"], b["wall"], "s",
+                     f"new {_status(n)}; baseline {_status(b)}; processes {n['process_s']:.0f} / {b['process_s']:.0f} s")
+                _row(rows, sec, "  video-s per wall-s", n["speed"], b["speed"], "video-s/s", f"{n['video_s']:.1f} s of video")
+                _row(rows, sec, "  clips/s", n["cps"], b["cps"], "clips/s",
+                     f"clips new {_get(n, 'clips')}, baseline {_get(b, 'clips')}")
+                _row(rows, sec, "  peak PSS, whole tree", n["peak_pss"], b["peak_pss"], "MiB",
+                     f"new: {n['procs']} procs, largest {n['top']}; baseline: {b['procs']} procs, largest {b['top']}")
+                _row(rows, sec, "  first face found (new)", _get(n, "first_face_seconds"), None, "s",
+                     "from Ray being up (face actor's clock)")
+                _row(rows, sec, "  first timeline written", _get(n, "first_timeline_seconds"),
+                     _get(b, "first_timeline_seconds"), "s", "from the call")
+            l0, l1 = lengths
+            _row(rows, sec, f"peak PSS {l1:g} s / {l0:g} s", _per(a[l1, "new"]["peak_pss"], a[l0, "new"]["peak_pss"]),
+                 _per(a[l1, "baseline"]["peak_pss"], a[l0, "baseline"]["peak_pss"]), "x",
+                 "1.0 = memory does not grow with length")
 
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model_name = args.model or ("s2d_base_patch16_224" if device == "cuda" else "s2d_tiny")
-        with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
-            inp = ex.submit(prepare, str(workdir), str(fx), n_videos, seconds, not args.no_fixtures, model_name,
-                            str(weights_dir)).result()
-        videos = inp["videos"]
-        if not videos:
-            sys.exit("no inputs: --videos 0 and --no-fixtures")
+        # ------------------------------------------------------------------ b. resolution
+        if "b" in only:
+            sec, bres = "b resolution", {}
+            for w, h in sizes:
+                v = _video(workdir, fx, 2.0, (w, h))
+                for ch in chains:
+                    bres[w, ch] = run.annotate(f"res{w}x{h}", ch, [v], "random-tiny")
+            for w, h in sizes:
+                n, b = bres[w, "new"], bres[w, "baseline"]
+                _row(rows, sec, f"2 s {w}x{h}: peak PSS", n["peak_pss"], b["peak_pss"], "MiB",
+                     f"new {_status(n)}, wall {_get(n, 'wall_seconds') or 0:.1f} s, largest {n['top']}; "
+                     f"baseline {_status(b)}, wall {_get(b, 'wall_seconds') or 0:.1f} s, largest {b['top']}")
+            (w0, h0), (w1, h1) = sizes
+            _row(rows, sec, f"{w1}x{h1} minus {w0}x{h0}", bres[w1, "new"]["peak_pss"] - bres[w0, "new"]["peak_pss"],
+                 bres[w1, "baseline"]["peak_pss"] - bres[w0, "baseline"]["peak_pss"], "MiB",
+                 "peak PSS difference: what the larger frames cost")
 
-        import av
-        import ray
+        # ------------------------------------------------------------------ c. sum of parts
+        if "c" in only:
+            sec, L = "c sum of parts", lengths[-1]
+            n = a[L, "new"]
+            if _ok(n):
+                print(f"[{time.strftime('%H:%M:%S')}] sum of parts on {L:g} s (this process) ...", file=sys.stderr,
+                      flush=True)
+                sp = sum_of_parts(_video(workdir, fx, L), fx, n["clips"])
+                p, total = sp["parts"], sum(sp["parts"].values())
+                what = dict(decode=f"{sp['frames']} frames sampled at 8 fps",
+                            retinaface=f"{sp['frames']} frames, batches of 16",
+                            mobilefacenet=f"{sp['faces']} faces", alignment=f"{sp['faces']} faces, 224 px",
+                            s2d=f"{sp['clips']} random clips, batch 8, tiny")
+                for k, v in p.items():
+                    rows.append(dict(section=sec, item=f"{k}", value=v, unit="s", ratio=v / total, vs="sum",
+                                     detail=what[k]))
+                rows.append(dict(section=sec, item="sum of parts", value=total, unit="s",
+                                 detail=f"{sp['threads']} torch threads, one process; model loading "
+                                        f"{sp['load_s']:.1f} s not counted"))
+                ratio = n["wall_seconds"] / total
+                rows.append(dict(section=sec, item=f"new {L:g} s run wall / sum of parts", value=ratio, unit="x",
+                                 vs="target <= 1.3", detail=f"{n['wall_seconds']:.1f} s / {total:.1f} s: "
+                                 + ("meets target" if ratio <= 1.3 else "misses target")))
+                speed = n["video_s"] / n["wall_seconds"]
+                rows.append(dict(section=sec, item=f"new {L:g} s run video-s per wall-s", value=speed,
+                                 unit="video-s/s", vs="target >= 3.2",
+                                 detail=("meets target" if speed >= 3.2 else "misses target")
+                                 + ("" if L >= 300 else f" (target is for 300 s; this is {L:g} s)")))
+            else:
+                rows.append(dict(section=sec, item="skipped", value=None, unit="",
+                                 detail=f"the new {L:g} s run failed: {_status(n)}"))
 
-        from pipeline.classify import resolve_classifier
-        from pipeline.run import AnnotateSettings, FaceSettings, run_annotate
+        # ------------------------------------------------------------------ d. base model
+        if "d" in only:
+            sec = "d base model"
+            model = "s2d_base_patch16_224"
+            wdir = Path(tempfile.mkdtemp(prefix="weights_", dir=workdir))
+            try:
+                ckpt = _random_s2d(wdir / f"{model}-random-seed0.pth", model)
+                vids = [_video(workdir, fx, 25.0, phase=k) for k in range(3)] + [fx / "videos" / n
+                                                                                 for n in FIXTURE_VIDEOS]
+                dres = {}
+                for ch in chains:
+                    dres[ch] = run.annotate("base", ch, vids, str(ckpt))
+                    dres[ch, "model"] = run.one("base_model_alone", ch, dict(
+                        kind="model", weights=str(ckpt), mfn=mfn, batch=8, threads=2, min_s=10.0, min_calls=3))
+            finally:
+                shutil.rmtree(wdir, ignore_errors=True)
+            e2e = {ch: _per(_get(dres[ch], "clips"), _get(dres[ch], "wall_seconds")) for ch in chains}
+            alone = {ch: _get(dres[ch, "model"], "clips_per_s") for ch in chains}
+            eff = {ch: _per(e2e[ch], alone[ch]) for ch in chains}
+            nb, bb = dres["new"], dres["baseline"]
+            _row(rows, sec, "end-to-end clips/s", e2e["new"], e2e["baseline"], "clips/s",
+                 f"new {_get(nb, 'clips')} clips in {_get(nb, 'wall_seconds') or 0:.1f} s ({_status(nb)}), "
+                 f"baseline {_get(bb, 'clips')} in {_get(bb, 'wall_seconds') or 0:.1f} s; peak PSS "
+                 f"{nb['peak_pss']:.0f} / {bb['peak_pss']:.0f} MiB")
+            m = dres["new", "model"]
+            _row(rows, sec, "model alone clips/s", alone["new"], alone["baseline"], "clips/s",
+                 f"batch 8, 2 threads, {_get(m, 'calls')} calls after a {_get(m, 'warm_s') or 0:.1f} s warm-up")
+            _row(rows, sec, "efficiency: end-to-end / model alone", eff["new"], eff["baseline"], "",
+                 "target >= 0.85 (new): " + ("meets target" if (eff["new"] or 0) >= 0.85 else "misses target"))
 
-        faces = FaceSettings(detector_weights=str(mnet), landmark_weights=str(mfn))
-        settings = AnnotateSettings(weights=inp["weights"], s2d_landmark_weights=str(mfn),
-                                    batch_size=args.batch_size)
-        t = time.perf_counter()
-        if not ray.is_initialized():
-            ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-        init_s = time.perf_counter() - t
-        rss_base = _maxrss_mib()
-
-        # 1. cold: fresh out and cache
-        out, cache = runs_dir / "out", runs_dir / "cache"
-        with RaySampler() as cold_mem:
-            cold = run_annotate(videos, out, cache, faces, settings, device=device, progress=False)
-        rss_cold = _maxrss_mib()
-        # 4. warm re-run (all timelines complete: skipped), then force with the landmark cache warm
-        warm = run_annotate(videos, out, cache, faces, settings, device=device, progress=False)
-        with RaySampler() as force_mem:
-            forced = run_annotate(videos, out, cache, faces, settings, device=device, force=True, progress=False)
-        rss_runs = _maxrss_mib()
-
-        # 2. model only, same process, same batch size: torch's default threads here, and what a Ray actor gets
-        ray_thr = _ray_threads()
-        classifier = resolve_classifier(settings.weights, settings.labels, settings.s2d_landmark_weights)
-        m_default = model_only(classifier, device, args.batch_size, None, min_s, min_calls)
-        m_actor = None
-        if device == "cpu" and ray_thr["torch"] != m_default["threads"]:
-            m_actor = model_only(classifier, device, args.batch_size, ray_thr["torch"], min_s, min_calls)
+        # ------------------------------------------------------------------ e. README example
+        if "e" in only:
+            sec = "e README example"
+            er = {ch: run.readme(ch) for ch in chains}
+            _row(rows, sec, "s2d annotate fixtures --weights random-tiny", er["new"]["process_s"] if
+                 er["new"]["rc"] == 0 else None, er["baseline"]["process_s"] if er["baseline"]["rc"] == 0 else None,
+                 "s", f"python -m cli, process start to exit; rc new {er['new']['rc']}, baseline "
+                      f"{er['baseline']['rc']}; manifest written: new {er['new']['manifest']}, baseline "
+                      f"{er['baseline']['manifest']}; peak PSS {er['new']['peak_pss']:.0f} / "
+                      f"{er['baseline']['peak_pss']:.0f} MiB")
         load1 = os.getloadavg()
     finally:
-        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
-            sys.modules["ray"].shutdown()
-        shutil.rmtree(weights_dir, ignore_errors=True)
         shutil.rmtree(runs_dir, ignore_errors=True)
 
-    # ---------------------------------------------------------------------------------------- the table
-    rows: list[dict] = []
-    video_s = sum(v["duration_s"] or 0.0 for v in cold.faces.videos if v["status"] != "error")
-    wall, face_s = cold.wall_seconds, cold.faces.wall_seconds
-    first_s, s2d_s = cold.first_timeline_seconds, cold.s2d_seconds
-    e2e, in_actor = cold.clips / wall, cold.clips / s2d_s if s2d_s > 0 else float("nan")
-    sec = "1 cold run"
-    rows.append(dict(section=sec, item="run_annotate, cold (fresh cache + out)", value=wall, unit="s",
-                     detail=f"{len(videos)} video{'s' if len(videos) != 1 else ''} ({_statuses(cold)}), {video_s:.1f} s of video, "
-                            f"{cold.clips} clips; ray.init before it: {init_s:.1f} s (not counted)"))
-    rows.append(dict(section=sec, item="  end-to-end clips/s", value=e2e, unit="clips/s",
-                     detail=f"{cold.clips} clips / {wall:.1f} s"))
-    rows.append(dict(section=sec, item="  video-s per wall-s", value=video_s / wall, unit="video-s/s",
-                     detail=f"{video_s:.1f} s of video / {wall:.1f} s"))
-    rows.append(dict(section=sec, item="  last video's faces tracked at", value=face_s, unit="s", ratio=face_s / wall,
-                     vs="cold wall", detail=f"{video_s / face_s:.2f} video-s/s; "
-                                            f"{sum(v['sampled_frames'] for v in cold.faces.videos)} frames sampled "
-                                            f"at {faces.fps:g} fps; {cold.faces.decoded} decoded, "
-                                            f"{cold.faces.cached} cached"))
-    rows.append(dict(section=sec, item="  first timeline written at", value=first_s, unit="s",
-                     ratio=first_s / wall if first_s else None, vs="cold wall",
-                     detail="streaming: " + ("before" if first_s and first_s < face_s else "not before")
-                            + " the last video's faces were done"))
-    rows.append(dict(section=sec, item="  S2D actors in the model", value=s2d_s, unit="s", ratio=s2d_s / wall,
-                     vs="cold wall", detail=f"normalise + forward, summed over clips: {in_actor:.3g} clips/s"))
+    import av
+    import ray
+    import torch
 
-    sec = "2 model only"
-    dev_name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
-    for m, label in ((m_default, "torch default here"), (m_actor, "as in the Ray actor")):
-        if m is None:
-            continue
-        rows.append(dict(section=sec, item=f"ClassifyClips.probabilities, batch {args.batch_size}, "
-                                           f"{m['threads']} thread{'s' if m['threads'] != 1 else ''} ({label})",
-                         value=m["mean"], unit="clips/s",
-                         ratio=m["mean"] / m_default["mean"] if m is not m_default else None,
-                         vs=f"{m_default['threads']} threads" if m is not m_default else "",
-                         detail=f"{dev_name}; {m['calls']} call(s) in {m['seconds']:.1f} s after a "
-                                f"{m['warm_s']:.1f} s warm-up; best {m['best']:.3g}, median {m['median']:.3g}"))
-    ref = m_default["mean"]
-    rows.append(dict(section=sec, item="pipeline efficiency: end-to-end / model-only", value=e2e / ref, unit="",
-                     detail=f"{e2e:.3g} / {ref:.3g} clips/s ({m_default['threads']} threads)"
-                            + (f"; vs {m_actor['threads']} thread: {e2e / m_actor['mean']:.3g}" if m_actor else "")))
-    rows.append(dict(section=sec, item="S2D in its actor / model-only", value=in_actor / ref, unit="",
-                     detail=f"{in_actor:.3g} / {ref:.3g} clips/s"
-                            + (f"; vs {m_actor['threads']} thread: {in_actor / m_actor['mean']:.3g}" if m_actor else "")))
+    def git(*a):
+        return subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True).stdout.strip()
 
-    sec = "3 memory"
-    rows.append(dict(section=sec, item="driver peak RSS (ru_maxrss), after cold run", value=rss_cold,
-                     unit="MiB", ratio=rss_cold / rss_base, vs="before it",
-                     detail=f"{rss_base:.0f} MiB after imports + ray.init; {rss_runs:.0f} after all three runs "
-                            f"(before the model-only rows)"))
-    rows.append(dict(section=sec, item="Ray processes, sum of PSS at peak (cold run)", value=cold_mem.peak_pss,
-                     unit="MiB", detail=f"shared pages split among their users; force run {force_mem.peak_pss:.0f} "
-                                        f"MiB; sampled every {cold_mem.interval * cold_mem.pss_every:g} s"))
-    rows.append(dict(section=sec, item="Ray processes, sum of RSS at peak (cold run)", value=cold_mem.peak_sum,
-                     unit="MiB", detail=f"{len(cold_mem.pids)} processes, {cold_mem.samples} samples every "
-                                        f"{cold_mem.interval:g} s; force run {force_mem.peak_sum:.0f} MiB; counts "
-                                        f"shared pages once per process"))
-    stages = ("DecodeChunks", "DetectFaces", "FindLandmarks", "TrackVideos", "PlanSegments", "CutClips", "ClassifyClips")
-    for kind in stages:
-        if kind in cold_mem.peak_by_kind:
-            rows.append(dict(section=sec, item=f"  Ray worker peak RSS: {kind}", value=cold_mem.peak_by_kind[kind],
-                             unit="MiB", detail="RSS of its one actor; force run " +
-                             (f"{force_mem.peak_by_kind[kind]:.0f} MiB" if kind in force_mem.peak_by_kind
-                              else "(not started: cache hit)")))
-    others = sorted(((v, k) for k, v in cold_mem.peak_by_kind.items() if k not in stages), reverse=True)
-    rows.append(dict(section=sec, item="  other Ray processes (largest)", value=others[0][0] if others else None,
-                     unit="MiB", detail=", ".join(f"{k} {v:.0f}" for v, k in others[:4])))
-
-    sec = "4 re-runs"
-    rows.append(dict(section=sec, item="warm re-run (same out: timelines complete)", value=warm.wall_seconds,
-                     unit="s", ratio=warm.wall_seconds / wall, vs="cold",
-                     detail=f"{warm.skipped} of {len(warm.videos)} skipped, {warm.clips} clips"))
-    ff = forced.faces
-    rows.append(dict(section=sec, item="force=True, landmark cache warm", value=forced.wall_seconds, unit="s",
-                     ratio=forced.wall_seconds / wall, vs="cold",
-                     detail=f"{ff.cached} of {len(ff.videos)} videos' faces from the cache (last at "
-                            f"{ff.wall_seconds:.1f} s), {forced.clips} clips, S2D {forced.s2d_seconds:.1f} s"))
-
-    print(f"\nAnnotate speed ({'quick' if quick else 'full'} run) on {platform.machine()} {os.cpu_count()} CPUs, "
-          f"device {device}{' (' + dev_name + ')' if device == 'cuda' else ''}, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), PyAV {av.__version__}, Ray {ray.__version__} "
-          f"(local, num_cpus={args.num_cpus})\n"
-          f"S2D {model_name}, {RANDOM_LABEL}; batch {args.batch_size}\n")
+    dirty = len([x for x in git("status", "--porcelain").splitlines() if x.strip()])
+    print(f"\nAnnotate speed, before and after ({'quick' if quick else 'full'} run) on {platform.machine()} "
+          f"{os.cpu_count()} CPUs, CPU only; torch {torch.__version__}, PyAV {av.__version__}, Ray {ray.__version__}\n"
+          f"baseline {BASELINE_COMMIT} at {baseline}; new = {REPO} (HEAD {git('rev-parse', '--short', 'HEAD')} "
+          f"+ {dirty} changed paths)\n")
     print_table(rows)
-    gen_names = [Path(v).name for v in videos if Path(v).name not in FIXTURE_VIDEOS]
-    fix_names = [Path(v).name for v in videos if Path(v).name in FIXTURE_VIDEOS]
-    notes = [
-        f"inputs: {len(gen_names)} generated ({W}x{H}, {FPS} fps, {seconds:g} s each: single_face.mp4 looped, "
-        f"panned and zoomed, x264 veryfast crf 23) + {len(fix_names)} fixture videos ({', '.join(fix_names) or '-'}); "
-        f"{inp['bytes'] / 1e6:.1f} MB in {workdir / 'inputs'}; already in the page cache (generated or read just "
-        f"before).",
-        f"S2D weights: {model_name} with {RANDOM_LABEL} ({inp['weights_mib']:.0f} MiB file in the authors' layout, "
-        f"seed 0); detector mobilenet0.25_Final.pth and landmarks mobilefacenet_68pt.pth.tar are the real fixtures.",
-        f"Ray: one S2D actor (num_cpus=1) on this {args.num_cpus}-CPU cluster; in it OMP_NUM_THREADS="
-        f"{ray_thr['omp']} and torch uses {ray_thr['torch']} thread(s), while this driver's torch uses "
-        f"{m_default['threads']}. One streaming chain: the face actors, the clip cutter and S2D all run at once, "
-        f"sharing the cores.",
-        f"efficiency: end-to-end clips/s counts the face stages too; 'S2D in its actor' is clips / the actor's "
-        f"seconds in the model, over the model-only rate. Model-only rates are the mean over the timed calls.",
-        f"cold run: {cold.summary()}; warm re-run: {warm.summary()}; forced: {forced.summary()}.",
-        f"setup (not measured): generated inputs in {inp['gen_s']:.1f} s (0 when reused), random weights "
-        f"{inp['weights_s']:.1f} s; total {time.perf_counter() - t_all:.0f} s.",
+    notes += [
+        "value = new chain, ratio = new / baseline, vs = baseline's figure. Each run: a fresh child process on a "
+        "fresh out + cache dir, local Ray started by run_annotate (plain ray.init(): all CPUs), one run at a time.",
+        f"peak PSS: sum of Pss over the child and all its descendants, sampled every {args.interval:g} s "
+        f"({run.samples} samples in {run.sampled_s:.0f} s of runs; the sampler used {run.sample_cost:.1f} CPU-s, "
+        f"{100 * run.sample_cost / max(run.sampled_s, 1e-9):.0f}% of one core); largest = the biggest processes "
+        f"at the peak (MiB).",
+        f"inputs: generated from single_face.mp4 (looped, panned, zoomed), {FPS} fps, x264 veryfast crf 23, cached in "
+        f"{workdir / 'inputs'}; S2D weights random (speed only); detector/landmarks: the fixture files.",
+        f"lingering processes killed after {LINGER_S:g} s: " + ("; ".join(run.killed) if run.killed else "none"),
         f"load average (1/5/15 min) before {load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f}, after "
         f"{load1[0]:.2f}/{load1[1]:.2f}/{load1[2]:.2f} on {os.cpu_count()} CPUs: other processes may have been "
-        f"running, so treat the numbers as rough.",
+        f"running, so treat the numbers as rough. Total {time.perf_counter() - t_all:.0f} s.",
     ]
-    if cold.clips != forced.clips or warm.clips != 0:
-        notes.append(f"CHECK: clips cold {cold.clips}, warm {warm.clips} (expected 0), forced {forced.clips} "
-                     f"(expected {cold.clips}).")
-    if cold.warning:
-        notes.append(f"warning from the run: {cold.warning}")
     print("\nnotes:")
     for n in notes:
         print(f"- {n}")
     if args.out_json:
-        args.out_json.write_text(json.dumps(dict(quick=quick, model=model_name, device=device, rows=rows,
-                                                 notes=notes, loadavg_before=load0, loadavg_after=load1),
-                                            indent=2, default=str))
+        args.out_json.write_text(json.dumps(dict(quick=quick, sections=sorted(only), rows=rows, notes=notes,
+                                                 loadavg_before=load0, loadavg_after=load1), indent=2, default=str))
         print(f"\nwrote {args.out_json}")
 
 

@@ -163,11 +163,13 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
         ds = unit_rows(videos, faces, settings.segment_s)
         # 2. face actors: decode -> detect -> landmarks -> track -> aligned clips as windows close (or the cache)
         ds = ds.map_batches(FaceWorker, batch_size=1, **pools["faces"].args(tasks_per_actor=1),
-                            fn_constructor_kwargs=dict(plan=plan, device=device, emotions=settings))
-        # 3. S2D actors: probabilities, batch_size clips per forward
-        ds = ds.map_batches(S2DWorker, batch_size=settings.batch_size, **pools["s2d"].args(),
-                            fn_constructor_kwargs=dict(classifier=classifier, device=device,
-                                                       batch_size=settings.batch_size, threads=pools["s2d"].threads))
+                            fn_constructor_kwargs=dict(plan=plan, device=device, emotions=settings,
+                                                       threads=pools["faces"].threads))
+        # 3. S2D actors: probabilities, batch clips per forward
+        batch = settings.batch_size or (8 if device == "cuda" else 1)
+        ds = ds.map_batches(S2DWorker, batch_size=max(8, batch), **pools["s2d"].args(),  # >= 8 rows per task
+                            fn_constructor_kwargs=dict(classifier=classifier, device=device, batch_size=batch,
+                                                       threads=pools["s2d"].threads))
         # 4. the driver: a video's cache entry and timeline, as soon as its last unit and clip are in
         timelines = Timelines(todo, plan, cache_dir, out_dir, key, classifier.class_names, model_name,
                               {vid: e[1] for vid, e in entries.items()})

@@ -35,6 +35,20 @@ def chain_context() -> None:
         object_store_memory=min(OBJECT_STORE_BUDGET, store / 4))
 
 
+def torch_threads(n: int):
+    """In an actor, before anything imports torch: ``n`` intra-op threads that sleep rather than spin while they
+    wait (OMP_WAIT_POLICY=PASSIVE), so a face actor and an S2D actor that share cores do not slow each other down
+    (measured on 2 cores, 60 s of video and 120 tiny clips side by side: 41 s with spinning threads, 19 s without).
+    Returns torch."""
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    torch.set_num_threads(max(1, n))
+    return torch
+
+
 def resources() -> tuple[float, float, list[float]]:
     """(CPUs, GPUs, CPUs of each alive node) of the connected cluster."""
     import ray
@@ -75,17 +89,20 @@ def plan_actors(cpus: float, gpus: float, node_cpus: list[float], emotions: bool
 
     CPU only: one S2D actor per 8 CPUs (at least one), reserving one CPU but running as many threads as its
     node's share of cores: once the face work is done no core idles. The face actors take the other CPUs, one
-    each (a single thread each: many videos and shards run side by side). With GPUs: one S2D actor per GPU
-    (half of it reserved, so the face actors share the other halves) and one CPU for each.
+    each, with the node's cores shared among them as threads (on 2 cores one face actor with 2 threads; on 16,
+    14 single-threaded ones: many videos and shards side by side). With GPUs: one S2D actor per GPU (half of it
+    reserved, so the face actors share the other halves) and one CPU for each.
     """
     g = int(gpus)
     if not emotions:
         n = max(1, int(cpus))
-        return {"faces": Pool(n, min(1.0, cpus / n), min(0.5, g / n) if g else 0.0)}
+        threads = max(1, int(min(node_cpus) // math.ceil(n / len(node_cpus))))
+        return {"faces": Pool(n, min(1.0, cpus / n), min(0.5, g / n) if g else 0.0, threads)}
     m = g if g else max(1, int(cpus // 8))
     per_node = math.ceil(m / len(node_cpus))
     threads = max(1, int(min(node_cpus) // per_node))
     s2d = Pool(m, min(1.0, cpus / (m + 1)), 0.5 if g else 0.0, threads)
     n = max(1, int((cpus - m * s2d.num_cpus) // 1))
-    faces = Pool(n, min(1.0, (cpus - m * s2d.num_cpus) / n), min(0.5, 0.5 * g / n) if g else 0.0)
+    face_threads = max(1, int(min(node_cpus) // math.ceil(n / len(node_cpus))))
+    faces = Pool(n, min(1.0, (cpus - m * s2d.num_cpus) / n), min(0.5, 0.5 * g / n) if g else 0.0, face_threads)
     return {"faces": faces, "s2d": s2d}

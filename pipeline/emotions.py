@@ -43,8 +43,7 @@ def resolve_classifier(weights: str = "s2d-dfew", labels: str | None = None,
     """Resolve the classifier and landmark weights (WeightsNotFound with instructions if missing) and the label set:
     ``labels`` if given (a label-set name or class names ``a,b,c``), else the registry's entry, else what our own
     checkpoint records (its label set, or its class names), else by class count."""
-    from s2d_model import LABEL_SETS
-    from s2d_model.checkpoints import read_file, split_file
+    from s2d_model.labels import LABEL_SETS
     from s2d_model.weights import KNOWN, resolve
 
     landmark_path = resolve(landmark_weights or "mobilefacenet")
@@ -56,6 +55,8 @@ def resolve_classifier(weights: str = "s2d-dfew", labels: str | None = None,
         if spec is not None and spec.labels:
             labels = spec.labels
         else:
+            from s2d_model.checkpoints import read_file, split_file  # torch: only to read labels from a file
+
             _, sd, meta = split_file(read_file(path), path)
             n = sd["head.fc_cls.weight"].shape[0] if "head.fc_cls.weight" in sd else None
             custom = ",".join(meta.get("label_names") or [])  # our checkpoint of a model trained on own classes
@@ -93,11 +94,11 @@ class S2DWorker:
     (the node's cores: the actor reserves one CPU but uses every core the face actors leave idle)."""
 
     def __init__(self, classifier: Classifier, device: str = "cpu", batch_size: int = 8, threads: int = 1):
-        import torch
+        from .cluster import torch_threads
 
+        torch = torch_threads(threads)
         from s2d_model import IMAGENET_MEAN, IMAGENET_STD
 
-        torch.set_num_threads(max(1, threads))
         self.device = torch.device(device)
         self.model = build_model(classifier).to(self.device)
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1, 1)

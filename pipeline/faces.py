@@ -21,7 +21,7 @@ from .decode import DecodeError, get_decoder, sampling_step
 from .segments import OnlineWindows
 from .settings import DETECTORS, AnnotateSettings, FacePlan, FaceSettings
 from .track import OnlineTracker
-from .units import Clip, Unit, UnitFaces, empty_faces
+from .units import Clip, Unit, UnitFaces, empty_faces, items
 
 FRAME_BYTES = 64 << 20  # frames per detector forward: at most this many bytes of decoded frames (one 8K frame)
 
@@ -149,9 +149,9 @@ class FaceWorker:
 
     def __init__(self, plan: FacePlan, device: str = "cpu", emotions: AnnotateSettings | None = None,
                  threads: int = 1):
-        import torch
+        from .cluster import torch_threads
 
-        torch.set_num_threads(max(1, threads))
+        torch_threads(threads)
         self.plan, self.device, self.emotions = plan, device, emotions
         self.decoder = get_decoder(plan.settings.decoder)
         self.detector = self.landmarker = None
@@ -178,11 +178,3 @@ class FaceWorker:
             analyse = self.analyse if unit.cached is None else cached_faces(unit.cached, unit.start_s, unit.end_s)
             for item in run_unit(unit, self.decoder, analyse, self.plan.settings, self.emotions):
                 yield items(item)
-
-
-def items(*objects) -> dict:
-    """A Ray Data batch of one ``item`` column holding these objects (kept pickled: they are not Arrow types)."""
-    column = np.empty(len(objects), dtype=object)
-    for i, o in enumerate(objects):
-        column[i] = o
-    return {"video_id": np.array([o.video_id for o in objects]), "item": column}

@@ -15,10 +15,10 @@ import numpy as np
 
 from . import cache
 from .cluster import chain_context, init_ray, pick_device, plan_actors, resources
-from .faces import FaceWorker, items
+from .faces import FaceWorker
 from .settings import FacePlan, FaceSettings, plan_faces
 from .sources import Source, find_videos
-from .units import empty_faces, join_units, plan_units
+from .units import empty_faces, items, join_units, plan_units
 
 
 @dataclass
@@ -54,7 +54,8 @@ class FacesResult:
 
 def unit_rows(videos: list[Video], s: FaceSettings, segment_s: float):
     """The chains' input: one row {"item": Unit} per unit. Probing and shard planning run as Ray tasks that
-    reserve no CPU (the actors hold them), one video each, so the first unit starts at once."""
+    reserve no CPU (the actors hold them), one video each, so the first unit starts at once. (The task's code
+    refers to ``pipeline.units`` only: its worker never imports torch.)"""
     import ray
 
     def plan(batch: dict) -> dict:
@@ -127,7 +128,7 @@ def run_faces(paths, cache_dir: str | Path, settings: FaceSettings = FaceSetting
         ds = unit_rows([Video(s.video_id, s.path) for s in todo.values()], settings, segment_s=2.0)
         # 2. face actors: decode -> detect -> 68 landmarks -> track, one unit per actor at a time
         ds = ds.map_batches(FaceWorker, batch_size=1, **pools["faces"].args(tasks_per_actor=1),
-                            fn_constructor_kwargs=dict(plan=plan, device=device))
+                            fn_constructor_kwargs=dict(plan=plan, device=device, threads=pools["faces"].threads))
         # 3. the driver: a video's units joined into its cache entry
         parts: dict[str, dict] = {}
         with tqdm(total=len(todo), unit="video", desc="faces", disable=not progress) as bar:

@@ -84,7 +84,9 @@ class MobileFaceNetLandmarks:
             net.load_state_dict(ckpt["state_dict"], strict=True)
         except RuntimeError as e:
             raise ValueError(f"{path}: state_dict does not match MobileFaceNet([112,112],136): {e}") from e
-        self.net = net.to(device).eval()
+        from .retinaface import fuse_conv_bn
+
+        self.net = fuse_conv_bn(net.eval()).to(device, memory_format=torch.channels_last)  # faster on CPU
         self.device, self.batch_size, self.weights = device, int(batch_size), path
 
     def __call__(self, frames: np.ndarray, boxes: list[np.ndarray]) -> list[np.ndarray]:
@@ -102,7 +104,8 @@ class MobileFaceNetLandmarks:
         outs = []
         with torch.inference_mode():
             for i in range(0, len(x), self.batch_size):
-                lm, _ = self.net(torch.from_numpy(x[i:i + self.batch_size]).to(self.device))
+                xi = torch.from_numpy(x[i:i + self.batch_size]).to(self.device)
+                lm, _ = self.net(xi.contiguous(memory_format=torch.channels_last))
                 outs.append(lm.float().cpu().numpy())
         pts = np.concatenate(outs).reshape(-1, 68, 2)  # [M,68,2] in [0,1] of the crop
         o = np.asarray(origin, np.float64)  # [M,3]
@@ -149,7 +152,9 @@ class FANLandmarks:
             net.load_state_dict(sd, strict=True)
         except Exception as e:
             raise ValueError(f"{path}: not a face-alignment FAN(4) state_dict: {e}") from e
-        self.net = net.to(device).eval()
+        from .retinaface import fuse_conv_bn
+
+        self.net = fuse_conv_bn(net.eval()).to(device, memory_format=torch.channels_last)  # faster on CPU
         self.device, self.batch_size, self.weights = device, int(batch_size), path
         self.reference_scale = float(reference_scale)
 

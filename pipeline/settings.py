@@ -32,7 +32,7 @@ class AnnotateSettings:
     stride_s: float = 1.0
     min_face_frames: int = 8
     views: int = 1  # 2: test-time views, a window's first and last 16 sampled frames, averaged (when it has more)
-    batch_size: int = 8  # clips per S2D forward
+    batch_size: int | None = None  # clips per S2D forward; None: 8 on a GPU, 1 on CPU (there the fastest, leanest)
 
     def __post_init__(self):  # fail before any work, not once per video
         if self.views not in (1, 2):
