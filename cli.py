@@ -1,17 +1,21 @@
 """`s2d`: the command line. Thin: parse options, call one function of pipeline/, jobs/ or s2d_model/, print."""
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+# rich_markup_mode=None: Click's plain help (flags without a "<bool>" type) and one-line usage errors
 app = typer.Typer(help="s2d-pipeline: faces, tracks and S2D emotion timelines for folders of videos, on Ray.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
-weights_app = typer.Typer(help="Known model weights: list, download, import local files.", no_args_is_help=True)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
+                  rich_markup_mode=None)
+weights_app = typer.Typer(help="Known model weights: list, download, import local files.", no_args_is_help=True,
+                          rich_markup_mode=None)
 app.add_typer(weights_app, name="weights")
 train_app = typer.Typer(help="Train S2D on Ray Train: the static image stage, then the dynamic video stage.",
-                        no_args_is_help=True)
+                        no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(train_app, name="train")
 
 
@@ -93,7 +97,42 @@ def weights_path(name: str = typer.Argument(..., help="a known or imported name"
         raise typer.Exit(1)
 
 
+def positive(v):
+    """Option check: > 0 (Typer's min= is inclusive)."""
+    if v is not None and not v > 0:
+        raise typer.BadParameter(f"must be > 0, not {v}")
+    return v
+
+
+def unit_interval(v):
+    """Option check: in (0, 1]."""
+    if not 0 < v <= 1:
+        raise typer.BadParameter(f"must be in (0, 1], not {v}")
+    return v
+
+
 SHARD_HELP = "seconds per time shard: a longer video is split so that several face actors share it"
+class Detector(str, Enum):
+    mobilenet = "retinaface-mobilenet"
+    resnet50 = "retinaface-resnet50"
+
+
+class Landmarks(str, Enum):
+    mobilefacenet = "mobilefacenet"
+    fan = "fan"
+
+
+class Decoder(str, Enum):
+    pyav = "pyav"
+    decord = "decord"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
 DEVICE_HELP = "auto (GPU when the cluster has one), cpu or cuda"
 
 
@@ -112,33 +151,34 @@ def _report_failures(videos: list[dict], path_key: str) -> None:
 def faces_cmd(
     paths: list[Path] = typer.Argument(..., help="video files or folders (searched recursively)"),
     cache: Path = typer.Option(..., "--cache", help="landmark cache folder (Parquet, one entry per video)"),
-    fps: float = typer.Option(8.0, help="analysis rate: frames sampled per second, by timestamp"),
-    detector: str = typer.Option("retinaface-mobilenet", help="retinaface-mobilenet | retinaface-resnet50"),
+    fps: float = typer.Option(8.0, callback=positive, help="analysis rate: frames sampled per second, by timestamp"),
+    detector: Detector = typer.Option(Detector.mobilenet, help="face detector"),
     detector_weights: Optional[str] = typer.Option(
         None, envvar="S2D_DETECTOR_WEIGHTS", help="detector weights file or name (default: the detector's usual file, "
         "looked up in $S2D_WEIGHTS_DIR, then the cache)"),
-    landmarks: str = typer.Option("mobilefacenet", help="mobilefacenet | fan"),
+    landmarks: Landmarks = typer.Option(Landmarks.mobilefacenet, help="face-stage 68-point landmarks"),
     landmark_weights: Optional[str] = typer.Option(
         None, envvar="S2D_LANDMARK_WEIGHTS", help="landmark weights file or name (default: the backend's usual file)"),
-    score_threshold: float = typer.Option(0.6, help="minimum face score"),
-    nms_threshold: float = typer.Option(0.4, help="NMS IoU threshold"),
-    long_side: int = typer.Option(640, help="frames are resized to this long side for detection"),
-    decoder: str = typer.Option("pyav", help="pyav | decord (decord leaks memory on long files)"),
-    shard: float = typer.Option(60.0, help=SHARD_HELP),
+    score_threshold: float = typer.Option(0.6, callback=unit_interval, help="minimum face score"),
+    nms_threshold: float = typer.Option(0.4, callback=unit_interval, help="NMS IoU threshold"),
+    long_side: int = typer.Option(640, min=32, help="frames are resized to this long side for detection"),
+    decoder: Decoder = typer.Option(Decoder.pyav, help="video decoder (decord leaks memory on long files)"),
+    shard: float = typer.Option(60.0, callback=positive, help=SHARD_HELP),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
+    device: Device = typer.Option(Device.auto, help=DEVICE_HELP),
 ):
     """Find, landmark and track every face in every video; write the Parquet landmark cache."""
     from pipeline.faces_run import run_faces
     from pipeline.settings import FaceSettings
     from s2d_model.weights import WeightsNotFound
 
-    settings = FaceSettings(fps=fps, detector=detector, detector_weights=detector_weights, landmarks=landmarks,
-                            landmark_weights=landmark_weights, score_threshold=score_threshold,
-                            nms_threshold=nms_threshold, long_side=long_side, decoder=decoder, shard_s=shard)
+    settings = FaceSettings(fps=fps, detector=detector.value, detector_weights=detector_weights,
+                            landmarks=landmarks.value, landmark_weights=landmark_weights,
+                            score_threshold=score_threshold, nms_threshold=nms_threshold, long_side=long_side,
+                            decoder=decoder.value, shard_s=shard)
     try:
-        result = run_faces([str(p) for p in paths], cache, settings, device=device, address=address)
-    except (WeightsNotFound, FileNotFoundError, ValueError) as e:
+        result = run_faces([str(p) for p in paths], cache, settings, device=device.value, address=address)
+    except (WeightsNotFound, FileNotFoundError, NotADirectoryError, ValueError) as e:
         _fail(str(e))
     _report_failures(result.videos, "source_path")
     typer.echo(result.summary())
@@ -155,28 +195,33 @@ def annotate_cmd(
                                 "list`, a file, or random-tiny (untrained, smoke tests only)"),
     labels: Optional[str] = typer.Option(None, help="label set (dfew, ferv39k, mafw, ...) or class names a,b,c; "
                                          "default: the weights'"),
-    segment: float = typer.Option(2.0, help="segment length in seconds"),
-    stride: float = typer.Option(1.0, help="seconds between segment starts"),
-    min_face_frames: int = typer.Option(8, help="skip a segment whose face is in fewer of its 16 frames"),
+    segment: float = typer.Option(2.0, callback=positive, help="segment length in seconds"),
+    stride: float = typer.Option(1.0, callback=positive, help="seconds between segment starts"),
+    min_face_frames: int = typer.Option(8, min=1, max=16,
+                                        help="skip a segment whose face is in fewer of its 16 frames"),
     views: int = typer.Option(1, min=1, max=2, help="2: test-time views, a window's first and last 16 sampled "
                               "frames with their probabilities averaged (the authors' protocol), where the window "
                               "holds more than 16 (e.g. --segment 4 at --fps 8)"),
-    batch_size: Optional[int] = typer.Option(None, help="clips per S2D forward pass [default: 8 on a GPU, 1 on CPU, "
+    batch_size: Optional[int] = typer.Option(None, min=1,
+                                             help="clips per S2D forward pass [default: 8 on a GPU, 1 on CPU, "
                                              "where one clip at a time is fastest]"),
     cache: Optional[Path] = typer.Option(None, "--cache", help="landmark cache folder [default: OUT/cache]"),
     force: bool = typer.Option(False, "--force", help="redo videos whose timeline already exists"),
-    fps: float = typer.Option(8.0, help="analysis rate of the face stage (frames per second)"),
-    detector: str = typer.Option("retinaface-mobilenet", help="retinaface-mobilenet | retinaface-resnet50"),
+    fps: float = typer.Option(8.0, callback=positive, help="analysis rate of the face stage (frames per second)"),
+    detector: Detector = typer.Option(Detector.mobilenet, help="face detector"),
     detector_weights: Optional[str] = typer.Option(None, envvar="S2D_DETECTOR_WEIGHTS",
                                                    help="detector weights file or name"),
-    landmarks: str = typer.Option("mobilefacenet", help="face-stage landmarks: mobilefacenet | fan"),
+    landmarks: Landmarks = typer.Option(Landmarks.mobilefacenet, help="face-stage 68-point landmarks"),
     landmark_weights: Optional[str] = typer.Option(
         None, envvar="S2D_LANDMARK_WEIGHTS", help="MobileFaceNet file (face stage and S2D's landmark branch); with "
         "--landmarks fan, the FAN file"),
-    decoder: str = typer.Option("pyav", help="pyav | decord"),
-    shard: float = typer.Option(60.0, help=SHARD_HELP),
+    score_threshold: float = typer.Option(0.6, callback=unit_interval, help="minimum face score"),
+    nms_threshold: float = typer.Option(0.4, callback=unit_interval, help="NMS IoU threshold"),
+    long_side: int = typer.Option(640, min=32, help="frames are resized to this long side for detection"),
+    decoder: Decoder = typer.Option(Decoder.pyav, help="video decoder (decord leaks memory on long files)"),
+    shard: float = typer.Option(60.0, callback=positive, help=SHARD_HELP),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
+    device: Device = typer.Option(Device.auto, help=DEVICE_HELP),
 ):
     """Write a per-track, per-segment emotion timeline (Parquet) for every face in every video."""
     from pipeline.annotate import run_annotate
@@ -184,10 +229,11 @@ def annotate_cmd(
     from s2d_model.checkpoints import CheckpointError
     from s2d_model.weights import WeightsNotFound
 
-    face_settings = FaceSettings(fps=fps, detector=detector, detector_weights=detector_weights,
-                                 landmarks=landmarks, landmark_weights=landmark_weights, decoder=decoder,
-                                 shard_s=shard)
-    s2d_landmarks = landmark_weights if landmarks == "mobilefacenet" else None
+    face_settings = FaceSettings(fps=fps, detector=detector.value, detector_weights=detector_weights,
+                                 landmarks=landmarks.value, landmark_weights=landmark_weights,
+                                 score_threshold=score_threshold, nms_threshold=nms_threshold, long_side=long_side,
+                                 decoder=decoder.value, shard_s=shard)
+    s2d_landmarks = landmark_weights if landmarks is Landmarks.mobilefacenet else None
     settings = AnnotateSettings(weights=weights, labels=labels, s2d_landmark_weights=s2d_landmarks,
                                 segment_s=segment, stride_s=stride, min_face_frames=min_face_frames, views=views,
                                 batch_size=batch_size)
@@ -196,13 +242,15 @@ def annotate_cmd(
 
         typer.echo(f"WARNING: {UNTRAINED_WARNING}", err=True)
     try:
-        result = run_annotate([str(p) for p in paths], out, cache, face_settings, settings, device=device,
+        result = run_annotate([str(p) for p in paths], out, cache, face_settings, settings, device=device.value,
                               address=address, force=force)
-    except (WeightsNotFound, FileNotFoundError, ValueError, CheckpointError) as e:
+    except (WeightsNotFound, FileNotFoundError, NotADirectoryError, ValueError, CheckpointError) as e:
         _fail(str(e))
     _report_failures(result.videos, "video_path")
     typer.echo(result.summary())
     typer.echo(f"timelines: {out}  (manifest: {out / 'manifest.json'}; summary: s2d timeline {out})")
+    if result.interrupted:
+        _fail("interrupted: the videos not done are marked 'interrupted' in the manifest; run again to finish", 130)
     if result.warning:
         typer.echo(f"WARNING: {result.warning}", err=True)
     if result.count("error") == len(result.videos):
@@ -263,16 +311,19 @@ def train_static_cmd(
     labels: Optional[str] = typer.Option(None, help="csv format: a label set (rafdb, dfew, ...) or class names a,b,c"),
     model: str = typer.Option("s2d_base_patch16_224", help="model configuration (s2d_tiny for smoke runs)"),
     init: Optional[str] = typer.Option(None, help="start from this checkpoint (MAE/ViT or the authors' image model)"),
-    epochs: int = typer.Option(100, help="epochs"),
-    batch_size: int = typer.Option(8, help="samples per worker and step"),
-    lr: Optional[float] = typer.Option(None, help="base lr per 8 samples, scaled by the total batch [default 2.5e-6]"),
-    workers: int = typer.Option(1, help="training workers (processes; one GPU each with --gpus-per-worker 1)"),
-    gpus_per_worker: float = typer.Option(0, help="GPUs per worker (0: train on CPU)"),
-    cpus_per_worker: float = typer.Option(1, help="CPUs reserved per worker"),
+    epochs: int = typer.Option(100, min=1, help="epochs"),
+    batch_size: int = typer.Option(8, min=1, help="samples per worker and step"),
+    lr: Optional[float] = typer.Option(None, callback=positive,
+                                       help="base lr per 8 samples, scaled by the total batch [default 2.5e-6]"),
+    workers: int = typer.Option(1, min=1, help="training workers (processes; one GPU each with --gpus-per-worker 1)"),
+    gpus_per_worker: float = typer.Option(0, min=0, help="GPUs per worker (0: train on CPU)"),
+    cpus_per_worker: float = typer.Option(1, callback=positive, help="CPUs reserved per worker"),
     seed: int = typer.Option(0, help="random seed"),
-    val_fraction: float = typer.Option(0.1, help="share of the training data held out to pick the best epoch"),
+    val_fraction: float = typer.Option(0.1, min=0, max=0.9,
+                                       help="share of the training data held out to pick the best epoch"),
     mixup: Optional[bool] = typer.Option(None, "--mixup/--no-mixup", help="mixup/cutmix [default: the recipe's]"),
-    max_failures: int = typer.Option(0, help="restart a failed worker group up to N times from the last checkpoint"),
+    max_failures: int = typer.Option(0, min=0,
+                                     help="restart a failed worker group up to N times from the last checkpoint"),
     landmark_weights: str = typer.Option("mobilefacenet", envvar="S2D_LANDMARK_WEIGHTS", help=LANDMARK_HELP),
     trust: bool = typer.Option(False, help="allow arbitrary pickled objects in the --init file"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
@@ -289,23 +340,26 @@ def train_dynamic_cmd(
     data: Path = typer.Option(..., "--data", help="dataset root (or a CSV file for --format csv)"),
     format: str = typer.Option(..., "--format", help="dfew | ferv39k | mafw | csv"),
     out: Path = typer.Option(..., "--out", help="run folder: checkpoints, metrics.csv/jsonl, best.pth, last.pth"),
-    fold: Optional[int] = typer.Option(None, help="DFEW / MAFW fold (1..5)"),
+    fold: Optional[int] = typer.Option(None, min=1, max=5, help="DFEW / MAFW fold (1..5)"),
     labels: Optional[str] = typer.Option(None, help="csv format: a label set (dfew, ...) or class names a,b,c"),
     init: Optional[str] = typer.Option(None, help="static checkpoint to start from (e.g. s2d-affectnet7-image or a "
                                        "`s2d train static` best.pth); without it: random init, with a warning"),
     model: str = typer.Option("s2d_base_patch16_224", help="model configuration (s2d_tiny for smoke runs)"),
-    epochs: int = typer.Option(100, help="epochs"),
-    batch_size: int = typer.Option(8, help="clips per worker and step"),
-    lr: Optional[float] = typer.Option(None, help="base lr per 8 clips, scaled by the total batch [default 1e-5]"),
-    workers: int = typer.Option(1, help="training workers (processes; one GPU each with --gpus-per-worker 1)"),
-    gpus_per_worker: float = typer.Option(0, help="GPUs per worker (0: train on CPU)"),
-    cpus_per_worker: float = typer.Option(1, help="CPUs reserved per worker"),
+    epochs: int = typer.Option(100, min=1, help="epochs"),
+    batch_size: int = typer.Option(8, min=1, help="clips per worker and step"),
+    lr: Optional[float] = typer.Option(None, callback=positive,
+                                       help="base lr per 8 clips, scaled by the total batch [default 1e-5]"),
+    workers: int = typer.Option(1, min=1, help="training workers (processes; one GPU each with --gpus-per-worker 1)"),
+    gpus_per_worker: float = typer.Option(0, min=0, help="GPUs per worker (0: train on CPU)"),
+    cpus_per_worker: float = typer.Option(1, callback=positive, help="CPUs reserved per worker"),
     seed: int = typer.Option(0, help="random seed"),
     oversample: bool = typer.Option(False, help="draw classes near-uniformly every epoch"),
     sdl: bool = typer.Option(False, help="emotion-anchor self-distillation loss"),
-    val_fraction: float = typer.Option(0.1, help="share of the training data held out to pick the best epoch"),
+    val_fraction: float = typer.Option(0.1, min=0, max=0.9,
+                                       help="share of the training data held out to pick the best epoch"),
     mixup: Optional[bool] = typer.Option(None, "--mixup/--no-mixup", help="mixup/cutmix [default: the recipe's]"),
-    max_failures: int = typer.Option(0, help="restart a failed worker group up to N times from the last checkpoint"),
+    max_failures: int = typer.Option(0, min=0,
+                                     help="restart a failed worker group up to N times from the last checkpoint"),
     landmark_weights: str = typer.Option("mobilefacenet", envvar="S2D_LANDMARK_WEIGHTS", help=LANDMARK_HELP),
     trust: bool = typer.Option(False, help="allow arbitrary pickled objects in the --init file"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
@@ -321,14 +375,16 @@ def train_dynamic_cmd(
 def evaluate_cmd(
     data: Path = typer.Option(..., "--data", help="dataset root (or a CSV file for --format csv)"),
     format: str = typer.Option(..., "--format", help="dfew | ferv39k | mafw | rafdb | affectnet7 | affectnet8 | csv"),
-    checkpoint: str = typer.Option(..., "--checkpoint", help="a checkpoint file or weights name (ours or the authors')"),
-    out: Optional[Path] = typer.Option(None, "--out", help="results folder [default: eval/<checkpoint>-<format>-<split>]"),
-    fold: Optional[int] = typer.Option(None, help="DFEW / MAFW fold (1..5)"),
+    checkpoint: str = typer.Option(..., "--checkpoint",
+                                   help="a checkpoint file or weights name (ours or the authors')"),
+    out: Optional[Path] = typer.Option(None, "--out",
+                                       help="results folder [default: eval/<checkpoint>-<format>-<split>]"),
+    fold: Optional[int] = typer.Option(None, min=1, max=5, help="DFEW / MAFW fold (1..5)"),
     split: str = typer.Option("test", help="which split to evaluate"),
     labels: Optional[str] = typer.Option(None, help="csv format: a label set or class names a,b,c"),
-    batch_size: int = typer.Option(8, help="clips per forward pass"),
-    workers: int = typer.Option(1, help="model actors"),
-    gpus_per_worker: float = typer.Option(0, help="GPUs per actor"),
+    batch_size: int = typer.Option(8, min=1, help="clips per forward pass"),
+    workers: int = typer.Option(1, min=1, help="model actors"),
+    gpus_per_worker: float = typer.Option(0, min=0, help="GPUs per actor"),
     landmark_weights: str = typer.Option("mobilefacenet", envvar="S2D_LANDMARK_WEIGHTS", help=LANDMARK_HELP),
     trust: bool = typer.Option(False, help="allow arbitrary pickled objects in the checkpoint"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
@@ -362,16 +418,16 @@ def prepare_cmd(
     out: Path = typer.Option(..., "--out", help="dataset folder: clips/<name>/00001..00016.jpg, train/val/test.csv"),
     labels: Optional[str] = typer.Option(None, help="check labels against a label set (dfew, ...) or names a,b,c"),
     force: bool = typer.Option(False, "--force", help="re-cut clips that already exist"),
-    fps: float = typer.Option(8.0, help="analysis rate of the face stage (frames per second)"),
-    detector: str = typer.Option("retinaface-mobilenet", help="retinaface-mobilenet | retinaface-resnet50"),
+    fps: float = typer.Option(8.0, callback=positive, help="analysis rate of the face stage (frames per second)"),
+    detector: Detector = typer.Option(Detector.mobilenet, help="face detector"),
     detector_weights: Optional[str] = typer.Option(None, envvar="S2D_DETECTOR_WEIGHTS",
                                                    help="detector weights file or name"),
-    landmarks: str = typer.Option("mobilefacenet", help="face-stage landmarks: mobilefacenet | fan"),
+    landmarks: Landmarks = typer.Option(Landmarks.mobilefacenet, help="face-stage 68-point landmarks"),
     landmark_weights: Optional[str] = typer.Option(None, envvar="S2D_LANDMARK_WEIGHTS",
                                                    help="landmark weights file or name"),
-    decoder: str = typer.Option("pyav", help="pyav | decord"),
+    decoder: Decoder = typer.Option(Decoder.pyav, help="video decoder (decord leaks memory on long files)"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
+    device: Device = typer.Option(Device.auto, help=DEVICE_HELP),
 ):
     """Turn labelled raw videos into a DFEW-style clip dataset for training.
 
@@ -383,10 +439,10 @@ def prepare_cmd(
     from pipeline.settings import FaceSettings
     from s2d_model.weights import WeightsNotFound
 
-    faces = FaceSettings(fps=fps, detector=detector, detector_weights=detector_weights, landmarks=landmarks,
-                         landmark_weights=landmark_weights, decoder=decoder)
+    faces = FaceSettings(fps=fps, detector=detector.value, detector_weights=detector_weights,
+                         landmarks=landmarks.value, landmark_weights=landmark_weights, decoder=decoder.value)
     try:
-        m = prepare(videos_csv, out, faces, labels=labels, device=device, address=address, force=force)
+        m = prepare(videos_csv, out, faces, labels=labels, device=device.value, address=address, force=force)
     except (WeightsNotFound, DatasetError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     bad = [v for v in m["videos"] if v["status"] != "ok"]

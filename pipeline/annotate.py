@@ -19,9 +19,11 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from s2d_model.files import atomic_write
+from s2d_model.weights import resolve_all
 
 from . import cache
 from .cluster import chain_context, init_ray, pick_device, plan_actors, resources
@@ -29,7 +31,7 @@ from .emotions import S2DWorker, resolve_classifier
 from .faces import FaceWorker
 from .faces_run import FacesResult, Video, error_meta, unit_rows, write_units
 from .settings import AnnotateSettings, FacePlan, FaceSettings, plan_faces, timeline_record
-from .sources import Source, find_videos
+from .sources import Source, check_paths, find_videos
 from .timeline import is_complete, read_timeline_meta, timeline_path, windows_table, write_timeline
 from .units import Clip, UnitFaces
 
@@ -47,12 +49,14 @@ class AnnotateResult:
     first_face_seconds: float | None = None  # from Ray being up to the first face found (face actor's clock)
     faces: FacesResult | None = None  # the face stage's part (its wall_seconds: when the last video's faces were in)
     warning: str | None = None
+    interrupted: bool = False  # Ctrl-C / SIGTERM: the videos not done are marked "interrupted"
 
     def count(self, status: str) -> int:
         return sum(v["status"] == status for v in self.videos)
 
     def summary(self) -> str:
-        return (f"videos: {self.count('ok')} ok, {self.count('no_faces')} no faces, {self.count('error')} failed "
+        stop = f", {self.count('interrupted')} interrupted" if self.interrupted else ""
+        return (f"videos: {self.count('ok')} ok, {self.count('no_faces')} no faces, {self.count('error')} failed{stop} "
                 f"({self.skipped} already done); segments: {sum(v['n_segments'] for v in self.videos)}; "
                 f"clips classified: {self.clips} in {self.wall_seconds:.1f} s")
 
@@ -111,6 +115,9 @@ class Timelines:
                   "timeline": None, "n_segments": 0, "n_tracks": 0}
         if meta["status"] == "error":
             return record
+        bad = [c for c in clips if c.probs is None or not np.isfinite(c.probs).all()]
+        if bad:  # never a timeline row without a real probability
+            return {**record, "status": "error", "error": f"S2D: {len(bad)} of {len(clips)} clips were not classified"}
         segments = [(c.segment if maps is None else video_segment(c.segment, *maps[c.unit]), c.probs) for c in clips]
         table = windows_table(vid, src.path, segments, self.class_names, self.model_name, self.key,
                               "ok" if segments else meta["status"])
@@ -129,7 +136,13 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     cache_dir = Path(cache_dir) if cache_dir else out_dir / "cache"
-    # 0. everything that can fail for lack of a file fails now, before any work
+    # 0. everything that can fail for lack of a file fails now, before any work (every missing file at once)
+    check_paths(paths, out_dir, cache_dir)
+    resolve_all(list(dict.fromkeys([
+        faces.detector_weights or faces.detector,
+        (faces.landmark_weights or "mobilefacenet") if faces.landmarks == "mobilefacenet" else None,
+        settings.s2d_landmark_weights or "mobilefacenet",
+        None if settings.weights == "random-tiny" else settings.weights])))
     plan = plan_faces(faces)
     classifier = resolve_classifier(settings.weights, settings.labels, settings.s2d_landmark_weights)
     model_name = settings.weights if classifier.path is None or Path(settings.weights).name != classifier.path.name \
@@ -171,6 +184,7 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
                             fn_constructor_kwargs=dict(classifier=classifier, device=device, batch_size=batch,
                                                        threads=pools["s2d"].threads))
         # 4. the driver: a video's cache entry and timeline, as soon as its last unit and clip are in
+        stop_on_sigterm()
         timelines = Timelines(todo, plan, cache_dir, out_dir, key, classifier.class_names, model_name,
                               {vid: e[1] for vid, e in entries.items()})
         result.faces = FacesResult(cache_dir, plan.key, cached=len(entries))
@@ -194,13 +208,17 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
                             result.first_timeline_seconds = time.perf_counter() - t0
                         bar.set_postfix_str(f"{Path(rec['video_path']).name}: {rec['status']}; clips {result.clips}")
                         bar.update()
-                message = "pipeline: the video never completed (an actor holding it was restarted?); run again"
+                status, message = "error", "pipeline: the video never completed (an actor holding it was " \
+                                           "restarted?); run again"
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what is done stays, the rest is marked, a re-run goes on
+                status, message = "interrupted", "the run was interrupted before this video was done; run again"
+                result.interrupted = True
             except Exception as exc:  # the chain itself broke: what is left failed; what is written stays
-                message = f"pipeline: {type(exc).__name__}: {exc}"
+                status, message = "error", f"pipeline: {type(exc).__name__}: {exc}"
                 traceback.print_exc()
         for vid, s in todo.items():
             if vid not in done:
-                done[vid] = {"video_id": vid, "video_path": s.path, "status": "error", "error": message,
+                done[vid] = {"video_id": vid, "video_path": s.path, "status": status, "error": message,
                              "timeline": None, "n_segments": 0, "n_tracks": 0}
         result.faces.videos = [timelines.face_metas.get(vid) or error_meta(s, plan.record, message)
                                for vid, s in todo.items()]
@@ -208,6 +226,18 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
     result.wall_seconds = time.perf_counter() - t0
     write_manifest(result, record, settings, faces, classifier)
     return result
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (e.g. a job scheduler ending the run) stops the driver loop like Ctrl-C does (main thread only)."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def write_manifest(result: AnnotateResult, record: dict, settings: AnnotateSettings, faces: FaceSettings,

@@ -94,6 +94,8 @@ def open_video(path: str | os.PathLike) -> tuple[av.container.InputContainer, av
     try:
         st = p.stat()
     except FileNotFoundError:
+        if p.is_symlink():
+            raise DecodeError(f"{path}: broken symbolic link (to {os.readlink(p)}, which does not exist)") from None
         raise DecodeError(f"{path}: file not found") from None
     except PermissionError:
         raise DecodeError(f"{path}: permission denied (cannot stat)") from None

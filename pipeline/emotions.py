@@ -40,7 +40,8 @@ DEFAULT_LABELS_BY_CLASSES = {7: "dfew", 11: "mafw"}
 
 def resolve_classifier(weights: str = "s2d-dfew", labels: str | None = None,
                        landmark_weights: str | None = None) -> Classifier:
-    """Resolve the classifier and landmark weights (WeightsNotFound with instructions if missing) and the label set:
+    """Resolve the classifier and landmark weights (WeightsNotFound with instructions if missing), open the
+    checkpoint and check it (a CheckpointError or ValueError now, not inside an actor), and choose the label set:
     ``labels`` if given (a label-set name or class names ``a,b,c``), else the registry's entry, else what our own
     checkpoint records (its label set, or its class names), else by class count."""
     from s2d_model.labels import LABEL_SETS
@@ -50,23 +51,28 @@ def resolve_classifier(weights: str = "s2d-dfew", labels: str | None = None,
     if weights == RANDOM_TINY:
         return Classifier(weights, None, labels or "dfew", landmark_path, UNTRAINED_WARNING)
     path = resolve(weights)
+    from s2d_model.checkpoints import CheckpointError, read_file, split_file  # torch: to read the file
+
+    fmt, sd, meta = split_file(read_file(path), path)
+    if fmt == "image" or "head.fc_cls.weight" not in sd:
+        raise CheckpointError(f"{path}: not an S2D video model checkpoint ({fmt} layout, no 'head.fc_cls.weight'); "
+                              "annotate needs the dynamic stage's weights")
+    n = sd["head.fc_cls.weight"].shape[0]
     if labels is None:
         spec = KNOWN.get(weights)
-        if spec is not None and spec.labels:
-            labels = spec.labels
-        else:
-            from s2d_model.checkpoints import read_file, split_file  # torch: only to read labels from a file
-
-            _, sd, meta = split_file(read_file(path), path)
-            n = sd["head.fc_cls.weight"].shape[0] if "head.fc_cls.weight" in sd else None
-            custom = ",".join(meta.get("label_names") or [])  # our checkpoint of a model trained on own classes
-            labels = meta.get("labels") or custom or DEFAULT_LABELS_BY_CLASSES.get(n)
-            if not labels:
-                raise ValueError(f"{path}: {n} classes; pass the label set (--labels) explicitly")
+        custom = ",".join(meta.get("label_names") or [])  # our checkpoint of a model trained on own classes
+        labels = (spec.labels if spec is not None and spec.labels else None) or meta.get("labels") or custom or \
+            DEFAULT_LABELS_BY_CLASSES.get(n)
+        if not labels:
+            raise ValueError(f"{path}: {n} classes; pass the label set (--labels) explicitly")
     if labels not in LABEL_SETS and "," not in labels:
         raise ValueError(f"unknown label set '{labels}': choose one of {', '.join(LABEL_SETS)}, or name the classes "
                          "in order, separated by commas")
-    return Classifier(weights, path, labels, landmark_path)
+    c = Classifier(weights, path, labels, landmark_path)
+    if len(c.class_names) != n:
+        raise ValueError(f"{path}: the checkpoint has {n} classes, but label set '{labels}' has "
+                         f"{len(c.class_names)}")
+    return c
 
 
 def build_model(c: Classifier):

@@ -17,7 +17,7 @@ from . import cache
 from .cluster import chain_context, init_ray, pick_device, plan_actors, resources
 from .faces import FaceWorker
 from .settings import FacePlan, FaceSettings, plan_faces
-from .sources import Source, find_videos
+from .sources import Source, check_paths, find_videos
 from .units import empty_faces, items, join_units, plan_units
 
 
@@ -106,8 +106,10 @@ def run_faces(paths, cache_dir: str | Path, settings: FaceSettings = FaceSetting
     from tqdm import tqdm
 
     t0 = time.perf_counter()
-    plan = plan_faces(settings)  # a missing weights file stops here
     cache_dir = Path(cache_dir)
+    if not (paths and isinstance(paths[0], Source)):
+        check_paths(paths, cache_dir)
+    plan = plan_faces(settings)  # a missing weights file stops here
     sources = paths if paths and isinstance(paths[0], Source) else find_videos(paths)
     result = FacesResult(cache_dir, plan.key)
     done: dict[str, dict] = {}

@@ -22,6 +22,13 @@ class FaceSettings:
     shard_s: float = 60.0  # long videos are cut into time shards of this length, one face actor each
     batch_frames: int = 16  # frames per detector forward (fewer when frames are large); not part of the cache key
 
+    def __post_init__(self):  # fail before any work, in one line
+        _check(self, fps=(0, None), score_threshold=(0, 1), nms_threshold=(0, 1), long_side=(32, None),
+               max_gap_s=(0, None), shard_s=(0, None), batch_frames=(1, None))
+        _choice("detector", self.detector, DETECTORS)
+        _choice("landmarks", self.landmarks, LANDMARKS)
+        _choice("decoder", self.decoder, DECODERS)
+
 
 @dataclass(frozen=True)
 class AnnotateSettings:
@@ -34,26 +41,47 @@ class AnnotateSettings:
     views: int = 1  # 2: test-time views, a window's first and last 16 sampled frames, averaged (when it has more)
     batch_size: int | None = None  # clips per S2D forward; None: 8 on a GPU, 1 on CPU (there the fastest, leanest)
 
-    def __post_init__(self):  # fail before any work, not once per video
+    def __post_init__(self):  # fail before any work, in one line
         if self.views not in (1, 2):
             raise ValueError(f"views must be 1 or 2, not {self.views}")
+        _check(self, segment_s=(0, None), stride_s=(0, None), min_face_frames=(1, 16),
+               **({"batch_size": (1, None)} if self.batch_size is not None else {}))
+
+
+def _check(settings, **ranges) -> None:
+    """ValueError naming the first field outside its (low, high) range; low is exclusive for floats, inclusive for
+    ints (fps 0 is refused, min_face_frames 1 is fine); None: no bound."""
+    for name, (low, high) in ranges.items():
+        v = getattr(settings, name)
+        is_int = isinstance(v, int) and not isinstance(v, bool)
+        bad = (low is not None and (v < low if is_int else v <= low)) or (high is not None and v > high)
+        if bad or v != v:  # NaN too
+            lo = "" if low is None else f"{'>=' if is_int else '>'} {low}"
+            hi = "" if high is None else f"<= {high}"
+            raise ValueError(f"{name} must be {' and '.join(x for x in (lo, hi) if x)}, not {v}")
+
+
+def _choice(name: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} '{value}': choose one of {', '.join(allowed)}")
 
 
 DETECTORS = {"retinaface-mobilenet": "mobilenet0.25", "retinaface-resnet50": "resnet50"}
+LANDMARKS = ("mobilefacenet", "fan")
+DECODERS = ("pyav", "decord")
 NOT_IN_FACE_KEY = ("batch_frames", "shard_s", "detector_weights", "landmark_weights")  # speed or file names only
 NOT_IN_TIMELINE_KEY = ("batch_size", "weights", "labels", "s2d_landmark_weights")  # the classifier's fingerprint
 
 
 def resolve_face_weights(s: FaceSettings) -> tuple[Path, Path | None]:
     """(detector weights, landmark weights) on disk, or a WeightsNotFound naming the file, before any work."""
-    from s2d_model.weights import resolve
+    from s2d_model.weights import resolve, resolve_all
 
-    if s.detector not in DETECTORS:
-        raise ValueError(f"unknown detector '{s.detector}': choose one of {', '.join(DETECTORS)}")
-    det = resolve(s.detector_weights or s.detector)
     if s.landmarks == "mobilefacenet":
-        lm = resolve(s.landmark_weights or "mobilefacenet")
-    elif s.landmarks == "fan":
+        det, lm = resolve_all([s.detector_weights or s.detector, s.landmark_weights or "mobilefacenet"])
+        return det, lm
+    det = resolve(s.detector_weights or s.detector)
+    if s.landmarks == "fan":
         from .landmarks import FANLandmarks, fan_default_path
 
         lm = Path(s.landmark_weights) if s.landmark_weights else fan_default_path()

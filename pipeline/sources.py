@@ -16,8 +16,8 @@ import av
 
 from .decode import DecodeError, display_rotation, native_fps, open_video
 
-__all__ = ["Source", "VideoInfo", "VIDEO_EXTENSIONS", "list_videos", "find_videos", "make_source", "probe", "is_video",
-           "DecodeError"]
+__all__ = ["Source", "VideoInfo", "VIDEO_EXTENSIONS", "list_videos", "find_videos", "check_paths", "make_source",
+           "probe", "is_video", "DecodeError"]
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp"}
@@ -60,8 +60,10 @@ def _hash_id(*parts) -> str:
 
 
 def make_source(path: str | os.PathLike) -> Source:
-    """A Source for one path (which need not exist or be readable)."""
-    resolved = str(Path(path).expanduser().resolve())
+    """A Source for one path (which need not exist or be readable). A broken symbolic link keeps its own path
+    (there is nothing to resolve it to), so its error row shows the path the user gave."""
+    p = Path(path).expanduser()
+    resolved = str(p.absolute() if p.is_symlink() and not p.exists() else p.resolve())
     try:
         st = os.stat(resolved)
         readable = os.access(resolved, os.R_OK)
@@ -96,8 +98,10 @@ def list_videos(paths: Sequence[str | os.PathLike], recursive: bool = True) -> l
     """Videos among ``paths`` (files and/or folders), sorted by path and de-duplicated by resolved path.
 
     Folders are scanned (recursively by default; symlinked folders are not followed); hidden files and
-    hidden folders are skipped and each file is content-probed with :func:`is_video`. Files named
-    explicitly are always included, even if missing, unreadable or not videos: the decode stage reports them.
+    hidden folders are skipped and each file is content-probed with :func:`is_video` (so audio-only files such as
+    ``.m4a`` and still images are not videos, while a broken ``.mp4`` is); a broken symbolic link with a video
+    extension is included (it becomes an error row). Files named explicitly are always included, even if
+    unreadable or not videos: the decode stage reports them.
     """
     found: dict[str, Source] = {}
 
@@ -114,11 +118,25 @@ def list_videos(paths: Sequence[str | os.PathLike], recursive: bool = True) -> l
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
             for name in sorted(filenames):
                 f = Path(dirpath) / name
-                if name.startswith(".") or not f.is_file():
+                if name.startswith("."):
                     continue
-                if is_video(f):
+                if f.is_symlink() and not f.exists():  # broken link: a row (error) if its name says video
+                    if f.suffix.lower() in VIDEO_EXTENSIONS:
+                        add(f)
+                elif f.is_file() and is_video(f):
                     add(f)
     return [found[k] for k in sorted(found)]
+
+
+def check_paths(inputs, *outputs) -> None:
+    """Before any work: every input path exists (a dangling symbolic link counts: it becomes an error row) and no
+    output folder is an existing file. FileNotFoundError / NotADirectoryError naming all of them."""
+    missing = [str(p) for p in inputs if not (Path(p).expanduser().exists() or Path(p).expanduser().is_symlink())]
+    if missing:
+        raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
+    for out in outputs:
+        if out is not None and Path(out).exists() and not Path(out).is_dir():
+            raise NotADirectoryError(f"{out} is a file, not a folder: pass a folder for the outputs")
 
 
 def find_videos(paths) -> list[Source]:

@@ -133,6 +133,22 @@ def resolve(name: str) -> Path:
     raise WeightsNotFound(missing_message(spec))
 
 
+def resolve_all(names: list[str | None]) -> list[Path | None]:
+    """``resolve`` for each name (None stays None), or one WeightsNotFound that names every missing file."""
+    found, missing = [], []
+    for name in names:
+        try:
+            found.append(None if name is None else resolve(name))
+        except WeightsNotFound as e:
+            missing.append(str(e))
+    if len(missing) == 1:
+        raise WeightsNotFound(missing[0])
+    if missing:
+        raise WeightsNotFound(f"{len(missing)} weights files are missing:\n" +
+                              "\n".join(f"{i + 1}. {m}" for i, m in enumerate(missing)))
+    return found
+
+
 def source_of(spec: WeightsSpec) -> str:
     if spec.url:
         return spec.url

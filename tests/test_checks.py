@@ -1,0 +1,155 @@
+"""Bad options, paths and weights fail before any work, in one line; never a wrong result (issue: hardening)."""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import s2d_model as S
+from pipeline.settings import AnnotateSettings, FaceSettings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def s2d(*args, env=None, timeout=120):
+    t = time.time()
+    res = subprocess.run([sys.executable, "-m", "cli", *map(str, args)], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, **(env or {})}, timeout=timeout)
+    return res, time.time() - t
+
+
+@pytest.fixture(scope="module")
+def env(detector_weights, landmark_weights, tmp_path_factory):
+    return {"S2D_DETECTOR_WEIGHTS": str(detector_weights), "S2D_LANDMARK_WEIGHTS": str(landmark_weights),
+            "S2D_HOME": str(tmp_path_factory.mktemp("home"))}
+
+
+@pytest.mark.parametrize("option, value, says", [
+    ("--fps", "0", "must be > 0"), ("--fps", "-1", "must be > 0"), ("--segment", "0", "must be > 0"),
+    ("--stride", "-1", "must be > 0"), ("--batch-size", "0", "--batch-size"), ("--batch-size", "-1", "--batch-size"),
+    ("--min-face-frames", "17", "--min-face-frames"), ("--score-threshold", "1.5", "must be in (0, 1]"),
+    ("--views", "3", "--views"), ("--detector", "yolo", "--detector"), ("--device", "tpu", "--device")])
+def test_bad_option_values_fail_at_parse_time(option, value, says, fixtures_dir, tmp_path):
+    res, seconds = s2d("annotate", fixtures_dir / "videos", "--out", tmp_path / "o", option, value)
+    assert res.returncode == 2 and says in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert seconds < 20 and not (tmp_path / "o").exists()
+
+
+def test_settings_refuse_what_the_cli_refuses():
+    for bad in (dict(batch_size=0), dict(batch_size=-1), dict(segment_s=0), dict(stride_s=-1),
+                dict(min_face_frames=0)):
+        with pytest.raises(ValueError, match="must be"):
+            AnnotateSettings(**bad)
+    for bad in (dict(fps=0), dict(fps=-1), dict(long_side=0), dict(score_threshold=0)):
+        with pytest.raises(ValueError, match="must be"):
+            FaceSettings(**bad)
+    with pytest.raises(ValueError, match="unknown decoder 'opencv'"):
+        FaceSettings(decoder="opencv")
+
+
+def test_help_lists_choices_and_flags_plainly(fixtures_dir):
+    res, _ = s2d("annotate", "--help")
+    assert res.returncode == 0 and "<bool>" not in res.stdout
+    for text in ("--score-threshold", "--nms-threshold", "--long-side", "retinaface-resnet50", "<pyav|decord>",
+                 "<auto|cpu|cuda>", "--force"):
+        assert text in res.stdout, text
+
+
+def test_missing_input_and_out_file_fail_before_ray(env, fixtures_dir, tmp_path):
+    res, seconds = s2d("annotate", tmp_path / "nope.mp4", fixtures_dir / "videos" / "single_face.mp4", "--out",
+                       tmp_path / "o", "--weights", "random-tiny", env=env)
+    assert res.returncode == 1 and f"no such file or folder: {tmp_path / 'nope.mp4'}" in res.stderr
+    assert seconds < 20 and "Ray" not in res.stderr
+    (tmp_path / "file").write_text("x")
+    res, seconds = s2d("annotate", fixtures_dir / "videos", "--out", tmp_path / "file", "--weights", "random-tiny",
+                       env=env)
+    assert res.returncode == 1 and "is a file, not a folder" in res.stderr and seconds < 20
+
+
+def test_every_missing_weights_file_is_named_at_once(fixtures_dir, tmp_path):
+    res, seconds = s2d("annotate", fixtures_dir / "videos", "--out", tmp_path / "o",
+                       env={"S2D_HOME": str(tmp_path / "home"), "S2D_WEIGHTS_DIR": str(tmp_path / "none")})
+    assert res.returncode == 1 and "3 weights files are missing" in res.stderr, res.stderr
+    for name in ("retinaface-mobilenet", "mobilefacenet", "s2d-dfew"):
+        assert name in res.stderr
+    assert seconds < 20 and "Traceback" not in res.stderr
+
+
+def test_a_checkpoint_that_does_not_fit_its_labels_fails_before_ray(env, fixtures_dir, tmp_path):
+    model = S.create_model("s2d_tiny", 7)
+    path = tmp_path / "seven.pth"
+    torch.save({"model": model.state_dict(), "args": argparse.Namespace(model="s2d_tiny")}, path)
+    res, seconds = s2d("annotate", fixtures_dir / "videos" / "single_face.mp4", "--out", tmp_path / "o",
+                       "--weights", path, "--labels", "mafw", env=env)
+    assert res.returncode == 1 and "7 classes, but label set 'mafw' has 11" in res.stderr, res.stderr
+    assert seconds < 30 and "ActorDiedError" not in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_clip_without_probabilities_fails_its_video_never_a_nan_row(tmp_path, detector_weights, landmark_weights):
+    from test_run_parts import _clip, _segment, _unit
+
+    from pipeline.annotate import Timelines
+    from pipeline.settings import plan_faces
+    from pipeline.sources import Source
+
+    plan = plan_faces(FaceSettings(detector_weights=str(detector_weights), landmark_weights=str(landmark_weights)))
+    t = Timelines({"a": Source("/v/a.mp4", "a", 1, 0.0)}, plan, tmp_path / "c", tmp_path / "o", "h",
+                  S.labels("dfew"), "m", {})
+    t.add(_unit("a", n_clips=2, tracks=(0,)))
+    t.add(_clip("a", _segment(0, 0), np.eye(7, dtype=np.float32)[0]))
+    rec = t.add(_clip("a", _segment(0, 1), np.full(7, np.nan, np.float32)))
+    assert rec["status"] == "error" and "1 of 2 clips were not classified" in rec["error"]
+    assert rec["timeline"] is None and not (tmp_path / "o").exists()
+
+
+def test_a_broken_symlink_in_a_folder_is_an_error_row(tmp_path, fixtures_dir):
+    from pipeline.sources import list_videos, probe
+    from pipeline.units import plan_units
+
+    shutil.copy(fixtures_dir / "videos" / "single_face.mp4", tmp_path / "good.mp4")
+    (tmp_path / "gone.mp4").symlink_to(tmp_path / "moved_away.mp4")
+    (tmp_path / "song.m4a").symlink_to(tmp_path / "nothing.m4a")  # not a video by its name: not scanned
+    sources = list_videos([tmp_path])
+    assert [Path(s.path).name for s in sources] == ["gone.mp4", "good.mp4"]
+    assert sources[0].path == str(tmp_path / "gone.mp4")  # the link the user has, not its target
+    (unit,) = plan_units(sources[0].video_id, sources[0].path, 8.0, 60.0, 2.0)
+    assert "broken symbolic link" in unit.error and "moved_away.mp4" in unit.error
+    probe(sources[1].path)
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_run_writes_its_manifest_and_marks_the_rest(sig, env, fixtures_dir, tmp_path):
+    import json
+    import signal
+
+    import av
+
+    from media import write_video
+
+    with av.open(str(fixtures_dir / "videos" / "single_face.mp4")) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    shutil.copy(fixtures_dir / "videos" / "single_face.mp4", tmp_path / "a.mp4")
+    write_video(tmp_path / "b.mp4", (frames + frames[::-1]) * 8, fps=30, gop=30)  # 38 s: still running
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "annotate", str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4"),
+                             "--out", str(out), "--weights", "random-tiny", "--device", "cpu"], cwd=REPO,
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    end = time.time() + 120
+    while time.time() < end and not list(out.glob("a.*.timeline.parquet")):
+        time.sleep(0.2)
+    assert list(out.glob("a.*.timeline.parquet")), "a.mp4 was never finished"
+    proc.send_signal(getattr(signal, sig))
+    t = time.time()
+    stdout, stderr = proc.communicate(timeout=60)
+    assert time.time() - t < 30 and proc.returncode == 130, stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    status = {Path(v["video_path"]).name: v["status"] for v in manifest["videos"]}
+    assert status == {"a.mp4": "ok", "b.mp4": "interrupted"} and "1 interrupted" in stdout
