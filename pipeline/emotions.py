@@ -100,19 +100,24 @@ class S2DWorker:
     (the node's cores: the actor reserves one CPU but uses every core the face actors leave idle)."""
 
     def __init__(self, classifier: Classifier, device: str = "cpu", batch_size: int = 8, threads: int = 1):
+        self.classifier, self.device_name, self.batch_size, self.threads = classifier, device, batch_size, threads
+        self.model = None  # loaded with the first clips: at start-up the face actors get the cores first
+
+    def load(self) -> None:
         from .cluster import torch_threads
 
-        torch = torch_threads(threads)
+        torch = torch_threads(self.threads)
         from s2d_model import IMAGENET_MEAN, IMAGENET_STD
 
-        self.device = torch.device(device)
-        self.model = build_model(classifier).to(self.device)
+        self.device = torch.device(self.device_name)
+        self.model = build_model(self.classifier).to(self.device)
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1, 1)
-        self.batch_size = batch_size
 
     def probabilities(self, clips: np.ndarray) -> np.ndarray:
         """uint8 [B, T, H, W, 3] -> float32 [B, C]."""
+        if self.model is None:
+            self.load()  # first: torch_threads must come before anything imports torch
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(clips)).to(self.device, non_blocking=True)
@@ -126,6 +131,8 @@ class S2DWorker:
         from .units import Clip
 
         clips = [c for c in batch["item"] if isinstance(c, Clip) and c.pixels is not None]
+        if clips and self.model is None:
+            self.load()  # not counted in s2d_seconds
         for i in range(0, len(clips), self.batch_size):
             part, t = clips[i:i + self.batch_size], time.perf_counter()
             probs = self.probabilities(np.stack([c.pixels for c in part]))

@@ -1,7 +1,7 @@
 """What a run is asked to do, checked before any work, and the cache keys: which settings change which outputs."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from . import cache
@@ -51,9 +51,10 @@ class AnnotateSettings:
 def _check(settings, **ranges) -> None:
     """ValueError naming the first field outside its (low, high) range; low is exclusive for floats, inclusive for
     ints (fps 0 is refused, min_face_frames 1 is fine); None: no bound."""
+    types = {f.name: str(f.type) for f in fields(settings)}
     for name, (low, high) in ranges.items():
         v = getattr(settings, name)
-        is_int = isinstance(v, int) and not isinstance(v, bool)
+        is_int = "float" not in types[name]  # by the field's declared type: segment_s=0 is refused too
         bad = (low is not None and (v < low if is_int else v <= low)) or (high is not None and v > high)
         if bad or v != v:  # NaN too
             lo = "" if low is None else f"{'>=' if is_int else '>'} {low}"
