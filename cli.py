@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from pipeline.settings import DECODERS, DETECTORS, LANDMARKS
+
 # rich_markup_mode=None: Click's plain help (flags without a "<bool>" type) and one-line usage errors
 app = typer.Typer(help="s2d-pipeline: faces, tracks and S2D emotion timelines for folders of videos, on Ray.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
@@ -112,27 +114,17 @@ def unit_interval(v):
 
 
 SHARD_HELP = "seconds per time shard: a longer video is split so that several face actors share it"
-class Detector(str, Enum):
-    mobilenet = "retinaface-mobilenet"
-    resnet50 = "retinaface-resnet50"
 
 
-class Landmarks(str, Enum):
-    mobilefacenet = "mobilefacenet"
-    fan = "fan"
+def _choices(name: str, values) -> type[Enum]:
+    """A Typer choice: an str Enum whose members are ``values`` (as names and values)."""
+    return Enum(name, {v: v for v in values}, type=str)
 
 
-class Decoder(str, Enum):
-    pyav = "pyav"
-    decord = "decord"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
+Detector = _choices("Detector", DETECTORS)
+Landmarks = _choices("Landmarks", LANDMARKS)
+Decoder = _choices("Decoder", DECODERS)
+Device = _choices("Device", ("auto", "cpu", "cuda"))
 DEVICE_HELP = "auto (GPU when the cluster has one), cpu or cuda"
 
 
@@ -152,20 +144,20 @@ def faces_cmd(
     paths: list[Path] = typer.Argument(..., help="video files or folders (searched recursively)"),
     cache: Path = typer.Option(..., "--cache", help="landmark cache folder (Parquet, one entry per video)"),
     fps: float = typer.Option(8.0, callback=positive, help="analysis rate: frames sampled per second, by timestamp"),
-    detector: Detector = typer.Option(Detector.mobilenet, help="face detector"),
+    detector: Detector = typer.Option(Detector("retinaface-mobilenet"), help="face detector"),
     detector_weights: Optional[str] = typer.Option(
         None, envvar="S2D_DETECTOR_WEIGHTS", help="detector weights file or name (default: the detector's usual file, "
         "looked up in $S2D_WEIGHTS_DIR, then the cache)"),
-    landmarks: Landmarks = typer.Option(Landmarks.mobilefacenet, help="face-stage 68-point landmarks"),
+    landmarks: Landmarks = typer.Option(Landmarks("mobilefacenet"), help="face-stage 68-point landmarks"),
     landmark_weights: Optional[str] = typer.Option(
         None, envvar="S2D_LANDMARK_WEIGHTS", help="landmark weights file or name (default: the backend's usual file)"),
     score_threshold: float = typer.Option(0.6, callback=unit_interval, help="minimum face score"),
     nms_threshold: float = typer.Option(0.4, callback=unit_interval, help="NMS IoU threshold"),
     long_side: int = typer.Option(640, min=32, help="frames are resized to this long side for detection"),
-    decoder: Decoder = typer.Option(Decoder.pyav, help="video decoder (decord leaks memory on long files)"),
+    decoder: Decoder = typer.Option(Decoder("pyav"), help="video decoder (decord leaks memory on long files)"),
     shard: float = typer.Option(60.0, callback=positive, help=SHARD_HELP),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
-    device: Device = typer.Option(Device.auto, help=DEVICE_HELP),
+    device: Device = typer.Option(Device("auto"), help=DEVICE_HELP),
 ):
     """Find, landmark and track every face in every video; write the Parquet landmark cache."""
     from pipeline.faces_run import run_faces
@@ -208,20 +200,20 @@ def annotate_cmd(
     cache: Optional[Path] = typer.Option(None, "--cache", help="landmark cache folder [default: OUT/cache]"),
     force: bool = typer.Option(False, "--force", help="redo videos whose timeline already exists"),
     fps: float = typer.Option(8.0, callback=positive, help="analysis rate of the face stage (frames per second)"),
-    detector: Detector = typer.Option(Detector.mobilenet, help="face detector"),
+    detector: Detector = typer.Option(Detector("retinaface-mobilenet"), help="face detector"),
     detector_weights: Optional[str] = typer.Option(None, envvar="S2D_DETECTOR_WEIGHTS",
                                                    help="detector weights file or name"),
-    landmarks: Landmarks = typer.Option(Landmarks.mobilefacenet, help="face-stage 68-point landmarks"),
+    landmarks: Landmarks = typer.Option(Landmarks("mobilefacenet"), help="face-stage 68-point landmarks"),
     landmark_weights: Optional[str] = typer.Option(
         None, envvar="S2D_LANDMARK_WEIGHTS", help="MobileFaceNet file (face stage and S2D's landmark branch); with "
         "--landmarks fan, the FAN file"),
     score_threshold: float = typer.Option(0.6, callback=unit_interval, help="minimum face score"),
     nms_threshold: float = typer.Option(0.4, callback=unit_interval, help="NMS IoU threshold"),
     long_side: int = typer.Option(640, min=32, help="frames are resized to this long side for detection"),
-    decoder: Decoder = typer.Option(Decoder.pyav, help="video decoder (decord leaks memory on long files)"),
+    decoder: Decoder = typer.Option(Decoder("pyav"), help="video decoder (decord leaks memory on long files)"),
     shard: float = typer.Option(60.0, callback=positive, help=SHARD_HELP),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
-    device: Device = typer.Option(Device.auto, help=DEVICE_HELP),
+    device: Device = typer.Option(Device("auto"), help=DEVICE_HELP),
 ):
     """Write a per-track, per-segment emotion timeline (Parquet) for every face in every video."""
     from pipeline.annotate import run_annotate
@@ -233,7 +225,7 @@ def annotate_cmd(
                                  landmarks=landmarks.value, landmark_weights=landmark_weights,
                                  score_threshold=score_threshold, nms_threshold=nms_threshold, long_side=long_side,
                                  decoder=decoder.value, shard_s=shard)
-    s2d_landmarks = landmark_weights if landmarks is Landmarks.mobilefacenet else None
+    s2d_landmarks = landmark_weights if landmarks.value == "mobilefacenet" else None
     settings = AnnotateSettings(weights=weights, labels=labels, s2d_landmark_weights=s2d_landmarks,
                                 segment_s=segment, stride_s=stride, min_face_frames=min_face_frames, views=views,
                                 batch_size=batch_size)
@@ -419,15 +411,15 @@ def prepare_cmd(
     labels: Optional[str] = typer.Option(None, help="check labels against a label set (dfew, ...) or names a,b,c"),
     force: bool = typer.Option(False, "--force", help="re-cut clips that already exist"),
     fps: float = typer.Option(8.0, callback=positive, help="analysis rate of the face stage (frames per second)"),
-    detector: Detector = typer.Option(Detector.mobilenet, help="face detector"),
+    detector: Detector = typer.Option(Detector("retinaface-mobilenet"), help="face detector"),
     detector_weights: Optional[str] = typer.Option(None, envvar="S2D_DETECTOR_WEIGHTS",
                                                    help="detector weights file or name"),
-    landmarks: Landmarks = typer.Option(Landmarks.mobilefacenet, help="face-stage 68-point landmarks"),
+    landmarks: Landmarks = typer.Option(Landmarks("mobilefacenet"), help="face-stage 68-point landmarks"),
     landmark_weights: Optional[str] = typer.Option(None, envvar="S2D_LANDMARK_WEIGHTS",
                                                    help="landmark weights file or name"),
-    decoder: Decoder = typer.Option(Decoder.pyav, help="video decoder (decord leaks memory on long files)"),
+    decoder: Decoder = typer.Option(Decoder("pyav"), help="video decoder (decord leaks memory on long files)"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
-    device: Device = typer.Option(Device.auto, help=DEVICE_HELP),
+    device: Device = typer.Option(Device("auto"), help=DEVICE_HELP),
 ):
     """Turn labelled raw videos into a DFEW-style clip dataset for training.
 
