@@ -44,7 +44,7 @@ from table import cached_file, print_table
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("S2D_FIXTURES", REPO.parent / "shared" / "fixtures"))
 W, H, FPS = 1280, 720, 30
-CHUNK = 16  # FaceSettings.chunk_size, the pipeline's default
+CHUNK = 16  # FaceSettings.batch_frames, the face actor's detector batch
 
 
 # ------------------------------------------------------------------------------------------ video generation
@@ -360,7 +360,8 @@ def bench_landmarks(rows: list, notes: list, frames, boxes, mfn: Path, fan_rando
 def bench_ray(rows: list, notes: list, video: Path, mnet: Path, mfn: Path, workdir: Path, seconds: int):
     import ray
 
-    from pipeline.run import FaceSettings, run_faces
+    from pipeline.faces_run import run_faces
+    from pipeline.settings import FaceSettings
 
     t = time.perf_counter()
     if not ray.is_initialized():
