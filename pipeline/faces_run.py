@@ -11,7 +11,6 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from . import cache
 from .cluster import chain_context, init_ray, pick_device, plan_actors, resources

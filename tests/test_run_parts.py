@@ -104,7 +104,7 @@ def test_shards_complete_a_video_only_together_and_their_tracks_are_stitched(tim
 
 
 def test_a_failed_unit_fails_its_video_and_no_faces_write_an_empty_timeline(timelines, tmp_path):
-    rec = timelines.add(_unit("b", status="error", error=f"/videos/b.mp4: file not found"))
+    rec = timelines.add(_unit("b", status="error", error="/videos/b.mp4: file not found"))
     assert rec["status"] == "error" and rec["error"] == "/videos/b.mp4: file not found" and rec["timeline"] is None
     rec = timelines.add(_unit("c"))
     table = pq.read_table(rec["timeline"])
