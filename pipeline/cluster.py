@@ -83,6 +83,12 @@ class Pool:
                     num_cpus=self.num_cpus, num_gpus=self.num_gpus)
 
 
+def threads_each(node_cpus: list[float], n: int) -> int:
+    """Threads for each of ``n`` actors spread over the nodes: the smallest node's cores, shared among the actors
+    it holds."""
+    return max(1, int(min(node_cpus) // math.ceil(n / len(node_cpus))))
+
+
 def plan_actors(cpus: float, gpus: float, node_cpus: list[float], emotions: bool) -> dict[str, Pool]:
     """The face pool (one unit of work per actor at a time) and, with ``emotions``, the S2D pool; both fit on the
     cluster at once, so neither can starve the other.
@@ -96,13 +102,10 @@ def plan_actors(cpus: float, gpus: float, node_cpus: list[float], emotions: bool
     g = int(gpus)
     if not emotions:
         n = max(1, int(cpus))
-        threads = max(1, int(min(node_cpus) // math.ceil(n / len(node_cpus))))
-        return {"faces": Pool(n, min(1.0, cpus / n), min(0.5, g / n) if g else 0.0, threads)}
+        return {"faces": Pool(n, min(1.0, cpus / n), min(0.5, g / n) if g else 0.0, threads_each(node_cpus, n))}
     m = g if g else max(1, int(cpus // 8))
-    per_node = math.ceil(m / len(node_cpus))
-    threads = max(1, int(min(node_cpus) // per_node))
-    s2d = Pool(m, min(1.0, cpus / (m + 1)), 0.5 if g else 0.0, threads)
+    s2d = Pool(m, min(1.0, cpus / (m + 1)), 0.5 if g else 0.0, threads_each(node_cpus, m))
     n = max(1, int((cpus - m * s2d.num_cpus) // 1))
-    face_threads = max(1, int(min(node_cpus) // math.ceil(n / len(node_cpus))))
-    faces = Pool(n, min(1.0, (cpus - m * s2d.num_cpus) / n), min(0.5, 0.5 * g / n) if g else 0.0, face_threads)
+    faces = Pool(n, min(1.0, (cpus - m * s2d.num_cpus) / n), min(0.5, 0.5 * g / n) if g else 0.0,
+                 threads_each(node_cpus, n))
     return {"faces": faces, "s2d": s2d}
