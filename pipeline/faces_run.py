@@ -53,8 +53,9 @@ class FacesResult:
 
 def unit_rows(videos: list[Video], s: FaceSettings, segment_s: float):
     """The chains' input: one row {"item": Unit} per unit. Probing and shard planning run as Ray tasks that
-    reserve no CPU (the actors hold them), one video each, so the first unit starts at once. (The task's code
-    refers to ``pipeline.units`` only: its worker never imports torch.)"""
+    reserve no CPU (the actors hold them), one video each and one at a time, so the first unit starts at once and
+    the units reach the face actors in the order the videos were given (probing is far faster than the faces).
+    (The task's code refers to ``pipeline.units`` only: its worker never imports torch.)"""
     import ray
 
     def plan(batch: dict) -> dict:
@@ -62,7 +63,7 @@ def unit_rows(videos: list[Video], s: FaceSettings, segment_s: float):
         return items(*plan_units(v.video_id, v.path, s.fps, s.shard_s, segment_s, v.cached))
 
     ds = ray.data.from_items(videos, override_num_blocks=len(videos))
-    return ds.map_batches(plan, batch_size=1, num_cpus=0, concurrency=2)
+    return ds.map_batches(plan, batch_size=1, num_cpus=0, concurrency=1)
 
 
 def write_units(cache_dir: Path, plan: FacePlan, src: Source, units: list) -> tuple[dict, list[dict]]:
