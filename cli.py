@@ -214,6 +214,8 @@ def annotate_cmd(
     shard: float = typer.Option(60.0, callback=positive, help=SHARD_HELP),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
     device: Device = typer.Option(Device("auto"), help=DEVICE_HELP),
+    trust: bool = typer.Option(False, "--trust", help="load a --weights file that holds pickled Python code (only "
+                               "a file you made or trust: loading it runs that code)"),
 ):
     """Write a per-track, per-segment emotion timeline (Parquet) for every face in every video."""
     from pipeline.annotate import run_annotate
@@ -235,7 +237,7 @@ def annotate_cmd(
         typer.echo(f"WARNING: {UNTRAINED_WARNING}", err=True)
     try:
         result = run_annotate([str(p) for p in paths], out, cache, face_settings, settings, device=device.value,
-                              address=address, force=force)
+                              address=address, force=force, trust=trust)
     except (WeightsNotFound, FileNotFoundError, NotADirectoryError, ValueError, CheckpointError) as e:
         _fail(str(e))
     _report_failures(result.videos, "video_path")

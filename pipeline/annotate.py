@@ -129,8 +129,9 @@ class Timelines:
 def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None,
                  faces: FaceSettings = FaceSettings(), settings: AnnotateSettings = AnnotateSettings(),
                  device: str = "auto", address: str | None = None, force: bool = False,
-                 progress: bool = True) -> AnnotateResult:
-    """Videos -> one emotion timeline Parquet per video under ``out_dir`` (+ ``manifest.json``)."""
+                 progress: bool = True, trust: bool = False) -> AnnotateResult:
+    """Videos -> one emotion timeline Parquet per video under ``out_dir`` (+ ``manifest.json``). ``trust``: the
+    S2D weights file may hold pickled code (only for a file you made or trust)."""
     from tqdm import tqdm
 
     t0 = time.perf_counter()
@@ -144,7 +145,7 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
         settings.s2d_landmark_weights or "mobilefacenet",
         None if settings.weights == "random-tiny" else settings.weights])))
     plan = plan_faces(faces)
-    classifier = resolve_classifier(settings.weights, settings.labels, settings.s2d_landmark_weights)
+    classifier = resolve_classifier(settings.weights, settings.labels, settings.s2d_landmark_weights, trust)
     model_name = settings.weights if classifier.path is None or Path(settings.weights).name != classifier.path.name \
         else classifier.path.name
     record = timeline_record(plan.key, classifier.fingerprint, settings)

@@ -20,6 +20,7 @@ class Classifier:
     labels: str  # a label set name, or the class names of a custom-trained model joined by commas
     landmark_path: Path
     warning: str | None = None
+    trust: bool = False  # the file may hold pickled code (the user said they trust it)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -39,7 +40,7 @@ DEFAULT_LABELS_BY_CLASSES = {7: "dfew", 11: "mafw"}
 
 
 def resolve_classifier(weights: str = "s2d-dfew", labels: str | None = None,
-                       landmark_weights: str | None = None) -> Classifier:
+                       landmark_weights: str | None = None, trust: bool = False) -> Classifier:
     """Resolve the classifier and landmark weights (WeightsNotFound with instructions if missing), open the
     checkpoint and check it (a CheckpointError or ValueError now, not inside an actor), and choose the label set:
     ``labels`` if given (a label-set name or class names ``a,b,c``), else the registry's entry, else what our own
@@ -53,7 +54,7 @@ def resolve_classifier(weights: str = "s2d-dfew", labels: str | None = None,
     path = resolve(weights)
     from s2d_model.checkpoints import CheckpointError, read_file, split_file  # torch: to read the file
 
-    fmt, sd, meta = split_file(read_file(path), path)
+    fmt, sd, meta = split_file(read_file(path, trust), path)
     if fmt == "image" or "head.fc_cls.weight" not in sd:
         raise CheckpointError(f"{path}: not an S2D video model checkpoint ({fmt} layout, no 'head.fc_cls.weight'); "
                               "annotate needs the dynamic stage's weights")
@@ -68,7 +69,7 @@ def resolve_classifier(weights: str = "s2d-dfew", labels: str | None = None,
     if labels not in LABEL_SETS and "," not in labels:
         raise ValueError(f"unknown label set '{labels}': choose one of {', '.join(LABEL_SETS)}, or name the classes "
                          "in order, separated by commas")
-    c = Classifier(weights, path, labels, landmark_path)
+    c = Classifier(weights, path, labels, landmark_path, trust=trust)
     if len(c.class_names) != n:
         raise ValueError(f"{path}: the checkpoint has {n} classes, but label set '{labels}' has "
                          f"{len(c.class_names)}")
@@ -86,7 +87,7 @@ def build_model(c: Classifier):
         model = S.create_model("s2d_tiny", len(c.class_names))
         S.load_landmark_weights(model, c.landmark_path)
         return model.eval()
-    model, _ = S.load_model(c.path, c.landmark_path, kind="video")
+    model, _ = S.load_model(c.path, c.landmark_path, c.trust, kind="video")
     if model.num_classes != len(c.class_names):
         raise ValueError(f"{c.path}: {model.num_classes} classes, but label set '{c.labels}' has "
                          f"{len(c.class_names)}")

@@ -50,13 +50,16 @@ def read_file(path: str | Path, trust: bool = False) -> dict:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        # torch's wording differs by version: "Unsupported global: GLOBAL x.y" (2.4-2.6), "unsupported GLOBAL x.y
+        # whose module x is blocked" (2.7+); both mean the pickle names code outside the allow-list
+        found = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", str(e), re.IGNORECASE)
         if found is None:
             raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0]})") from None
         if not trust:
             raise CheckpointError(
-                f"{path}: holds pickled objects outside the allow-list ({found.group(1)}). "
-                "Pass trust=True (CLI: --trust) only if you trust where the file came from.") from None
+                f"{path}: the file holds pickled Python code ({found.group(1)}), so it was not loaded (a weights "
+                "file needs none; loading it would run that code). If you made the file yourself or trust where it "
+                "came from, pass --trust (Python: trust=True).") from None
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None

@@ -93,6 +93,28 @@ def test_a_checkpoint_that_does_not_fit_its_labels_fails_before_ray(env, fixture
     assert seconds < 30 and "ActorDiedError" not in res.stderr and "Traceback" not in res.stderr
 
 
+class _Code:
+    """Pickles as a call of os.getpid: harmless, but code, which torch's weights-only loader refuses."""
+
+    def __reduce__(self):
+        return os.getpid, ()
+
+
+def test_weights_holding_code_are_refused_in_one_line_unless_trusted(env, fixtures_dir, tmp_path):
+    model = S.create_model("s2d_tiny", 7)
+    path = tmp_path / "code.pth"
+    torch.save({"model": model.state_dict(), "args": argparse.Namespace(model="s2d_tiny"), "x": _Code()}, path)
+    video = fixtures_dir / "videos" / "single_face.mp4"
+    res, seconds = s2d("annotate", video, "--out", tmp_path / "o", "--weights", path, env=env)
+    assert res.returncode == 1 and seconds < 30 and "Traceback" not in res.stderr, res.stderr
+    (line,) = [x for x in res.stderr.splitlines() if x.strip()]
+    assert "holds pickled Python code (posix.getpid), so it was not loaded" in line and "--trust" in line
+    assert "weights_only" not in line and not (tmp_path / "o").exists()
+    res, _ = s2d("annotate", video, "--out", tmp_path / "o", "--weights", path, "--trust", "--device", "cpu",
+                 env=env, timeout=300)
+    assert res.returncode == 0 and "1 ok" in res.stdout, res.stderr[-2000:]  # the S2D actor loaded it too
+
+
 def test_a_clip_without_probabilities_fails_its_video_never_a_nan_row(tmp_path, detector_weights, landmark_weights):
     from test_run_parts import _clip, _segment, _unit
 

@@ -203,8 +203,27 @@ def test_module_prefix_and_our_format_round_trip(tiny, clip, tmp_path):
 
 def test_untrusted_pickles_are_refused_unless_trusted(tiny, tmp_path):
     path = _save(tmp_path / "odd.pth", {"model": tiny.state_dict(), "when": datetime.datetime(2024, 1, 1)})
-    with pytest.raises(CheckpointError, match="allow-list.*trust=True"):
+    with pytest.raises(CheckpointError, match="datetime.datetime.*was not loaded.*--trust .Python: trust=True"):
         S.load_checkpoint(S.create_model("s2d_tiny", 7), path)
+    S.load_checkpoint(S.create_model("s2d_tiny", 7), path, trust=True)
+
+
+class _Code:
+    """Pickles as a call of os.getpid (harmless, but code: torch blocks the os module outright)."""
+
+    def __reduce__(self):
+        import os
+
+        return os.getpid, ()
+
+
+def test_a_code_payload_is_named_and_not_run(tiny, tmp_path):
+    path = _save(tmp_path / "code.pth", {"model": tiny.state_dict(), "x": _Code()})
+    with pytest.raises(CheckpointError) as err:
+        S.load_checkpoint(S.create_model("s2d_tiny", 7), path)
+    msg = str(err.value)
+    assert "code.pth: the file holds pickled Python code (posix.getpid)" in msg and "not loaded" in msg
+    assert "weights_only" not in msg and "\n" not in msg
     S.load_checkpoint(S.create_model("s2d_tiny", 7), path, trust=True)
 
 
