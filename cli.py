@@ -128,6 +128,31 @@ Device = _choices("Device", ("auto", "cpu", "cuda"))
 DEVICE_HELP = "auto (GPU when the cluster has one), cpu or cuda"
 
 
+VERBOSE = typer.Option(False, "-v", "--verbose", help="show Ray's own messages too (start-up, dataset plans, "
+                       "warnings from its C++ side)")
+
+
+def _ray_output(verbose: bool) -> None:
+    """Before Ray starts. ``-v``: S2D_VERBOSE=1 (Ray's loggers as Ray sets them). Otherwise, in a real ``s2d``
+    process, what Ray's C++ side writes to file descriptor 2 (an error-level line for every Ray Data actor pool)
+    goes to /dev/null, while Python's ``sys.stderr`` (our messages, the progress bar, tracebacks) moves to a copy
+    of the terminal's descriptor; Ray's log files keep everything."""
+    import os
+    import sys
+
+    if verbose:
+        os.environ["S2D_VERBOSE"] = "1"
+        return
+    if sys.stderr is not sys.__stderr__ or sys.stderr is None:
+        return  # captured (tests, CliRunner): leave the descriptors alone
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+    sys.stderr = sys.__stderr__ = os.fdopen(terminal, "w", buffering=1, errors="backslashreplace")
+
+
 def _fail(message: str, code: int = 1):
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
@@ -157,9 +182,11 @@ def faces_cmd(
     decoder: Decoder = typer.Option(Decoder("pyav"), help="video decoder (decord leaks memory on long files)"),
     shard: float = typer.Option(60.0, callback=positive, help=SHARD_HELP),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
+    verbose: bool = VERBOSE,
     device: Device = typer.Option(Device("auto"), help=DEVICE_HELP),
 ):
     """Find, landmark and track every face in every video; write the Parquet landmark cache."""
+    _ray_output(verbose)
     from pipeline.faces_run import run_faces
     from pipeline.settings import FaceSettings
     from s2d_model.weights import WeightsNotFound
@@ -213,11 +240,13 @@ def annotate_cmd(
     decoder: Decoder = typer.Option(Decoder("pyav"), help="video decoder (decord leaks memory on long files)"),
     shard: float = typer.Option(60.0, callback=positive, help=SHARD_HELP),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
+    verbose: bool = VERBOSE,
     device: Device = typer.Option(Device("auto"), help=DEVICE_HELP),
     trust: bool = typer.Option(False, "--trust", help="load a --weights file that holds pickled Python code (only "
                                "a file you made or trust: loading it runs that code)"),
 ):
     """Write a per-track, per-segment emotion timeline (Parquet) for every face in every video."""
+    _ray_output(verbose)
     from pipeline.annotate import run_annotate
     from pipeline.settings import AnnotateSettings, FaceSettings
     from s2d_model.checkpoints import CheckpointError
@@ -321,8 +350,10 @@ def train_static_cmd(
     landmark_weights: str = typer.Option("mobilefacenet", envvar="S2D_LANDMARK_WEIGHTS", help=LANDMARK_HELP),
     trust: bool = typer.Option(False, help="allow arbitrary pickled objects in the --init file"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
+    verbose: bool = VERBOSE,
 ):
     """Train the static image model (S2DImage) on RAF-DB / AffectNet-style data. Re-running resumes."""
+    _ray_output(verbose)
     _train("static", data, format, out, labels=labels, model=model, init=init, epochs=epochs, batch_size=batch_size,
            lr=lr, workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, seed=seed,
            val_fraction=val_fraction, mixup=mixup, max_failures=max_failures, landmark_weights=landmark_weights,
@@ -357,8 +388,10 @@ def train_dynamic_cmd(
     landmark_weights: str = typer.Option("mobilefacenet", envvar="S2D_LANDMARK_WEIGHTS", help=LANDMARK_HELP),
     trust: bool = typer.Option(False, help="allow arbitrary pickled objects in the --init file"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
+    verbose: bool = VERBOSE,
 ):
     """Fine-tune the video model (S2DVideo) on DFEW / FERV39K / MAFW-style clips. Re-running resumes."""
+    _ray_output(verbose)
     _train("dynamic", data, format, out, fold=fold, labels=labels, init=init, model=model, epochs=epochs,
            batch_size=batch_size, lr=lr, workers=workers, gpus_per_worker=gpus_per_worker,
            cpus_per_worker=cpus_per_worker, seed=seed, oversample=oversample, sdl=sdl, val_fraction=val_fraction,
@@ -382,12 +415,14 @@ def evaluate_cmd(
     landmark_weights: str = typer.Option("mobilefacenet", envvar="S2D_LANDMARK_WEIGHTS", help=LANDMARK_HELP),
     trust: bool = typer.Option(False, help="allow arbitrary pickled objects in the checkpoint"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
+    verbose: bool = VERBOSE,
 ):
     """Evaluate a checkpoint on a dataset split: UAR, WAR, per-class recall, F1, confusion matrix.
 
     The authors' protocol: two temporal views per clip (first and last 16 frames), softmax averaged. Writes
     metrics.json, confusion.csv, confusion.png and predictions.csv to --out.
     """
+    _ray_output(verbose)
     from jobs.datasets import DatasetError
     from jobs.evaluate import evaluate
     from s2d_model.checkpoints import CheckpointError
@@ -421,6 +456,7 @@ def prepare_cmd(
                                                    help="landmark weights file or name"),
     decoder: Decoder = typer.Option(Decoder("pyav"), help="video decoder (decord leaks memory on long files)"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
+    verbose: bool = VERBOSE,
     device: Device = typer.Option(Device("auto"), help=DEVICE_HELP),
 ):
     """Turn labelled raw videos into a DFEW-style clip dataset for training.
@@ -428,6 +464,7 @@ def prepare_cmd(
     Per video: the face stage, its longest face track, 16 frames spread over it, aligned to 224 px as
     `s2d annotate` aligns them. `s2d train dynamic --format csv` and `s2d evaluate --format csv` read the result.
     """
+    _ray_output(verbose)
     from jobs.datasets import DatasetError
     from jobs.prepare import prepare
     from pipeline.settings import FaceSettings

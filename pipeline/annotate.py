@@ -29,7 +29,7 @@ from . import cache
 from .cluster import chain_context, init_ray, pick_device, plan_actors, resources
 from .emotions import S2DWorker, resolve_classifier
 from .faces import FaceWorker
-from .faces_run import FacesResult, Video, error_meta, unit_rows, write_units
+from .faces_run import FacesResult, Progress, Video, error_meta, unit_rows, write_units
 from .settings import AnnotateSettings, FacePlan, FaceSettings, plan_faces, timeline_record
 from .sources import Source, check_paths, find_videos
 from .timeline import is_complete, read_timeline_meta, timeline_path, windows_table, write_timeline
@@ -132,8 +132,6 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
                  progress: bool = True, trust: bool = False) -> AnnotateResult:
     """Videos -> one emotion timeline Parquet per video under ``out_dir`` (+ ``manifest.json``). ``trust``: the
     S2D weights file may hold pickled code (only for a file you made or trust)."""
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     cache_dir = Path(cache_dir) if cache_dir else out_dir / "cache"
@@ -189,7 +187,7 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
         timelines = Timelines(todo, plan, cache_dir, out_dir, key, classifier.class_names, model_name,
                               {vid: e[1] for vid, e in entries.items()})
         result.faces = FacesResult(cache_dir, plan.key, cached=len(entries))
-        with tqdm(total=len(todo), unit="video", desc="videos", disable=not progress) as bar:
+        with Progress(len(todo), "videos", progress) as bar:
             try:
                 for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                     for item in batch["item"]:
@@ -207,8 +205,8 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
                         result.faces.wall_seconds = time.perf_counter() - t0
                         if rec["timeline"] and result.first_timeline_seconds is None:
                             result.first_timeline_seconds = time.perf_counter() - t0
-                        bar.set_postfix_str(f"{Path(rec['video_path']).name}: {rec['status']}; clips {result.clips}")
-                        bar.update()
+                        meta = timelines.face_metas.get(rec["video_id"]) or {}
+                        bar.done(Path(rec["video_path"]).name, rec["status"], meta.get("duration_s"))
                 status, message = "error", "pipeline: the video never completed (an actor holding it was " \
                                            "restarted?); run again"
             except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what is done stays, the rest is marked, a re-run goes on

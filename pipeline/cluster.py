@@ -8,14 +8,38 @@ BLOCK_BYTES = 4 << 20  # Ray Data output blocks: a few clips each, so clips reac
 OBJECT_STORE_BUDGET = 1 << 30  # what a run's blocks may hold in the object store at once (bounded queues)
 
 
+def verbose() -> bool:
+    """Ray's own messages are shown (``s2d ... -v`` sets S2D_VERBOSE=1); by default they are not."""
+    import os
+
+    return os.environ.get("S2D_VERBOSE", "") not in ("", "0")
+
+
 def init_ray(address: str | None = None) -> None:
     """Connect to ``address`` (a running cluster: ``auto``, ``HOST:PORT``, ``ray://HOST:10001``), or start a local
-    Ray; nothing if this process is connected already. The one place the project starts or joins Ray."""
+    Ray; nothing if this process is connected already. The one place the project starts or joins Ray. Unless
+    ``verbose()``, Ray's console loggers show errors only (``quiet_loggers``)."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=True) if address else \
-            ray.init(include_dashboard=False)
+    if ray.is_initialized():
+        return
+    if not verbose():
+        quiet_loggers()
+    ray.init(address=address, include_dashboard=False, log_to_driver=True) if address else \
+        ray.init(include_dashboard=False)
+
+
+def quiet_loggers() -> None:
+    """Ray's and Ray Data's console handlers at ERROR (start-up lines, the token-auth notice, Ray Data's plans and
+    "Progress bars disabled"); their log files under the session folder keep everything."""
+    import logging
+
+    import ray.data  # noqa: F401  (it sets up its loggers on import)
+
+    for name in ("ray", "ray.data"):
+        for handler in logging.getLogger(name).handlers:
+            if not isinstance(handler, logging.FileHandler) and "File" not in type(handler).__name__:
+                handler.setLevel(logging.ERROR)
 
 
 def chain_context() -> None:

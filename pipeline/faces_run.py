@@ -51,6 +51,31 @@ class FacesResult:
                 f"{seconds:.1f} s of video in {self.wall_seconds:.1f} s ({speed:.2f} video-s per wall-s)")
 
 
+class Progress:
+    """The run's progress bar: videos done of the total, elapsed time, the last video's status, and the video-
+    seconds done so far with their rate. No time-left estimate: videos differ in length and long ones are cut into
+    shards that finish out of order, so a count-based estimate would mislead."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, disable=not enabled,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} videos [{elapsed}{postfix}]")
+        self.t0, self.video_s = time.perf_counter(), 0.0
+
+    def done(self, name: str, status: str, duration_s: float | None) -> None:
+        self.video_s += duration_s or 0.0
+        rate = self.video_s / max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.set_postfix_str(f"{name}: {status}; {self.video_s:.0f} video-s done, {rate:.2f} video-s/s")
+        self.bar.update()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+
 def unit_rows(videos: list[Video], s: FaceSettings, segment_s: float):
     """The chains' input: one row {"item": Unit} per unit. Probing and shard planning run as Ray tasks that
     reserve no CPU (the actors hold them), one video each and one at a time, so the first unit starts at once and
@@ -63,7 +88,7 @@ def unit_rows(videos: list[Video], s: FaceSettings, segment_s: float):
         return items(*plan_units(v.video_id, v.path, s.fps, s.shard_s, segment_s, v.cached))
 
     ds = ray.data.from_items(videos, override_num_blocks=len(videos))
-    return ds.map_batches(plan, batch_size=1, num_cpus=0, concurrency=1)
+    return ds.map_batches(plan, batch_size=1, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=1))
 
 
 def write_units(cache_dir: Path, plan: FacePlan, src: Source, units: list) -> tuple[dict, list[dict]]:
@@ -103,8 +128,6 @@ def run_faces(paths, cache_dir: str | Path, settings: FaceSettings = FaceSetting
               address: str | None = None, progress: bool = True) -> FacesResult:
     """Videos (files or folders, or Sources) -> one landmark-cache entry per video. Re-runs reuse complete
     entries."""
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
     cache_dir = Path(cache_dir)
     if not (paths and isinstance(paths[0], Source)):
@@ -133,7 +156,7 @@ def run_faces(paths, cache_dir: str | Path, settings: FaceSettings = FaceSetting
                             fn_constructor_kwargs=dict(plan=plan, device=device, threads=pools["faces"].threads))
         # 3. the driver: a video's units joined into its cache entry
         parts: dict[str, dict] = {}
-        with tqdm(total=len(todo), unit="video", desc="faces", disable=not progress) as bar:
+        with Progress(len(todo), "faces", progress) as bar:
             try:
                 for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                     for u in batch["item"]:
@@ -144,8 +167,7 @@ def run_faces(paths, cache_dir: str | Path, settings: FaceSettings = FaceSetting
                         meta, _ = write_units(cache_dir, plan, todo[u.video_id], [got[i] for i in range(u.count)])
                         done[u.video_id] = meta
                         result.decoded += 1
-                        bar.set_postfix_str(f"{Path(meta['source_path']).name}: {meta['status']}")
-                        bar.update()
+                        bar.done(Path(meta["source_path"]).name, meta["status"], meta.get("duration_s"))
                 message = "pipeline: the video never completed; run again"
             except Exception as exc:  # the chain itself broke: record what is left as failed, keep what is done
                 message = f"pipeline: {type(exc).__name__}: {exc}"

@@ -113,6 +113,13 @@ def test_weights_holding_code_are_refused_in_one_line_unless_trusted(env, fixtur
     res, _ = s2d("annotate", video, "--out", tmp_path / "o", "--weights", path, "--trust", "--device", "cpu",
                  env=env, timeout=300)
     assert res.returncode == 0 and "1 ok" in res.stdout, res.stderr[-2000:]  # the S2D actor loaded it too
+    # quiet by default: none of Ray's start-up chatter; the bar shows video-seconds and no time-left estimate
+    for chatter in ("Token authentication", "core_worker", "constructor arguments", "Progress bars disabled",
+                    "Started a local Ray", "Execution plan", " INFO "):
+        assert chatter not in res.stderr, (chatter, res.stderr[-2000:])
+    bar = res.stderr.replace("\r", "\n").splitlines()
+    assert any("1/1 videos" in x and "single_face.mp4: ok" in x and "video-s/s" in x for x in bar), res.stderr[-2000:]
+    assert not [x for x in bar if "videos [" in x and "<" in x]
 
 
 def test_a_clip_without_probabilities_fails_its_video_never_a_nan_row(tmp_path, detector_weights, landmark_weights):
@@ -161,8 +168,9 @@ def test_an_interrupted_run_writes_its_manifest_and_marks_the_rest(sig, env, fix
     shutil.copy(fixtures_dir / "videos" / "single_face.mp4", tmp_path / "a.mp4")
     write_video(tmp_path / "b.mp4", (frames + frames[::-1]) * 8, fps=30, gop=30)  # 38 s: still running
     out = tmp_path / "out"
+    verbose = ["-v"] if sig == "SIGTERM" else []  # -v: Ray's own messages are shown
     proc = subprocess.Popen([sys.executable, "-m", "cli", "annotate", str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4"),
-                             "--out", str(out), "--weights", "random-tiny", "--device", "cpu"], cwd=REPO,
+                             "--out", str(out), "--weights", "random-tiny", "--device", "cpu", *verbose], cwd=REPO,
                             env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     end = time.time() + 120
     while time.time() < end and not list(out.glob("a.*.timeline.parquet")):
@@ -175,3 +183,4 @@ def test_an_interrupted_run_writes_its_manifest_and_marks_the_rest(sig, env, fix
     manifest = json.loads((out / "manifest.json").read_text())
     status = {Path(v["video_path"]).name: v["status"] for v in manifest["videos"]}
     assert status == {"a.mp4": "ok", "b.mp4": "interrupted"} and "1 interrupted" in stdout
+    assert ("Started a local Ray" in stderr) == bool(verbose), stderr[-2000:]
