@@ -25,8 +25,83 @@ def init_ray(address: str | None = None) -> None:
         return
     if not verbose():
         quiet_loggers()
-    ray.init(address=address, include_dashboard=False, log_to_driver=True) if address else \
+    if address:
+        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+    else:
         ray.init(include_dashboard=False)
+        stop_local_ray_with_this_process()
+
+
+# The watchdog's program (a separate small process). Every second, while the driver lives, it notes the driver's
+# descendants (PID and start time). The pipe from the driver closes when the driver ends, however it ends: "done"
+# first means a normal exit (Ray's own shutdown stops the cluster); otherwise the driver was killed, and the
+# watchdog sends SIGTERM to the processes it noted that still run (same PID and start time: no PID reuse), then
+# SIGKILL to any left after 2 s (Ray's agents ignore SIGTERM while they wait for the GCS).
+_WATCHDOG = """
+import os, select, signal, sys, time
+def stat(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state, ppid, *rest = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if state in "ZX" else (ppid, rest[17])
+def descendants(root):
+    parent = {pid: st for pid in os.listdir("/proc") if pid.isdigit() and (st := stat(pid))}
+    found, todo = {}, [root]
+    while todo:
+        p = todo.pop()
+        for pid, (ppid, started) in parent.items():
+            if ppid == p and pid not in found:
+                found[pid] = started
+                todo.append(pid)
+    return found
+seen, data = {}, b""
+while True:
+    if select.select([sys.stdin], [], [], 1.0)[0]:
+        chunk = os.read(sys.stdin.fileno(), 64)
+        if chunk:
+            data += chunk
+            continue
+        break
+    seen.update(descendants(sys.argv[1]))
+    seen.pop(str(os.getpid()), None)
+if data == b"done":
+    sys.exit()
+alive = lambda: [int(pid) for pid, t in seen.items() if (st := stat(pid)) and st[1] == t]
+for pid in alive():
+    os.kill(pid, signal.SIGTERM)
+end = time.time() + 2
+while alive() and time.time() < end:
+    time.sleep(0.2)
+for pid in alive():
+    os.kill(pid, signal.SIGKILL)
+"""
+
+
+def stop_local_ray_with_this_process() -> None:
+    """The local cluster this process just started stops when the process ends, even by SIGKILL. On a normal exit
+    Ray's own shutdown stops it; a killed driver cannot, and Ray's agents would then wait a minute for a GCS that
+    is gone. So a watchdog process (Linux: it reads /proc) holds a pipe from this one and, if the pipe closes
+    without a "done", stops what this process had started."""
+    import atexit
+    import os
+    import subprocess
+    import sys
+
+    if not os.path.isdir("/proc"):
+        return
+    dog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid())], stdin=subprocess.PIPE,
+                           start_new_session=True)  # not in this terminal's process group: Ctrl-C is ours
+
+    def done():
+        try:
+            dog.stdin.write(b"done")
+            dog.stdin.close()
+        except OSError:
+            pass
+
+    atexit.register(done)  # runs before Ray's own atexit shutdown (registered earlier)
 
 
 def quiet_loggers() -> None:

@@ -184,3 +184,68 @@ def test_an_interrupted_run_writes_its_manifest_and_marks_the_rest(sig, env, fix
     status = {Path(v["video_path"]).name: v["status"] for v in manifest["videos"]}
     assert status == {"a.mp4": "ok", "b.mp4": "interrupted"} and "1 interrupted" in stdout
     assert ("Started a local Ray" in stderr) == bool(verbose), stderr[-2000:]
+
+
+def _tree(root: int) -> dict[int, str]:
+    """{pid: start time} of root's descendants now (Linux /proc)."""
+    procs = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] not in "ZX":
+            procs[int(pid)] = (int(fields[1]), fields[19])
+    found, todo = {}, [root]
+    while todo:
+        p = todo.pop()
+        for pid, (ppid, started) in procs.items():
+            if ppid == p and pid not in found:
+                found[pid] = started
+                todo.append(pid)
+    return found
+
+
+def _running(procs: dict[int, str]) -> list[int]:
+    alive = []
+    for pid, started in procs.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] not in "ZX" and fields[19] == started:
+            alive.append(pid)
+    return alive
+
+
+def test_a_killed_driver_leaves_no_ray_processes(env, fixtures_dir, tmp_path):
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "annotate", str(fixtures_dir / "videos"), "--out",
+                             str(tmp_path / "out"), "--weights", "random-tiny", "--device", "cpu"], cwd=REPO,
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen: dict[int, str] = {}
+    try:
+        end = time.time() + 90
+        while time.time() < end and not any("FaceWorker" in _cmdline(p) for p in seen):
+            seen.update(_tree(proc.pid))
+            time.sleep(0.3)
+        assert any("raylet" in _cmdline(p) for p in seen), "Ray never started"
+        seen.update(_tree(proc.pid))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        end = time.time() + 20
+        while _running(seen) and time.time() < end:
+            time.sleep(0.5)
+        left = {p: _cmdline(p) for p in _running(seen)}
+        assert not left, f"still running 20 s after the driver was killed: {left}"
+    finally:
+        for pid in _running(seen):  # only what this test started
+            os.kill(pid, signal.SIGKILL)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
