@@ -113,7 +113,8 @@ def unit_interval(v):
     return v
 
 
-SHARD_HELP = "seconds per time shard: a longer video is split so that several face actors share it"
+SHARD_HELP = ("seconds per time shard: a longer video is split so that several face actors share it [default: 60, "
+              "and no more shards than there are face actors]")
 
 
 def _choices(name: str, values) -> type[Enum]:
@@ -180,7 +181,7 @@ def faces_cmd(
     nms_threshold: float = typer.Option(0.4, callback=unit_interval, help="NMS IoU threshold"),
     long_side: int = typer.Option(640, min=32, help="frames are resized to this long side for detection"),
     decoder: Decoder = typer.Option(Decoder("pyav"), help="video decoder (decord leaks memory on long files)"),
-    shard: float = typer.Option(60.0, callback=positive, help=SHARD_HELP),
+    shard: Optional[float] = typer.Option(None, callback=positive, help=SHARD_HELP),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
     verbose: bool = VERBOSE,
     device: Device = typer.Option(Device("auto"), help=DEVICE_HELP),
@@ -238,7 +239,7 @@ def annotate_cmd(
     nms_threshold: float = typer.Option(0.4, callback=unit_interval, help="NMS IoU threshold"),
     long_side: int = typer.Option(640, min=32, help="frames are resized to this long side for detection"),
     decoder: Decoder = typer.Option(Decoder("pyav"), help="video decoder (decord leaks memory on long files)"),
-    shard: float = typer.Option(60.0, callback=positive, help=SHARD_HELP),
+    shard: Optional[float] = typer.Option(None, callback=positive, help=SHARD_HELP),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
     verbose: bool = VERBOSE,
     device: Device = typer.Option(Device("auto"), help=DEVICE_HELP),

@@ -172,7 +172,7 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
         pools = plan_actors(cpus, gpus if device == "cuda" else 0, nodes, emotions=True)
         videos = [Video(vid, s.path, entries[vid][0] if vid in entries else None) for vid, s in todo.items()]
         # 1. units: probe each video, cut long ones into time shards
-        ds = unit_rows(videos, faces, settings.segment_s)
+        ds = unit_rows(videos, faces, settings.segment_s, pools["faces"].size)
         # 2. face actors: decode -> detect -> landmarks -> track -> aligned clips as windows close (or the cache)
         ds = ds.map_batches(FaceWorker, batch_size=1, **pools["faces"].args(tasks_per_actor=1),
                             fn_constructor_kwargs=dict(plan=plan, device=device, emotions=settings,

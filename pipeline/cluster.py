@@ -134,14 +134,18 @@ def chain_context() -> None:
         object_store_memory=min(OBJECT_STORE_BUDGET, store / 4))
 
 
-def torch_threads(n: int):
-    """In an actor, before anything imports torch: ``n`` intra-op threads that sleep rather than spin while they
-    wait (OMP_WAIT_POLICY=PASSIVE), so a face actor and an S2D actor that share cores do not slow each other down
-    (measured on 2 cores, 60 s of video and 120 tiny clips side by side: 41 s with spinning threads, 19 s without).
+def torch_threads(n: int, sleep: bool = True):
+    """In an actor, before anything imports torch: ``n`` intra-op threads. ``sleep``: waiting threads sleep at once
+    rather than spin (OMP_WAIT_POLICY=PASSIVE), so actors that share cores do not slow each other down: the face
+    actor, and the S2D actor of a small model (measured on 2 cores, 60 s of video and 120 tiny clips side by side:
+    41 s with spinning threads, 19 s without; 300 s with random-tiny: 100 s passive, 155 s with libgomp's default
+    spin). Otherwise (the S2D actor of a real model, the bottleneck on CPU at ~4 s per ViT-B clip) libgomp's
+    default: spin briefly, then sleep (ViT-B on 2 cores in the chain: 4.8 s per clip, 5.4 s passive).
     Returns torch."""
     import os
 
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if sleep:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     torch.set_num_threads(max(1, n))

@@ -21,6 +21,7 @@ class Classifier:
     landmark_path: Path
     warning: str | None = None
     trust: bool = False  # the file may hold pickled code (the user said they trust it)
+    config: str = "s2d_tiny"  # the model configuration (s2d_model.CONFIGS)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -50,9 +51,9 @@ def resolve_classifier(weights: str = "s2d-dfew", labels: str | None = None,
 
     landmark_path = resolve(landmark_weights or "mobilefacenet")
     if weights == RANDOM_TINY:
-        return Classifier(weights, None, labels or "dfew", landmark_path, UNTRAINED_WARNING)
+        return Classifier(weights, None, labels or "dfew", landmark_path, UNTRAINED_WARNING, config="s2d_tiny")
     path = resolve(weights)
-    from s2d_model.checkpoints import CheckpointError, read_file, split_file  # torch: to read the file
+    from s2d_model.checkpoints import CheckpointError, infer_config, read_file, split_file  # torch: to read it
 
     fmt, sd, meta = split_file(read_file(path, trust), path)
     if fmt == "image" or "head.fc_cls.weight" not in sd:
@@ -69,7 +70,7 @@ def resolve_classifier(weights: str = "s2d-dfew", labels: str | None = None,
     if labels not in LABEL_SETS and "," not in labels:
         raise ValueError(f"unknown label set '{labels}': choose one of {', '.join(LABEL_SETS)}, or name the classes "
                          "in order, separated by commas")
-    c = Classifier(weights, path, labels, landmark_path, trust=trust)
+    c = Classifier(weights, path, labels, landmark_path, trust=trust, config=meta.get("config") or infer_config(sd))
     if len(c.class_names) != n:
         raise ValueError(f"{path}: the checkpoint has {n} classes, but label set '{labels}' has "
                          f"{len(c.class_names)}")
@@ -107,7 +108,7 @@ class S2DWorker:
     def load(self) -> None:
         from .cluster import torch_threads
 
-        torch = torch_threads(self.threads)
+        torch = torch_threads(self.threads, sleep=self.classifier.config == "s2d_tiny")
         from s2d_model import IMAGENET_MEAN, IMAGENET_STD
 
         self.device = torch.device(self.device_name)

@@ -76,7 +76,7 @@ class Progress:
         self.bar.close()
 
 
-def unit_rows(videos: list[Video], s: FaceSettings, segment_s: float):
+def unit_rows(videos: list[Video], s: FaceSettings, segment_s: float, face_actors: int):
     """The chains' input: one row {"item": Unit} per unit. Probing and shard planning run as Ray tasks that
     reserve no CPU (the actors hold them), one video each and one at a time, so the first unit starts at once and
     the units reach the face actors in the order the videos were given (probing is far faster than the faces).
@@ -85,7 +85,7 @@ def unit_rows(videos: list[Video], s: FaceSettings, segment_s: float):
 
     def plan(batch: dict) -> dict:
         v = batch["item"][0]
-        return items(*plan_units(v.video_id, v.path, s.fps, s.shard_s, segment_s, v.cached))
+        return items(*plan_units(v.video_id, v.path, s.fps, s.shard_s, segment_s, v.cached, face_actors))
 
     ds = ray.data.from_items(videos, override_num_blocks=len(videos))
     return ds.map_batches(plan, batch_size=1, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=1))
@@ -150,7 +150,7 @@ def run_faces(paths, cache_dir: str | Path, settings: FaceSettings = FaceSetting
         cpus, gpus, nodes = resources()
         pools = plan_actors(cpus, gpus if device == "cuda" else 0, nodes, emotions=False)
         # 1. units: probe each video, cut long ones into time shards
-        ds = unit_rows([Video(s.video_id, s.path) for s in todo.values()], settings, segment_s=2.0)
+        ds = unit_rows([Video(s.video_id, s.path) for s in todo.values()], settings, 2.0, pools["faces"].size)
         # 2. face actors: decode -> detect -> 68 landmarks -> track, one unit per actor at a time
         ds = ds.map_batches(FaceWorker, batch_size=1, **pools["faces"].args(tasks_per_actor=1),
                             fn_constructor_kwargs=dict(plan=plan, device=device, threads=pools["faces"].threads))

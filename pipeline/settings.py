@@ -19,7 +19,7 @@ class FaceSettings:
     long_side: int = 640  # frames are resized so their long side is this, for detection
     decoder: str = "pyav"  # or "decord"
     max_gap_s: float = 1.0  # a track survives this long without its face
-    shard_s: float = 60.0  # long videos are cut into time shards of this length, one face actor each
+    shard_s: float | None = None  # long videos are cut into time shards this long (None: see units.plan_units)
     batch_frames: int = 16  # frames per detector forward (fewer when frames are large); not part of the cache key
 
     def __post_init__(self):  # fail before any work, in one line
@@ -54,6 +54,8 @@ def _check(settings, **ranges) -> None:
     types = {f.name: str(f.type) for f in fields(settings)}
     for name, (low, high) in ranges.items():
         v = getattr(settings, name)
+        if v is None:  # an optional field left to its default
+            continue
         is_int = "float" not in types[name]  # by the field's declared type: segment_s=0 is refused too
         bad = (low is not None and (v < low if is_int else v <= low)) or (high is not None and v > high)
         if bad or v != v:  # NaN too

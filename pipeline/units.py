@@ -19,6 +19,7 @@ from .sources import probe
 from .track import stitch_units
 
 WARMUP_S = 1.0
+SHARD_S = 60.0  # the default shard length
 FACE_COLUMNS = ("frame_index", "time_s", "face", "track_id", "score", "bbox", "kps5", "landmarks68")
 
 
@@ -73,9 +74,12 @@ class UnitFaces:
     first_face_at: float | None = None  # time.time() when its first face was found (this node's clock)
 
 
-def plan_units(video_id: str, path: str, fps: float, shard_s: float, segment_s: float, cached=None) -> list[Unit]:
-    """A video -> its units: one, or time shards when it is longer than ``shard_s`` plus the overlap. A file that
-    cannot be probed gives one unit carrying the error."""
+def plan_units(video_id: str, path: str, fps: float, shard_s: float | None, segment_s: float, cached=None,
+               face_actors: int = 0) -> list[Unit]:
+    """A video -> its units: one, or time shards when it is longer than ``shard_s`` plus the overlap. ``shard_s``
+    None: ``SHARD_S``, but no more shards than ``face_actors`` (when given) can share, since each shard also decodes
+    and detects its overlap (on 2 CPUs, one face actor: a 300 s video in one unit, ~4% faster than five shards).
+    A file that cannot be probed gives one unit carrying the error."""
     try:
         info = asdict(probe(path))
     except Exception as exc:
@@ -84,6 +88,8 @@ def plan_units(video_id: str, path: str, fps: float, shard_s: float, segment_s: 
         message = str(exc) if isinstance(exc, DecodeError) else f"probe: {type(exc).__name__}: {exc}"
         return [Unit(video_id, path, error=message, cached=cached)]
     duration, after = info["duration_s"], segment_s + 1.0
+    if shard_s is None:
+        shard_s = max(SHARD_S, (duration or 0.0) / face_actors) if face_actors > 0 else SHARD_S
     if not duration or shard_s <= 0 or duration <= shard_s + after + WARMUP_S:
         return [Unit(video_id, path, info=info, cached=cached)]
     n = math.ceil(duration / shard_s)

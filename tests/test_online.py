@@ -164,3 +164,14 @@ def test_a_file_gone_before_its_unit_runs_is_an_error_unit(worker, tmp_path, fix
 def test_sampling_step():
     assert sampling_step(8, 30) == 0.125 and sampling_step(8, 5) == 0.2 and sampling_step(None, 25) == 0.04
     assert sampling_step(8, None) == 0.125 and sampling_step(None, None) == pytest.approx(1 / 30)
+
+
+def test_by_default_a_video_gets_no_more_shards_than_face_actors(tmp_path):
+    from media import write_video
+
+    video = write_video(tmp_path / "long.mp4", [np.full((64, 64, 3), i % 250, np.uint8) for i in range(200)], fps=1)
+    counts = {n: len(plan_units("v", str(video), 8.0, None, 2.0, face_actors=n)) for n in (0, 1, 2, 8)}
+    assert counts == {0: 4, 1: 1, 2: 2, 8: 4}  # 200 s: 60 s shards, as few as the actors need
+    units = plan_units("v", str(video), 8.0, None, 2.0, face_actors=2)
+    assert [(u.own_start_s, u.own_end_s) for u in units] == [(0.0, 100.0), (100.0, np.inf)]
+    assert len(plan_units("v", str(video), 8.0, 30.0, 2.0, face_actors=1)) == 7  # a length given is kept
