@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import s2d_model as S
-from pipeline.cluster import init_ray
+from pipeline.cluster import init_ray, plan_workers, resources
 
 from .augment import to_model_input
 
@@ -183,12 +183,16 @@ def evaluate(data: str | Path, format: str, checkpoint: str | Path, out: str | P
     import ray
 
     init_ray(address)
+    cpus, gpus, _ = resources()
+    each, note = plan_workers(workers, 1.0, gpus_per_worker, cpus, gpus)
+    if note:
+        print(note)
     ds = eval_dataset(data_split.samples, num_frames=num_frames, image_mode=image_mode,
                       decode_batch_size=decode_batch_size)
     ds = ds.map_batches(Predictor, fn_constructor_kwargs=dict(checkpoint=str(ckpt), landmark_weights=str(landmark),
                                                               trust=trust),
                         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers),
-                        num_gpus=gpus_per_worker or None)
+                        num_cpus=each, num_gpus=gpus_per_worker or None)
     probs = np.zeros((len(data_split.samples), data_split.num_classes), dtype=np.float32)
     seen = np.zeros(len(data_split.samples), dtype=bool)
     for batch in ds.iter_batches(batch_size=None):

@@ -58,7 +58,7 @@ from timm.optim import param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 
 import s2d_model as S
-from pipeline.cluster import init_ray
+from pipeline.cluster import init_ray, plan_workers, resources as cluster_resources
 from s2d_model.files import atomic_write
 
 from .augment import to_model_input
@@ -144,13 +144,18 @@ def _run(stage: str, data, format: str, out, **options) -> dict:
           f"oversample {'on' if o['oversample'] else 'off'}, sdl {'on' if o['sdl'] else 'off'} -> {out}")
 
     init_ray(o["address"])
+    have_cpus, have_gpus, _ = cluster_resources()
+    cfg["cpus_per_worker"], note = plan_workers(workers, float(o["cpus_per_worker"]), float(o["gpus_per_worker"]),
+                                                 have_cpus, have_gpus)
+    if note:
+        print(note)
     datasets = {"train": train_dataset(train, num_frames=num_frames, image_mode=image_mode, augment=o["augment"],
                                        oversample=o["oversample"], decode_batch_size=o["decode_batch_size"])}
     if val:
         datasets["val"] = eval_dataset(val, num_frames=num_frames, image_mode=image_mode, pad_to_multiple=workers,
                                        decode_batch_size=o["decode_batch_size"])
     gpus = float(o["gpus_per_worker"])
-    resources = {"CPU": float(o["cpus_per_worker"]), **({"GPU": gpus} if gpus else {})}
+    resources = {"CPU": cfg["cpus_per_worker"], **({"GPU": gpus} if gpus else {})}
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config=cfg,

@@ -212,3 +212,25 @@ def plan_actors(cpus: float, gpus: float, node_cpus: list[float], emotions: bool
     faces = Pool(n, min(1.0, (cpus - m * s2d.num_cpus) / n), min(0.5, 0.5 * g / n) if g else 0.0,
                  threads_each(node_cpus, n))
     return {"faces": faces, "s2d": s2d}
+
+
+def plan_workers(workers: int, cpus_per_worker: float, gpus_per_worker: float, cpus: float,
+                  gpus: float) -> tuple[float, str | None]:
+    """-> (CPUs each worker reserves: Ray Train's workers, evaluate's model actors; a line saying what was changed,
+    or None). The data pipeline (Ray Data: decoding, augmenting) needs CPUs of its own, or the workers wait for batches that are never made (2
+    workers x 1 CPU on 2 CPUs hung): it keeps one CPU (half of a 1-CPU cluster), and the workers share the rest
+    when the asked reservation does not fit. ValueError, before any work, where no plan fits."""
+    if gpus_per_worker and workers * gpus_per_worker > gpus + 1e-9:
+        raise ValueError(f"--workers {workers} x --gpus-per-worker {gpus_per_worker:g} needs "
+                         f"{workers * gpus_per_worker:g} GPUs; the cluster has {gpus:g}")
+    data = min(1.0, cpus / 2)
+    if workers * cpus_per_worker <= cpus - data + 1e-9:
+        return cpus_per_worker, None
+    each = math.floor((cpus - data) / workers * 100) / 100
+    if each < 0.1:
+        raise ValueError(f"--workers {workers} do not fit on the cluster's {cpus:g} CPUs with {data:g} left for the "
+                         f"data pipeline: use at most {max(1, int((cpus - data) / 0.1))} workers, or more CPUs")
+    return each, (f"{workers} workers x {cpus_per_worker:g} CPUs would leave the data pipeline "
+                  f"{max(0.0, cpus - workers * cpus_per_worker):g} of the cluster's {cpus:g} CPUs: each worker "
+                  f"reserves {each:g} CPUs instead, {data:g} stay for the data pipeline")
+

@@ -249,3 +249,17 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_training_leaves_the_data_pipeline_cpus_or_says_why_it_cannot():
+    from pipeline.cluster import plan_workers
+
+    assert plan_workers(1, 1.0, 0, 2.0, 0) == (1.0, None)  # fits: as asked
+    each, note = plan_workers(2, 1.0, 0, 2.0, 0)  # 2 x 1 CPU on 2 CPUs hung: the data pipeline had none
+    assert each == 0.5 and "each worker reserves 0.5 CPUs instead, 1 stay for the data pipeline" in note
+    assert plan_workers(4, 2.0, 0, 16.0, 0) == (2.0, None)
+    assert plan_workers(1, 1.0, 0, 1.0, 0)[0] == 0.5  # a 1-CPU cluster: half each
+    with pytest.raises(ValueError, match="needs 2 GPUs; the cluster has 1"):
+        plan_workers(2, 1.0, 1.0, 8.0, 1.0)
+    with pytest.raises(ValueError, match="use at most 10 workers"):
+        plan_workers(20, 1.0, 0, 2.0, 0)
