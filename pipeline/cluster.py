@@ -69,13 +69,17 @@ while True:
 if data == b"done":
     sys.exit()
 alive = lambda: [int(pid) for pid, t in seen.items() if (st := stat(pid)) and st[1] == t]
-for pid in alive():
-    os.kill(pid, signal.SIGTERM)
+def send(sig):
+    for pid in alive():
+        try:
+            os.kill(pid, sig)
+        except OSError:  # gone meanwhile
+            pass
+send(signal.SIGTERM)
 end = time.time() + 2
 while alive() and time.time() < end:
     time.sleep(0.2)
-for pid in alive():
-    os.kill(pid, signal.SIGKILL)
+send(signal.SIGKILL)
 """
 
 
