@@ -129,6 +129,7 @@ Device = _choices("Device", ("auto", "cpu", "cuda"))
 DEVICE_HELP = "auto (GPU when the cluster has one), cpu or cuda"
 
 
+ADDRESS = typer.Option(None, help="Ray cluster address (default: a local cluster)")
 VERBOSE = typer.Option(False, "-v", "--verbose", help="show Ray's own messages too (start-up, dataset plans, "
                        "warnings from its C++ side)")
 
@@ -182,7 +183,7 @@ def faces_cmd(
     long_side: int = typer.Option(640, min=32, help="frames are resized to this long side for detection"),
     decoder: Decoder = typer.Option(Decoder("pyav"), help="video decoder (decord leaks memory on long files)"),
     shard: Optional[float] = typer.Option(None, callback=positive, help=SHARD_HELP),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
+    address: Optional[str] = ADDRESS,
     verbose: bool = VERBOSE,
     device: Device = typer.Option(Device("auto"), help=DEVICE_HELP),
 ):
@@ -240,7 +241,7 @@ def annotate_cmd(
     long_side: int = typer.Option(640, min=32, help="frames are resized to this long side for detection"),
     decoder: Decoder = typer.Option(Decoder("pyav"), help="video decoder (decord leaks memory on long files)"),
     shard: Optional[float] = typer.Option(None, callback=positive, help=SHARD_HELP),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
+    address: Optional[str] = ADDRESS,
     verbose: bool = VERBOSE,
     device: Device = typer.Option(Device("auto"), help=DEVICE_HELP),
     trust: bool = typer.Option(False, "--trust", help="load a --weights file that holds pickled Python code (only "
@@ -308,6 +309,20 @@ LANDMARK_HELP = "MobileFaceNet file or name for S2D's landmark branch [default: 
                 "$S2D_WEIGHTS_DIR, then the cache]"
 
 
+# the options both training stages take, declared once
+OUT_RUN = typer.Option(..., "--out", help="run folder: checkpoints, metrics.csv/jsonl, best.pth, last.pth")
+MODEL = typer.Option("s2d_base_patch16_224", help="model configuration (s2d_tiny for smoke runs)")
+EPOCHS = typer.Option(100, min=1, help="epochs")
+WORKERS = typer.Option(1, min=1, help="training workers (processes; one GPU each with --gpus-per-worker 1)")
+GPUS_PER_WORKER = typer.Option(0, min=0, help="GPUs per worker (0: train on CPU)")
+CPUS_PER_WORKER = typer.Option(1, callback=positive, help="CPUs reserved per worker")
+SEED = typer.Option(0, help="random seed")
+VAL_FRACTION = typer.Option(0.1, min=0, max=0.9, help="share of the training data held out to pick the best epoch")
+MIXUP = typer.Option(None, "--mixup/--no-mixup", help="mixup/cutmix [default: the recipe's]")
+MAX_FAILURES = typer.Option(0, min=0, help="restart a failed worker group up to N times from the last checkpoint")
+TRUST_INIT = typer.Option(False, help="allow arbitrary pickled objects in the --init file")
+
+
 def _train(stage: str, data: Path, format: str, out: Path, **options) -> None:
     from jobs.datasets import DatasetError
     from jobs.train import train_dynamic, train_static
@@ -331,26 +346,24 @@ def _train(stage: str, data: Path, format: str, out: Path, **options) -> None:
 def train_static_cmd(
     data: Path = typer.Option(..., "--data", help="dataset root (or a CSV file for --format csv)"),
     format: str = typer.Option(..., "--format", help="rafdb | affectnet7 | affectnet8 | csv"),
-    out: Path = typer.Option(..., "--out", help="run folder: checkpoints, metrics.csv/jsonl, best.pth, last.pth"),
+    out: Path = OUT_RUN,
     labels: Optional[str] = typer.Option(None, help="csv format: a label set (rafdb, dfew, ...) or class names a,b,c"),
-    model: str = typer.Option("s2d_base_patch16_224", help="model configuration (s2d_tiny for smoke runs)"),
+    model: str = MODEL,
     init: Optional[str] = typer.Option(None, help="start from this checkpoint (MAE/ViT or the authors' image model)"),
-    epochs: int = typer.Option(100, min=1, help="epochs"),
+    epochs: int = EPOCHS,
     batch_size: int = typer.Option(8, min=1, help="samples per worker and step"),
     lr: Optional[float] = typer.Option(None, callback=positive,
                                        help="base lr per 8 samples, scaled by the total batch [default 2.5e-6]"),
-    workers: int = typer.Option(1, min=1, help="training workers (processes; one GPU each with --gpus-per-worker 1)"),
-    gpus_per_worker: float = typer.Option(0, min=0, help="GPUs per worker (0: train on CPU)"),
-    cpus_per_worker: float = typer.Option(1, callback=positive, help="CPUs reserved per worker"),
-    seed: int = typer.Option(0, help="random seed"),
-    val_fraction: float = typer.Option(0.1, min=0, max=0.9,
-                                       help="share of the training data held out to pick the best epoch"),
-    mixup: Optional[bool] = typer.Option(None, "--mixup/--no-mixup", help="mixup/cutmix [default: the recipe's]"),
-    max_failures: int = typer.Option(0, min=0,
-                                     help="restart a failed worker group up to N times from the last checkpoint"),
+    workers: int = WORKERS,
+    gpus_per_worker: float = GPUS_PER_WORKER,
+    cpus_per_worker: float = CPUS_PER_WORKER,
+    seed: int = SEED,
+    val_fraction: float = VAL_FRACTION,
+    mixup: Optional[bool] = MIXUP,
+    max_failures: int = MAX_FAILURES,
     landmark_weights: str = typer.Option("mobilefacenet", envvar="S2D_LANDMARK_WEIGHTS", help=LANDMARK_HELP),
-    trust: bool = typer.Option(False, help="allow arbitrary pickled objects in the --init file"),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
+    trust: bool = TRUST_INIT,
+    address: Optional[str] = ADDRESS,
     verbose: bool = VERBOSE,
 ):
     """Train the static image model (S2DImage) on RAF-DB / AffectNet-style data. Re-running resumes."""
@@ -365,30 +378,28 @@ def train_static_cmd(
 def train_dynamic_cmd(
     data: Path = typer.Option(..., "--data", help="dataset root (or a CSV file for --format csv)"),
     format: str = typer.Option(..., "--format", help="dfew | ferv39k | mafw | csv"),
-    out: Path = typer.Option(..., "--out", help="run folder: checkpoints, metrics.csv/jsonl, best.pth, last.pth"),
+    out: Path = OUT_RUN,
     fold: Optional[int] = typer.Option(None, min=1, max=5, help="DFEW / MAFW fold (1..5)"),
     labels: Optional[str] = typer.Option(None, help="csv format: a label set (dfew, ...) or class names a,b,c"),
     init: Optional[str] = typer.Option(None, help="static checkpoint to start from (e.g. s2d-affectnet7-image or a "
                                        "`s2d train static` best.pth); without it: random init, with a warning"),
-    model: str = typer.Option("s2d_base_patch16_224", help="model configuration (s2d_tiny for smoke runs)"),
-    epochs: int = typer.Option(100, min=1, help="epochs"),
+    model: str = MODEL,
+    epochs: int = EPOCHS,
     batch_size: int = typer.Option(8, min=1, help="clips per worker and step"),
     lr: Optional[float] = typer.Option(None, callback=positive,
                                        help="base lr per 8 clips, scaled by the total batch [default 1e-5]"),
-    workers: int = typer.Option(1, min=1, help="training workers (processes; one GPU each with --gpus-per-worker 1)"),
-    gpus_per_worker: float = typer.Option(0, min=0, help="GPUs per worker (0: train on CPU)"),
-    cpus_per_worker: float = typer.Option(1, callback=positive, help="CPUs reserved per worker"),
-    seed: int = typer.Option(0, help="random seed"),
+    workers: int = WORKERS,
+    gpus_per_worker: float = GPUS_PER_WORKER,
+    cpus_per_worker: float = CPUS_PER_WORKER,
+    seed: int = SEED,
     oversample: bool = typer.Option(False, help="draw classes near-uniformly every epoch"),
     sdl: bool = typer.Option(False, help="emotion-anchor self-distillation loss"),
-    val_fraction: float = typer.Option(0.1, min=0, max=0.9,
-                                       help="share of the training data held out to pick the best epoch"),
-    mixup: Optional[bool] = typer.Option(None, "--mixup/--no-mixup", help="mixup/cutmix [default: the recipe's]"),
-    max_failures: int = typer.Option(0, min=0,
-                                     help="restart a failed worker group up to N times from the last checkpoint"),
+    val_fraction: float = VAL_FRACTION,
+    mixup: Optional[bool] = MIXUP,
+    max_failures: int = MAX_FAILURES,
     landmark_weights: str = typer.Option("mobilefacenet", envvar="S2D_LANDMARK_WEIGHTS", help=LANDMARK_HELP),
-    trust: bool = typer.Option(False, help="allow arbitrary pickled objects in the --init file"),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
+    trust: bool = TRUST_INIT,
+    address: Optional[str] = ADDRESS,
     verbose: bool = VERBOSE,
 ):
     """Fine-tune the video model (S2DVideo) on DFEW / FERV39K / MAFW-style clips. Re-running resumes."""
@@ -415,7 +426,7 @@ def evaluate_cmd(
     gpus_per_worker: float = typer.Option(0, min=0, help="GPUs per actor"),
     landmark_weights: str = typer.Option("mobilefacenet", envvar="S2D_LANDMARK_WEIGHTS", help=LANDMARK_HELP),
     trust: bool = typer.Option(False, help="allow arbitrary pickled objects in the checkpoint"),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
+    address: Optional[str] = ADDRESS,
     verbose: bool = VERBOSE,
 ):
     """Evaluate a checkpoint on a dataset split: UAR, WAR, per-class recall, F1, confusion matrix.
@@ -456,7 +467,7 @@ def prepare_cmd(
     landmark_weights: Optional[str] = typer.Option(None, envvar="S2D_LANDMARK_WEIGHTS",
                                                    help="landmark weights file or name"),
     decoder: Decoder = typer.Option(Decoder("pyav"), help="video decoder (decord leaks memory on long files)"),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local cluster)"),
+    address: Optional[str] = ADDRESS,
     verbose: bool = VERBOSE,
     device: Device = typer.Option(Device("auto"), help=DEVICE_HELP),
 ):
