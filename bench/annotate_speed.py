@@ -28,15 +28,17 @@ b. resolution: a 2 s 1920x1080 and a 2 s 7680x4320 video (``--quick``: 1920x1080
    face content scaled up: peak PSS of each and the difference.
 c. sum of parts, in this process after the a runs, torch with 2 threads, on a's longest video: decode
    (``get_decoder("pyav").iter_frames(path, 8.0)``, the time spent in the generator), RetinaFace MobileNet-0.25
-   (``FaceDetector``, batches of 16 sampled frames), MobileFaceNet on the detected boxes (per batch),
+   (``FaceDetector``, batches of ``FaceSettings().batch_frames`` sampled frames, 8), MobileFaceNet on the detected boxes (per batch),
    ``align_face`` per detected face, tiny S2D (``S2DWorker(...).probabilities``, one clip per forward as the
-   chain runs it on CPU, as many random clips as the new run classified, after one untimed warm-up call); their sum, the new run's wall / that sum
+   chain runs it on CPU, as many random clips as the new run classified, after one untimed warm-up call; the clips
+   overlap as the chain's windows do: clip i is frames 8i..8i+15 of one random stream, so each frame's landmark
+   features are computed once, as in the chain); their sum, the new run's wall / that sum
    (target <= 1.3) and the new run's video-s per wall-s (target >= 3.2, meant for the full 300 s run).
    Tracking, windowing and clip assembly are not parts: they are in the overhead.
 d. base model on CPU (not with ``--quick`` or ``--no-base``): random ``s2d_base_patch16_224`` weights (seed 0)
    saved in the authors' fine-tuned layout, inputs 3 x 25 s generated videos + the 3 fixture videos:
-   end-to-end clips/s (clips / wall), the model alone (the chain's own S2D class, ``probabilities`` on random
-   uint8 clips [B, 16, 224, 224, 3] for B = 1 and 8, 2 torch threads with OMP_WAIT_POLICY=ACTIVE, timed after a
+   end-to-end clips/s (clips / wall), the model alone (the chain's own S2D class, ``probabilities`` on new random
+   uint8 clips [B, 16, 224, 224, 3] each call for B = 1 and 8, 2 torch threads with OMP_WAIT_POLICY=ACTIVE, timed after a
    warm-up call, in a fresh child each) and efficiency = end-to-end / the faster of the two model-alone rates
    (target >= 0.85 for the new chain).
 e. the README example: ``python -m cli annotate <fixtures>/videos --out <tmp> --weights random-tiny`` with
@@ -317,12 +319,14 @@ def _model_alone(chain: str, weights: str, mfn: str, batch: int, threads: int, m
         from pipeline.emotions import S2DWorker, resolve_classifier
 
         clf = S2DWorker(resolve_classifier(weights, None, mfn), "cpu", batch, threads=threads)
-    clips = np.random.default_rng(0).integers(0, 256, (batch, 16, 224, 224, 3), dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    clips = rng.integers(0, 256, (batch, 16, 224, 224, 3), dtype=np.uint8)
     t = time.perf_counter()
     clf.probabilities(clips)
     warm = time.perf_counter() - t
     per, start = [], time.perf_counter()
     while len(per) < min_calls or time.perf_counter() - start < min_s:
+        clips = rng.integers(0, 256, (batch, 16, 224, 224, 3), dtype=np.uint8)  # new frames: nothing to reuse
         t = time.perf_counter()
         clf.probabilities(clips)
         per.append(time.perf_counter() - t)
@@ -489,6 +493,7 @@ def sum_of_parts(video: Path, fx: Path, clips: int, threads: int = 2) -> dict:
     from pipeline.emotions import S2DWorker, resolve_classifier
     from pipeline.landmarks import get_landmarker
     from pipeline.retinaface import FaceDetector
+    from pipeline.settings import FaceSettings
 
     torch.set_num_threads(threads)
     mfn = fx / "weights" / "mobilefacenet_68pt.pth.tar"
@@ -526,20 +531,23 @@ def sum_of_parts(video: Path, fx: Path, clips: int, threads: int = 2) -> dict:
         parts["decode"] += time.perf_counter() - t
         frames += 1
         batch.append(frame)
-        if len(batch) == 16:
+        if len(batch) == FaceSettings().batch_frames:  # the chain's default
             face_batch(batch)
             batch = []
     if batch:
         face_batch(batch)
 
     s2d = S2DWorker(resolve_classifier("random-tiny", None, str(mfn)), "cpu", 1, threads=threads)
-    rand = np.random.default_rng(0).integers(0, 256, (1, 16, 224, 224, 3), dtype=np.uint8)
-    s2d.probabilities(rand)  # warm-up, not counted
+    rng = np.random.default_rng(0)
+    s2d.probabilities(rng.integers(0, 256, (1, 16, 224, 224, 3), dtype=np.uint8))  # warm-up, not counted
+    # the chain's clip stream: one track's 2 s windows at a 1 s stride share half their 16 frames (8 fps)
+    stream = rng.integers(0, 256, (8 * clips + 8, 224, 224, 3), dtype=np.uint8)
     t = time.perf_counter()
-    for _ in range(clips):  # one clip per forward, as the chain runs S2D on CPU (its fastest)
-        s2d.probabilities(rand)
+    for i in range(clips):  # one clip per forward, as the chain runs S2D on CPU (its fastest)
+        s2d.probabilities(stream[None, 8 * i:8 * i + 16])
     parts["s2d"] = time.perf_counter() - t
-    return dict(parts=parts, frames=frames, faces=faces, clips=clips, load_s=load_s, threads=torch.get_num_threads())
+    return dict(parts=parts, frames=frames, faces=faces, clips=clips, load_s=load_s, threads=torch.get_num_threads(),
+                batch=FaceSettings().batch_frames)
 
 
 # ------------------------------------------------------------------------------------------ table helpers
@@ -682,9 +690,9 @@ def main() -> None:
                 sp = sum_of_parts(_video(workdir, fx, L), fx, n["clips"])
                 p, total = sp["parts"], sum(sp["parts"].values())
                 what = dict(decode=f"{sp['frames']} frames sampled at 8 fps",
-                            retinaface=f"{sp['frames']} frames, batches of 16",
+                            retinaface=f"{sp['frames']} frames, batches of {sp['batch']}",
                             mobilefacenet=f"{sp['faces']} faces", alignment=f"{sp['faces']} faces, 224 px",
-                            s2d=f"{sp['clips']} random clips, one per forward, tiny")
+                            s2d=f"{sp['clips']} random clips, half their frames shared as in the chain, one per forward, tiny")
                 for k, v in p.items():
                     rows.append(dict(section=sec, item=f"{k}", value=v, unit="s", ratio=v / total, vs="sum",
                                      detail=what[k]))

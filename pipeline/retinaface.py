@@ -25,8 +25,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
-from torchvision.ops import nms
 
 # Backbone settings per network name (as in the reference configs `cfg_mnet` / `cfg_re50`).
 NETWORKS = {
@@ -125,6 +123,8 @@ class ResNet50Body(nn.Module):
 
     def __init__(self):
         super().__init__()
+        import torchvision  # here only: importing it costs ~1.7 s (see ``nms``)
+
         r = torchvision.models.resnet50(weights=None)
         self.conv1, self.bn1, self.relu, self.maxpool = r.conv1, r.bn1, r.relu, r.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = r.layer1, r.layer2, r.layer3, r.layer4
@@ -331,6 +331,28 @@ def decode_landmarks(pre: torch.Tensor, priors: torch.Tensor, variance=PRIOR_CFG
     return pts.flatten(-2)
 
 
+def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Greedy non-maximum suppression, as ``torchvision.ops.nms``: indices of the kept boxes [k, 4] (x1, y1, x2, y2),
+    highest score first; a box is dropped when its IoU with a kept, higher-scoring one is above ``threshold``. Our
+    own because importing torchvision costs the face actor ~1.7 s of start-up on 2 cores (it imports
+    torch._dynamo), and a frame has a few tens of candidates (tests/test_retinaface.py checks it against
+    torchvision's)."""
+    b = boxes.detach().float().cpu().numpy()
+    order = np.argsort(-scores.detach().float().cpu().numpy(), kind="stable")
+    b = b[order]
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    alive = np.ones(len(b), bool)
+    keep = []
+    for i in range(len(b)):
+        if not alive[i]:
+            continue
+        keep.append(i)
+        wh = np.clip(np.minimum(b[i, 2:], b[i + 1:, 2:]) - np.maximum(b[i, :2], b[i + 1:, :2]), 0, None)
+        inter = wh[:, 0] * wh[:, 1]
+        alive[i + 1:] &= inter / (area[i] + area[i + 1:] - inter) <= threshold
+    return torch.from_numpy(order[keep]).to(boxes.device)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Detector
 
@@ -346,16 +368,20 @@ class FaceDetector:
                  score_threshold: float = 0.6, nms_threshold: float = 0.4, long_side: int = 640,
                  batch_size: int = 16, top_k: int = 5000, keep_top_k: int = 750):
         self.device = torch.device(device)
-        # BN folded into the convolutions, channels_last: the same network, about 2.5x faster on CPU
-        self.model = fuse_conv_bn(load_retinaface(weights, network).eval()).to(self.device,
-                                                                              memory_format=torch.channels_last)
+        # BN folded into the convolutions, channels_last: the same network, about 2.5x faster on CPU. The first
+        # convolution's input channels are flipped, so the network takes RGB (minus the mean in RGB order) and
+        # frames need no BGR copy.
+        model = fuse_conv_bn(load_retinaface(weights, network).eval())
+        first = model.body.stage1[0][0] if model.network == "mobilenet0.25" else model.body.conv1
+        first.weight.data = first.weight.data.flip(1)
+        self.model = model.to(self.device, memory_format=torch.channels_last)
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.long_side = long_side
         self.batch_size = batch_size
         self.top_k = top_k
         self.keep_top_k = keep_top_k
-        self.mean = torch.tensor(BGR_MEAN, device=self.device).view(1, 3, 1, 1)
+        self.mean = torch.tensor(BGR_MEAN[::-1], device=self.device).view(1, 3, 1, 1)  # RGB order
         self._priors: dict[tuple[int, int], torch.Tensor] = {}  # (h, w) of the network input -> [P,4]
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
@@ -370,13 +396,14 @@ class FaceDetector:
         return self._priors[key]
 
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
-        """uint8 RGB [n,H,W,3] -> network input [n,3,h,w] (resized, BGR, minus mean), one frame at a time: a
-        frame is turned to float32 and resized by torch (bilinear), or, above ``FLOAT_FRAME_BYTES`` as float (an 8K
-        frame is 400 MB), resized as uint8 by cv2.INTER_LINEAR first (the same sampling, rounded to uint8)."""
+        """uint8 RGB [n,H,W,3] -> network input [n,3,h,w] (resized, minus the RGB mean, channels_last). Frames
+        already of the network's size go as one batch (NHWC is channels_last: no copy but the float conversion);
+        others one at a time: turned to float32 and resized by torch (bilinear), or, above ``FLOAT_FRAME_BYTES``
+        as float (an 8K frame is 400 MB), resized as uint8 by cv2.INTER_LINEAR first (the same sampling, rounded
+        to uint8)."""
         size = self.input_size(*frames.shape[1:3])
-        if tuple(frames.shape[1:3]) == size:  # no resize: the whole batch at once, BGR flipped as uint8; NHWC is
-            x = torch.from_numpy(np.ascontiguousarray(frames[..., ::-1])).to(self.device)  # channels_last already
-            return x.permute(0, 3, 1, 2).float() - self.mean
+        if tuple(frames.shape[1:3]) == size:
+            return torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).permute(0, 3, 1, 2).float() - self.mean
         out = []
         for f in frames:
             if f.shape[:2] != size and f.size * 4 > FLOAT_FRAME_BYTES:
@@ -385,8 +412,7 @@ class FaceDetector:
             if tuple(x.shape[-2:]) != size:
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
             out.append(x)
-        x = torch.cat(out).flip(1) - self.mean  # [n,3,h,w] BGR minus mean
-        return x.contiguous(memory_format=torch.channels_last)
+        return (torch.cat(out) - self.mean).contiguous(memory_format=torch.channels_last)  # [n,3,h,w]
 
     def __call__(self, frames: np.ndarray) -> list[dict]:
         frames = np.asarray(frames)

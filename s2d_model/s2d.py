@@ -215,9 +215,10 @@ class S2DBase(nn.Module):
         p, t = self.prompt_blocks[i](stacked)
         return to_tokens(p), t
 
-    def forward_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """[N, 3, H, W] (N = B*T, frames of a clip consecutive) -> normalised tokens [N, 1+L, D]."""
-        lm = self.landmark_features(images)  # [N, 128, 14, 14]
+    def forward_tokens(self, images: torch.Tensor, landmark: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, 3, H, W] (N = B*T, frames of a clip consecutive) -> normalised tokens [N, 1+L, D]. ``landmark``:
+        ``landmark_features(images)`` if the caller has them already (a frame shared by overlapping clips)."""
+        lm = self.landmark_features(images) if landmark is None else landmark  # [N, 128, 14, 14]
         x = self.patch_embed(images)  # [N, L, D]
         a = self.patch_embed_prompt(lm)  # [N, L, D]
         a, t = self._prompt(0, self.prompt_norms[0](x), a)
@@ -269,8 +270,9 @@ class S2DVideo(S2DBase):
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         return self.ln_post(x)
 
-    def forward_features(self, clip: torch.Tensor) -> torch.Tensor:
-        """[B, 3, T, H, W] -> pooled feature [B, D] (mean over frames of the CLS token; before dropout)."""
+    def forward_features(self, clip: torch.Tensor, landmark: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, 3, T, H, W] -> pooled feature [B, D] (mean over frames of the CLS token; before dropout).
+        ``landmark``: the frames' landmark features [B*T, 128, 14, 14], if computed already."""
         if clip.ndim != 5:
             raise ValueError(f"expected a clip [B, 3, T, H, W], got shape {tuple(clip.shape)}")
         b, c, t, h, w = clip.shape
@@ -280,7 +282,7 @@ class S2DVideo(S2DBase):
         if (h, w) != (self.img_size, self.img_size) or c != 3:
             raise ValueError(f"expected frames of 3x{self.img_size}x{self.img_size}, got {c}x{h}x{w}")
         images = clip.transpose(1, 2).reshape(b * t, c, h, w)  # [B*T, 3, H, W]
-        x = self.forward_tokens(images)  # [B*T, 1+L, D]
+        x = self.forward_tokens(images, landmark)  # [B*T, 1+L, D]
         return x[:, 0].reshape(b, t, -1).mean(dim=1)  # [B, D]
 
     def forward_head(self, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

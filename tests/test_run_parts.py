@@ -129,3 +129,29 @@ def test_views_of_a_window_are_averaged_into_one_row(timelines):
 def test_bad_views_fail_at_the_settings_not_per_video():
     with pytest.raises(ValueError, match="views must be 1 or 2, not 3"):
         AnnotateSettings(views=3)
+
+
+def test_the_s2d_actor_computes_a_shared_frame_once_and_gives_the_model_s_own_probabilities(landmark_weights):
+    """Overlapping windows share frames: the S2D actor computes each frame's landmark features once (by its pixels)
+    and its probabilities equal the model's own forward on each clip (BN folded, channels_last: float rounding)."""
+    import torch
+
+    from pipeline.emotions import S2DWorker, resolve_classifier
+
+    worker = S2DWorker(resolve_classifier("random-tiny", None, str(landmark_weights)), threads=1)
+    worker.load()
+    frames = np.random.default_rng(0).integers(0, 256, (40, 224, 224, 3), dtype=np.uint8)
+    clips = [frames[i:i + 16] for i in (0, 8, 16, 24)]  # 2 s windows at a 1 s stride, 8 fps
+    got = np.concatenate([worker.probabilities(c[None]) for c in clips[:2]] + [worker.probabilities(np.stack(clips[2:]))])
+    assert (worker.landmarks.computed, worker.landmarks.reused) == (40, 24)
+
+    import s2d_model as S
+
+    torch.manual_seed(0)
+    model = S.create_model("s2d_tiny", 7)
+    S.load_landmark_weights(model, landmark_weights)
+    x = (torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3).float() / 255 - worker.mean) / worker.std
+    with torch.inference_mode():
+        want = model.eval()(x).softmax(-1).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    assert not np.allclose(want[0], want[1])  # the clips differ: a reuse of the wrong frames would show
