@@ -15,21 +15,65 @@ def verbose() -> bool:
     return os.environ.get("S2D_VERBOSE", "") not in ("", "0")
 
 
+class ClusterError(RuntimeError):
+    """The cluster cannot be reached or refused us; the message says what to do, in one line."""
+
+
+def token_source() -> str | None:
+    """Where Ray would read its auth token (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``, in
+    Ray's order), or None if nowhere."""
+    import os
+    from pathlib import Path
+
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return os.environ["RAY_AUTH_TOKEN_PATH"]
+    default = Path.home() / ".ray" / "auth_token"
+    return str(default) if default.is_file() else None
+
+
+NO_TOKEN = ("set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN to the head's token (`ray get-auth-token` on the head "
+            "prints it), or copy the head's ~/.ray/auth_token to this machine")
+
+
 def init_ray(address: str | None = None) -> None:
-    """Connect to ``address`` (a running cluster: ``auto``, ``HOST:PORT``, ``ray://HOST:10001``), or start a local
-    Ray; nothing if this process is connected already. The one place the project starts or joins Ray. Unless
-    ``verbose()``, Ray's console loggers show errors only (``quiet_loggers``)."""
+    """Connect to ``address`` (a running cluster: ``auto``, ``HOST:PORT``, ``ray://HOST:10001``; else
+    ``RAY_ADDRESS``, as a Ray Jobs entrypoint has), or start a local Ray; nothing if this process is connected
+    already. The one place the project starts or joins Ray. Unless ``verbose()``, Ray's console loggers show errors
+    only (``quiet_loggers``).
+
+    Token authentication: a plain ``ray start --head`` turns it on when a token exists (``~/.ray/auth_token``, made
+    by any earlier local Ray), but Ray itself uses the token only for ``address="auto"``. So when this process has
+    a token (``token_source``) and ``RAY_AUTH_MODE`` is unset, it is used for any address; a cluster without
+    authentication accepts it too. A refused or unreachable cluster raises ``ClusterError`` with what to set."""
+    import os
+
     import ray
 
     if ray.is_initialized():
         return
     if not verbose():
         quiet_loggers()
-    if address:
-        ray.init(address=address, include_dashboard=False, log_to_driver=True)
-    else:
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not address:
         ray.init(include_dashboard=False)
         stop_local_ray_with_this_process()
+        return
+    if "RAY_AUTH_MODE" not in os.environ and token_source():
+        from ray._raylet import Config
+
+        os.environ["RAY_AUTH_MODE"] = "token"  # this process and what it starts
+        Config.initialize("")  # Ray's own switch (ray._private.authentication: _enable_token_auth)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+    except Exception as exc:  # ConnectionError, AuthenticationError, ...: one line, what to do
+        text = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if "auth" in text.lower() or "token" in text.lower():
+            raise ClusterError(f"the Ray cluster at {address} refused this process's token ({text}); "
+                               f"{NO_TOKEN}") from None
+        raise ClusterError(f"cannot connect to the Ray cluster at {address} ({text}); check the address "
+                           "(`ray status` on the head), and that this machine reaches it") from None
 
 
 # The watchdog's program (a separate small process). Every second, while the driver lives, it notes the driver's
@@ -163,6 +207,13 @@ def resources() -> tuple[float, float, list[float]]:
     nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
     res = ray.cluster_resources()
     return max(1.0, res.get("CPU", 1.0)), res.get("GPU", 0.0), [c for c in nodes if c > 0] or [1.0]
+
+
+def node_id() -> str:
+    """This process's Ray node id ("" outside Ray: ``get_runtime_context`` alone would start a local Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 def pick_device(device: str) -> str:

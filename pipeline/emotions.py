@@ -170,6 +170,7 @@ class S2DWorker:
         return logits.float().softmax(-1).cpu().numpy()
 
     def __call__(self, batch: dict) -> dict:
+        from .cluster import node_id
         from .units import Clip
 
         clips = [c for c in batch["item"] if isinstance(c, Clip) and c.pixels is not None]
@@ -180,4 +181,5 @@ class S2DWorker:
             probs = self.probabilities(np.stack([c.pixels for c in part]))
             for c, pr in zip(part, probs):
                 c.probs, c.pixels, c.s2d_seconds = pr, None, (time.perf_counter() - t) / len(part)
+                c.node = node_id()
         return batch

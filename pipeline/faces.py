@@ -174,7 +174,11 @@ class FaceWorker:
         return [(d, m, None) for d, m in zip(dets, marks)]
 
     def __call__(self, batch: dict):
+        from .cluster import node_id
+
         for unit in batch["item"]:
             analyse = self.analyse if unit.cached is None else cached_faces(unit.cached, unit.start_s, unit.end_s)
             for item in run_unit(unit, self.decoder, analyse, self.plan.settings, self.emotions):
+                if isinstance(item, UnitFaces):
+                    item.node = node_id()
                 yield items(item)

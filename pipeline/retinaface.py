@@ -444,8 +444,10 @@ class FaceDetector:
         boxes, scores, points = boxes[keep], scores[keep], points[keep]
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        # numpy copies, so no torch tensor outlives the batch: small tensors kept by the caller sat above the batch's
+        # large temporaries on the heap and kept it from shrinking (the face actor grew ~2 MB per video-second)
         return {
-            "bbox": boxes.float().cpu().numpy().reshape(-1, 4),
-            "score": scores.float().cpu().numpy().reshape(-1),
-            "kps5": points.float().cpu().numpy().reshape(-1, 10),
+            "bbox": boxes.float().cpu().numpy().reshape(-1, 4).copy(),
+            "score": scores.float().cpu().numpy().reshape(-1).copy(),
+            "kps5": points.float().cpu().numpy().reshape(-1, 10).copy(),
         }

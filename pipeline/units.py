@@ -48,6 +48,7 @@ class Clip:
     pixels: np.ndarray | None  # uint8 [16, 224, 224, 3]; None once classified
     probs: np.ndarray | None = None  # float32 [C]
     s2d_seconds: float = 0.0
+    node: str = ""  # the Ray node id of the S2D actor that classified it
 
 
 @dataclass
@@ -72,6 +73,7 @@ class UnitFaces:
     decode_seconds: float = 0.0
     seconds: float = 0.0
     first_face_at: float | None = None  # time.time() when its first face was found (this node's clock)
+    node: str = ""  # the Ray node id of the face actor that did it
 
 
 def plan_units(video_id: str, path: str, fps: float, shard_s: float | None, segment_s: float, cached=None,

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
+from golden.check import assert_timelines_equal_golden
 from golden.make_golden import HERE, RUNS, inputs
 from pipeline.annotate import run_annotate
 from pipeline.settings import AnnotateSettings, FaceSettings
-
-EXACT = ["track_id", "segment", "start_s", "end_s", "n_face_frames", "label", "model"]
 
 
 @pytest.fixture(scope="module", params=list(RUNS))
@@ -28,18 +26,7 @@ def run(request, ray_local, tmp_path_factory, detector_weights, landmark_weights
 def test_timelines_equal_the_golden_copy(run):
     name, result = run
     assert [v["status"] for v in result.videos] == ["ok", "ok", "no_faces", "ok"]  # face_noface, group, no_face, single
-    for v in result.videos:
-        file = v["video_path"].rsplit("/", 1)[-1]
-        new = pq.read_table(v["timeline"]).drop(["video_id", "video_path"])
-        old = pq.read_table(HERE / f"{name}.{file}.timeline.parquet")
-        assert new.schema.remove_metadata().equals(old.schema.remove_metadata())
-        assert new.schema.metadata[b"s2d.status"] == old.schema.metadata[b"s2d.status"]
-        new, old = new.to_pandas(), old.to_pandas()
-        assert new[EXACT].equals(old[EXACT]), file
-        p = [c for c in new.columns if c.startswith("p_")] + ["confidence"]
-        np.testing.assert_allclose(new[p].to_numpy(), old[p].to_numpy(), atol=1e-5, err_msg=file)
-        np.testing.assert_allclose(np.stack(new.bbox) if len(new) else 0, np.stack(old.bbox) if len(old) else 0,
-                                   atol=1e-3, err_msg=file)
+    assert_timelines_equal_golden(result.videos, name)
 
 
 def test_cache_rows_equal_the_golden_copy(run):

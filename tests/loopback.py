@@ -1,0 +1,141 @@
+"""A real Ray cluster of several nodes on this machine, for the cluster tests: ``ray start --head`` and
+``ray start --address`` on 127.0.0.1, each node with its own temp dir and its own ports, token authentication on
+(a token in a temporary HOME's ``~/.ray/auth_token``, where ``ray get-auth-token --generate`` puts it; the user's
+own HOME is never touched). ``stop`` and ``kill_node`` signal only the processes these nodes started, found by
+their temp dir in the command line (never ``ray stop``, which would stop every Ray on the machine)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _processes(marker: str) -> list[int]:
+    """PIDs whose command line holds ``marker`` (a node's temp dir)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd and int(pid) != os.getpid() and alive(int(pid)):
+            found.append(int(pid))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except OSError:
+        return False
+
+
+def _signal(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+
+
+class LoopbackCluster:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.home = self.root / "home"
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "HOME": str(self.home), "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
+        for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+            self.env.pop(key, None)
+        subprocess.run([RAY, "get-auth-token", "--generate"], env=self.env, check=True, capture_output=True)
+        self.token = (self.home / ".ray" / "auth_token").read_text().strip()
+        self.nodes: list[Path] = []
+        self.address = self.dashboard = None
+
+    def client_env(self, **extra) -> dict:
+        """What a user's shell on this machine has: the same HOME (so the token is where Ray keeps it), no
+        RAY_AUTH_MODE (a plain shell)."""
+        env = {k: v for k, v in self.env.items() if k != "RAY_AUTH_MODE"}
+        return {**env, **extra}
+
+    def _start(self, cpus: int, head: bool, dashboard: bool = False) -> Path:
+        temp = self.root / f"n{len(self.nodes)}"  # short: Ray's socket paths must fit in 107 bytes
+        temp.mkdir()
+        p = free_ports(8)
+        args = [RAY, "start", "--node-ip-address", "127.0.0.1", f"--num-cpus={cpus}", "--num-gpus=0",
+                f"--temp-dir={temp}", f"--node-manager-port={p[0]}", f"--object-manager-port={p[1]}",
+                f"--metrics-export-port={p[2]}", f"--dashboard-agent-listen-port={p[3]}",
+                f"--dashboard-agent-grpc-port={p[4]}", f"--runtime-env-agent-port={p[5]}",
+                f"--min-worker-port={20000 + 1000 * len(self.nodes)}",
+                f"--max-worker-port={20999 + 1000 * len(self.nodes)}", "--object-store-memory=300000000"]
+        if head:
+            self.address = f"127.0.0.1:{p[6]}"
+            args += ["--head", f"--port={p[6]}", "--ray-client-server-port=0"]
+            if dashboard:
+                self.dashboard = f"http://127.0.0.1:{p[7]}"
+                args += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={p[7]}"]
+            else:
+                args += ["--include-dashboard=false"]
+        else:
+            args += [f"--address={self.address}"]
+        subprocess.run(args, env=self.env, check=True, capture_output=True, timeout=120)
+        self.nodes.append(temp)
+        return temp
+
+    def start_head(self, cpus: int = 1, dashboard: bool = False) -> "LoopbackCluster":
+        self._start(cpus, head=True, dashboard=dashboard)
+        return self
+
+    def add_worker(self, cpus: int = 1) -> Path:
+        before = len(self.alive_nodes())
+        node = self._start(cpus, head=False)
+        self.wait_for_nodes(before + 1)
+        return node
+
+    def alive_nodes(self) -> list[dict]:
+        out = subprocess.run([sys.executable, "-c", "import json, ray; ray.init(address=%r, "
+                              "include_dashboard=False, logging_level='ERROR'); "
+                              "print(json.dumps([n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']]))"
+                              % self.address], env=self.env, capture_output=True, text=True, timeout=120)
+        import json
+
+        return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else []
+
+    def wait_for_nodes(self, n: int, timeout: float = 60) -> None:
+        end = time.time() + timeout
+        while len(self.alive_nodes()) < n:
+            if time.time() > end:
+                raise TimeoutError(f"fewer than {n} Ray nodes came up")
+            time.sleep(1)
+
+    def pids(self, node: Path) -> list[int]:
+        return _processes(str(node))
+
+    def kill_node(self, node: Path) -> list[int]:
+        """SIGKILL every process of one node (its raylet, its workers): the node dies as a machine would."""
+        pids = self.pids(node)
+        _signal(pids, signal.SIGKILL)
+        return pids
+
+    def stop(self) -> None:
+        pids = [pid for node in self.nodes for pid in self.pids(node)]
+        _signal(pids, signal.SIGTERM)
+        end = time.time() + 10
+        while time.time() < end and any(alive(p) for p in pids):
+            time.sleep(0.2)
+        _signal([p for p in pids if alive(p)], signal.SIGKILL)
