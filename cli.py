@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from pipeline.cluster import ClusterError
 from pipeline.settings import DECODERS, DETECTORS, LANDMARKS
 
 # rich_markup_mode=None: Click's plain help (flags without a "<bool>" type) and one-line usage errors
@@ -199,7 +200,7 @@ def faces_cmd(
                             decoder=decoder.value, shard_s=shard)
     try:
         result = run_faces([str(p) for p in paths], cache, settings, device=device.value, address=address)
-    except (WeightsNotFound, FileNotFoundError, NotADirectoryError, ValueError) as e:
+    except (WeightsNotFound, FileNotFoundError, NotADirectoryError, ValueError, ClusterError) as e:
         _fail(str(e))
     _report_failures(result.videos, "source_path")
     typer.echo(result.summary())
@@ -269,7 +270,7 @@ def annotate_cmd(
     try:
         result = run_annotate([str(p) for p in paths], out, cache, face_settings, settings, device=device.value,
                               address=address, force=force, trust=trust)
-    except (WeightsNotFound, FileNotFoundError, NotADirectoryError, ValueError, CheckpointError) as e:
+    except (WeightsNotFound, FileNotFoundError, NotADirectoryError, ValueError, CheckpointError, ClusterError) as e:
         _fail(str(e))
     _report_failures(result.videos, "video_path")
     typer.echo(result.summary())
@@ -332,7 +333,7 @@ def _train(stage: str, data: Path, format: str, out: Path, **options) -> None:
     options = {k: v for k, v in options.items() if v is not None}
     try:
         summary = (train_static if stage == "static" else train_dynamic)(data, format, out, **options)
-    except (WeightsNotFound, DatasetError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (WeightsNotFound, DatasetError, CheckpointError, FileNotFoundError, ValueError, ClusterError) as e:
         _fail(str(e))
     best = summary.get("best_metrics") or {}
     score = (f" (val UAR {100 * best['val_uar']:.2f}, WAR {100 * best['val_war']:.2f}, epoch {best['epoch'] + 1})"
@@ -445,7 +446,7 @@ def evaluate_cmd(
         m = evaluate(data, format, checkpoint, out, fold=fold, batch_size=batch_size, landmark_weights=landmark_weights,
                      address=address, split=split, labels=labels, workers=workers, gpus_per_worker=gpus_per_worker,
                      trust=trust)
-    except (WeightsNotFound, DatasetError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (WeightsNotFound, DatasetError, CheckpointError, FileNotFoundError, ValueError, ClusterError) as e:
         _fail(str(e))
     names = __import__("json").loads(Path(m["outputs"]["metrics"]).read_text())["labels"]
     typer.echo("recall per class: " + ", ".join(f"{n} -" if r is None or r != r else f"{n} {100 * r:.1f}"
@@ -486,7 +487,7 @@ def prepare_cmd(
                          landmarks=landmarks.value, landmark_weights=landmark_weights, decoder=decoder.value)
     try:
         m = prepare(videos_csv, out, faces, labels=labels, device=device.value, address=address, force=force)
-    except (WeightsNotFound, DatasetError, FileNotFoundError, ValueError) as e:
+    except (WeightsNotFound, DatasetError, FileNotFoundError, ValueError, ClusterError) as e:
         _fail(str(e))
     bad = [v for v in m["videos"] if v["status"] != "ok"]
     for v in bad:

@@ -69,11 +69,13 @@ def init_ray(address: str | None = None) -> None:
         ray.init(address=address, include_dashboard=False, log_to_driver=True)
     except Exception as exc:  # ConnectionError, AuthenticationError, ...: one line, what to do
         text = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        if "auth" in text.lower() or "token" in text.lower():
-            raise ClusterError(f"the Ray cluster at {address} refused this process's token ({text}); "
-                               f"{NO_TOKEN}") from None
-        raise ClusterError(f"cannot connect to the Ray cluster at {address} ({text}); check the address "
-                           "(`ray status` on the head), and that this machine reaches it") from None
+        if token_source() is None:  # Ray says only "failed to connect" when the head wants a token we lack
+            hint = ("if the head uses token authentication (a plain `ray start --head` does, once the head has "
+                    f"~/.ray/auth_token): {NO_TOKEN}")
+        else:
+            hint = (f"check the address (`ray status` on the head), that this machine reaches it, and that the "
+                    f"token in {token_source()} is the head's (`ray get-auth-token` there)")
+        raise ClusterError(f"cannot connect to the Ray cluster at {address} ({text}); {hint}") from None
 
 
 # The watchdog's program (a separate small process). Every second, while the driver lives, it notes the driver's

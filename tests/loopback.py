@@ -27,15 +27,24 @@ def free_ports(n: int) -> list[int]:
 
 
 def _processes(marker: str) -> list[int]:
-    """PIDs whose command line holds ``marker`` (a node's temp dir)."""
-    found = []
+    """PIDs whose command line holds ``marker`` (a node's temp dir: its raylet, GCS, agents), and their
+    descendants (the node's workers and actors, whose titles Ray rewrites to ``ray::...``)."""
+    parent, found = {}, []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            parent[int(pid)] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
         except OSError:
             continue
         if marker in cmd and int(pid) != os.getpid() and alive(int(pid)):
             found.append(int(pid))
+    todo = list(found)
+    while todo:
+        p = todo.pop()
+        for child, ppid in parent.items():
+            if ppid == p and child not in found and alive(child):
+                found.append(child)
+                todo.append(child)
     return found
 
 
@@ -64,7 +73,8 @@ class LoopbackCluster:
             self.env.pop(key, None)
         subprocess.run([RAY, "get-auth-token", "--generate"], env=self.env, check=True, capture_output=True)
         self.token = (self.home / ".ray" / "auth_token").read_text().strip()
-        self.nodes: list[Path] = []
+        self.nodes: list[Path] = []  # each node's temp dir, in start order (a killed node stays listed)
+        self.manager_port: dict[Path, int] = {}  # node -> its raylet's port (which tells nodes apart on one IP)
         self.address = self.dashboard = None
 
     def client_env(self, **extra) -> dict:
@@ -74,18 +84,20 @@ class LoopbackCluster:
         return {**env, **extra}
 
     def _start(self, cpus: int, head: bool, dashboard: bool = False) -> Path:
-        temp = self.root / f"n{len(self.nodes)}"  # short: Ray's socket paths must fit in 107 bytes
+        i = len(self.nodes)
+        temp = self.root / f"n{i}"  # short: Ray's socket paths must fit in 107 bytes
         temp.mkdir()
         p = free_ports(8)
+        self.manager_port[temp] = p[0]
         args = [RAY, "start", "--node-ip-address", "127.0.0.1", f"--num-cpus={cpus}", "--num-gpus=0",
                 f"--temp-dir={temp}", f"--node-manager-port={p[0]}", f"--object-manager-port={p[1]}",
                 f"--metrics-export-port={p[2]}", f"--dashboard-agent-listen-port={p[3]}",
                 f"--dashboard-agent-grpc-port={p[4]}", f"--runtime-env-agent-port={p[5]}",
-                f"--min-worker-port={20000 + 1000 * len(self.nodes)}",
-                f"--max-worker-port={20999 + 1000 * len(self.nodes)}", "--object-store-memory=300000000"]
+                f"--min-worker-port={20000 + 1000 * i}", f"--max-worker-port={20999 + 1000 * i}",
+                "--object-store-memory=300000000"]
         if head:
             self.address = f"127.0.0.1:{p[6]}"
-            args += ["--head", f"--port={p[6]}", "--ray-client-server-port=0"]
+            args += ["--head", f"--port={p[6]}", f"--ray-client-server-port={free_ports(1)[0]}"]
             if dashboard:
                 self.dashboard = f"http://127.0.0.1:{p[7]}"
                 args += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={p[7]}"]
@@ -93,8 +105,10 @@ class LoopbackCluster:
                 args += ["--include-dashboard=false"]
         else:
             args += [f"--address={self.address}"]
-        subprocess.run(args, env=self.env, check=True, capture_output=True, timeout=120)
-        self.nodes.append(temp)
+        self.nodes.append(temp)  # before it can fail: stop() then finds what it left running
+        run = subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=120)
+        if run.returncode:
+            raise RuntimeError(f"{' '.join(args)} failed:\n{run.stdout[-2000:]}\n{run.stderr[-3000:]}")
         return temp
 
     def start_head(self, cpus: int = 1, dashboard: bool = False) -> "LoopbackCluster":
@@ -107,14 +121,19 @@ class LoopbackCluster:
         self.wait_for_nodes(before + 1)
         return node
 
-    def alive_nodes(self) -> list[dict]:
+    def alive_nodes(self) -> dict[int, str]:
+        """{raylet port: Ray node id} of the nodes alive now."""
         out = subprocess.run([sys.executable, "-c", "import json, ray; ray.init(address=%r, "
-                              "include_dashboard=False, logging_level='ERROR'); "
-                              "print(json.dumps([n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']]))"
+                              "include_dashboard=False, logging_level='ERROR'); print(json.dumps("
+                              "{n['NodeManagerPort']: n['NodeID'] for n in ray.nodes() if n['Alive']}))"
                               % self.address], env=self.env, capture_output=True, text=True, timeout=120)
         import json
 
-        return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else []
+        found = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {}
+        return {int(k): v for k, v in found.items()}
+
+    def node_id(self, node: Path) -> str:
+        return self.alive_nodes()[self.manager_port[node]]
 
     def wait_for_nodes(self, n: int, timeout: float = 60) -> None:
         end = time.time() + timeout
@@ -125,6 +144,16 @@ class LoopbackCluster:
 
     def pids(self, node: Path) -> list[int]:
         return _processes(str(node))
+
+    def commands(self, node: Path) -> list[str]:
+        """The command lines (process titles) of a node's processes: Ray names an actor's process after it."""
+        out = []
+        for pid in self.pids(node):
+            try:
+                out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                pass
+        return out
 
     def kill_node(self, node: Path) -> list[int]:
         """SIGKILL every process of one node (its raylet, its workers): the node dies as a machine would."""

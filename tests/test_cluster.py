@@ -1,0 +1,149 @@
+"""The commands on a real Ray cluster of several nodes on this machine (tests/loopback.py: ``ray start --head`` and
+``ray start --address`` on 127.0.0.1, token authentication on, the token where Ray keeps it): the README's
+"Running on a cluster" steps, a worker node killed mid-run, Ray Jobs, and a client without the token."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from golden.check import assert_timelines_equal_golden
+from golden.make_golden import inputs
+from loopback import LoopbackCluster
+
+REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, detector_weights, landmark_weights):
+    """A head (1 CPU, with its dashboard: the Ray Jobs server) and a worker node (2 CPUs)."""
+    root = Path(os.environ.get("S2D_TEST_RAY_ROOT", "/tmp")) / f"s2d-lb{os.getpid()}"  # short socket paths
+    shutil.rmtree(root, ignore_errors=True)
+    c = LoopbackCluster(root)
+    c.env.update(S2D_DETECTOR_WEIGHTS=str(detector_weights), S2D_LANDMARK_WEIGHTS=str(landmark_weights),
+                 PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    try:
+        c.start_head(cpus=1, dashboard=True)
+        c.add_worker(cpus=2)
+        yield c
+    finally:
+        c.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def s2d(cluster, *args, timeout=600, **popen):
+    """``s2d ARGS`` as a user's shell on this machine runs it (the token in ~/.ray/auth_token, no RAY_AUTH_MODE)."""
+    cmd = [sys.executable, "-m", "cli", *map(str, args)]
+    return subprocess.run(cmd, cwd=REPO, env=cluster.client_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def test_annotate_on_two_nodes_uses_both_and_equals_the_golden_copy(cluster, tmp_path):
+    videos = inputs(tmp_path / "videos")
+    run = s2d(cluster, "annotate", tmp_path / "videos", "--out", tmp_path / "out", "--weights", "random-tiny",
+              "--address", cluster.address)
+    assert run.returncode == 0, run.stdout + run.stderr
+    m = manifest(tmp_path / "out")
+    assert sorted(v["status"] for v in m["videos"]) == ["no_faces", "ok", "ok", "ok"]
+    assert_timelines_equal_golden([v for v in m["videos"] if v["timeline"]])
+    nodes = {n for v in m["videos"] for part in ("faces", "s2d") for n in v["nodes"][part]}
+    assert len(nodes) == 2, m["videos"]  # the work ran on both nodes
+    assert len(videos) == 4
+
+
+def test_a_worker_node_killed_mid_run_loses_nothing(cluster, tmp_path):
+    """The worker node (2 of the cluster's 3 CPUs) dies while annotate runs: the run finishes on the head alone,
+    every video with the timeline a clean run writes; then a new worker node joins for the tests after this."""
+    inputs(tmp_path / "videos")
+    for i in range(3):  # more work, so the node dies mid-run
+        shutil.copy(tmp_path / "videos" / "single_face.mp4", tmp_path / "videos" / f"single_face_{i}.mp4")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "cli", "annotate", str(tmp_path / "videos"), "--out", str(out), "--weights",
+           "random-tiny", "--address", cluster.address]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=cluster.client_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    end = time.time() + 300
+    while time.time() < end and not list(out.glob("*.timeline.parquet")) and proc.poll() is None:
+        time.sleep(0.2)  # the first timeline is written: the run is under way
+    worker = cluster.nodes[-1]  # the worker node alive now
+    actors = [c for c in cluster.commands(worker) if "MapWorker" in c]  # a face or S2D actor of this run
+    killed = cluster.kill_node(worker)
+    assert actors and killed and proc.poll() is None, "".join(lines)
+    proc.wait(timeout=600)
+    reader.join(timeout=10)
+    log = "".join(lines)
+    assert proc.returncode == 0, log
+    m = manifest(out)
+    assert sorted(v["status"] for v in m["videos"]) == ["no_faces"] + ["ok"] * 6, log
+    golden = [v for v in m["videos"] if v["timeline"] and not Path(v["video_path"]).stem.startswith("single_face_")]
+    assert_timelines_equal_golden(golden)
+    import pyarrow.parquet as pq
+
+    want = pq.read_table(next(v["timeline"] for v in m["videos"] if v["video_path"].endswith("/single_face.mp4")))
+    for v in m["videos"]:
+        if Path(v["video_path"]).stem.startswith("single_face_"):  # copies: the same rows but their own id/path
+            got = pq.read_table(v["timeline"]).drop(["video_id", "video_path"])
+            assert got.equals(want.drop(["video_id", "video_path"])), v["video_path"]
+    cluster.add_worker(cpus=2)  # the tests after this one have their two nodes again
+
+
+def test_a_client_without_the_token_gets_one_line(cluster, tmp_path, fixtures_dir):
+    env = {**cluster.client_env(), "HOME": str(tmp_path)}  # another machine: no ~/.ray/auth_token
+    video = fixtures_dir / "videos" / "single_face.mp4"
+    run = subprocess.run([sys.executable, "-m", "cli", "faces", str(video), "--cache", str(tmp_path / "c"),
+                          "--address", cluster.address], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode != 0
+    assert "RAY_AUTH_TOKEN" in run.stderr and "Traceback" not in run.stderr + run.stdout, run.stderr
+
+
+from test_jobs_cli import videos  # noqa: E402,F401  (the labelled raw videos fixture)
+
+
+def job(cluster, working_dir: Path, *entrypoint) -> subprocess.CompletedProcess:
+    """``ray job submit`` as the README gives it: the dashboard's address, and RAY_AUTH_MODE=token (Ray's own CLI
+    sends the token from ~/.ray/auth_token only then)."""
+    return subprocess.run([RAY, "job", "submit", "--address", cluster.dashboard, "--working-dir", str(working_dir),
+                           "--", *map(str, entrypoint)], env=cluster.client_env(RAY_AUTH_MODE="token"),
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_prepare_train_evaluate_faces_and_ray_jobs_on_the_cluster(cluster, videos, tmp_path):
+    data, run = tmp_path / "data", tmp_path / "run"
+    done = s2d(cluster, "prepare", videos / "videos.csv", "--out", data, "--labels", "dfew", "--address",
+               cluster.address)
+    assert done.returncode == 0 and (data / "train.csv").is_file(), done.stdout + done.stderr
+
+    # Ray Jobs: training with 2 workers on the 1 + 2 CPU cluster (the data pipeline keeps a CPU), then annotate
+    done = job(cluster, data, "s2d", "train", "dynamic", "--data", ".", "--format", "csv", "--labels", "dfew",
+               "--model", "s2d_tiny", "--epochs", "1", "--batch-size", "2", "--workers", "2", "--out", run)
+    assert done.returncode == 0 and "succeeded" in done.stdout, done.stdout + done.stderr
+    assert (run / "best.pth").is_file()
+    done = job(cluster, data, "s2d", "annotate", videos / "a.mp4", "--out", tmp_path / "ann", "--weights",
+               run / "best.pth")
+    assert done.returncode == 0 and "succeeded" in done.stdout, done.stdout + done.stderr
+    assert [v["status"] for v in manifest(tmp_path / "ann")["videos"]] == ["ok"]
+    listed = subprocess.run([RAY, "job", "list", "--address", cluster.dashboard],
+                            env=cluster.client_env(RAY_AUTH_MODE="token"),
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0 and listed.stdout.count("SUCCEEDED") >= 2, listed.stdout + listed.stderr
+
+    done = s2d(cluster, "evaluate", "--data", data, "--format", "csv", "--labels", "dfew", "--checkpoint",
+               run / "best.pth", "--out", tmp_path / "eval", "--address", cluster.address)
+    assert done.returncode == 0 and (tmp_path / "eval" / "metrics.json").is_file(), done.stdout + done.stderr
+    done = s2d(cluster, "faces", videos / "a.mp4", "--cache", tmp_path / "cache", "--address", cluster.address)
+    assert done.returncode == 0 and "1 ok" in done.stdout, done.stdout + done.stderr
