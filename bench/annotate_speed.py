@@ -28,18 +28,18 @@ b. resolution: a 2 s 1920x1080 and a 2 s 7680x4320 video (``--quick``: 1920x1080
    face content scaled up: peak PSS of each and the difference.
 c. sum of parts, in this process after the a runs, torch with 2 threads, on a's longest video: decode
    (``get_decoder("pyav").iter_frames(path, 8.0)``, the time spent in the generator), RetinaFace MobileNet-0.25
-   (``FaceDetector``, batches of ``FaceSettings().batch_frames`` sampled frames, 8), MobileFaceNet on the detected boxes (per batch),
-   ``align_face`` per detected face, tiny S2D (``S2DWorker(...).probabilities``, one clip per forward as the
-   chain runs it on CPU, as many random clips as the new run classified, after one untimed warm-up call; the clips
-   overlap as the chain's windows do: clip i is frames 8i..8i+15 of one random stream, so each frame's landmark
-   features are computed once, as in the chain); their sum, the new run's wall / that sum
+   (``FaceDetector``, batches of ``FaceSettings().batch_frames`` sampled frames, 8), MobileFaceNet on the detected
+   boxes (per batch), ``align_face`` per detected face, tiny S2D (``S2DWorker(...).probabilities``, one clip per
+   forward as the chain runs it on CPU, as many random clips as the new run classified, after one untimed warm-up
+   call; the clips overlap as the chain's windows do: clip i is frames 8i..8i+15 of one random stream, so each
+   frame's landmark features are computed once, as in the chain); their sum, the new run's wall / that sum
    (target <= 1.3) and the new run's video-s per wall-s (target >= 3.2, meant for the full 300 s run).
    Tracking, windowing and clip assembly are not parts: they are in the overhead.
 d. base model on CPU (not with ``--quick`` or ``--no-base``): random ``s2d_base_patch16_224`` weights (seed 0)
    saved in the authors' fine-tuned layout, inputs 3 x 25 s generated videos + the 3 fixture videos:
    end-to-end clips/s (clips / wall), the model alone (the chain's own S2D class, ``probabilities`` on new random
-   uint8 clips [B, 16, 224, 224, 3] each call for B = 1 and 8, 2 torch threads with OMP_WAIT_POLICY=ACTIVE, timed after a
-   warm-up call, in a fresh child each) and efficiency = end-to-end / the faster of the two model-alone rates
+   uint8 clips [B, 16, 224, 224, 3] each call for B = 1 and 8, 2 torch threads with OMP_WAIT_POLICY=ACTIVE, timed
+   after a warm-up call, in a fresh child each) and efficiency = end-to-end / the faster of the two model-alone rates
    (target >= 0.85 for the new chain).
 e. the README example: ``python -m cli annotate <fixtures>/videos --out <tmp> --weights random-tiny`` with
    S2D_DETECTOR_WEIGHTS / S2D_LANDMARK_WEIGHTS set to the fixture files, in each tree: the command's wall
@@ -692,7 +692,8 @@ def main() -> None:
                 what = dict(decode=f"{sp['frames']} frames sampled at 8 fps",
                             retinaface=f"{sp['frames']} frames, batches of {sp['batch']}",
                             mobilefacenet=f"{sp['faces']} faces", alignment=f"{sp['faces']} faces, 224 px",
-                            s2d=f"{sp['clips']} random clips, half their frames shared as in the chain, one per forward, tiny")
+                            s2d=f"{sp['clips']} random clips, half their frames shared as in the chain, "
+                                "one per forward, tiny")
                 for k, v in p.items():
                     rows.append(dict(section=sec, item=f"{k}", value=v, unit="s", ratio=v / total, vs="sum",
                                      detail=what[k]))

@@ -274,9 +274,10 @@ def plan_actors(cpus: float, gpus: float, node_cpus: list[float], emotions: bool
 def plan_workers(workers: int, cpus_per_worker: float, gpus_per_worker: float, cpus: float,
                   gpus: float) -> tuple[float, str | None]:
     """-> (CPUs each worker reserves: Ray Train's workers, evaluate's model actors; a line saying what was changed,
-    or None). The data pipeline (Ray Data: decoding, augmenting) needs CPUs of its own, or the workers wait for batches that are never made (2
-    workers x 1 CPU on 2 CPUs hung): it keeps one CPU (half of a 1-CPU cluster), and the workers share the rest
-    when the asked reservation does not fit. ValueError, before any work, where no plan fits."""
+    or None). The data pipeline (Ray Data: decoding, augmenting) needs CPUs of its own, or the workers wait for
+    batches that are never made (2 workers x 1 CPU on 2 CPUs hung): it keeps one CPU (half of a 1-CPU cluster), and
+    the workers share the rest when the asked reservation does not fit. ValueError, before any work, where no plan
+    fits."""
     if gpus_per_worker and workers * gpus_per_worker > gpus + 1e-9:
         raise ValueError(f"--workers {workers} x --gpus-per-worker {gpus_per_worker:g} needs "
                          f"{workers * gpus_per_worker:g} GPUs; the cluster has {gpus:g}")

@@ -403,7 +403,8 @@ class FaceDetector:
         to uint8)."""
         size = self.input_size(*frames.shape[1:3])
         if tuple(frames.shape[1:3]) == size:
-            return torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).permute(0, 3, 1, 2).float() - self.mean
+            x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+            return x.permute(0, 3, 1, 2).float() - self.mean
         out = []
         for f in frames:
             if f.shape[:2] != size and f.size * 4 > FLOAT_FRAME_BYTES:

@@ -50,7 +50,7 @@ def manifest(out: Path) -> dict:
 
 
 def test_annotate_on_two_nodes_uses_both_and_equals_the_golden_copy(cluster, tmp_path):
-    videos = inputs(tmp_path / "videos")
+    inputs(tmp_path / "videos")
     run = s2d(cluster, "annotate", tmp_path / "videos", "--out", tmp_path / "out", "--weights", "random-tiny",
               "--address", cluster.address)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -59,7 +59,6 @@ def test_annotate_on_two_nodes_uses_both_and_equals_the_golden_copy(cluster, tmp
     assert_timelines_equal_golden([v for v in m["videos"] if v["timeline"]])
     nodes = {n for v in m["videos"] for part in ("faces", "s2d") for n in v["nodes"][part]}
     assert len(nodes) == 2, m["videos"]  # the work ran on both nodes
-    assert len(videos) == 4
 
 
 def test_a_worker_node_killed_mid_run_loses_nothing(cluster, tmp_path):
