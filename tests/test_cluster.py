@@ -146,3 +146,21 @@ def test_prepare_train_evaluate_faces_and_ray_jobs_on_the_cluster(cluster, video
     assert done.returncode == 0 and (tmp_path / "eval" / "metrics.json").is_file(), done.stdout + done.stderr
     done = s2d(cluster, "faces", videos / "a.mp4", "--cache", tmp_path / "cache", "--address", cluster.address)
     assert done.returncode == 0 and "1 ok" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_client_with_a_token_joins_a_cluster_without_authentication(tmp_path):
+    """init_ray turns token mode on whenever this machine has a token: a head started without authentication
+    must still accept the client."""
+    root = Path(os.environ.get("S2D_TEST_RAY_ROOT", "/tmp")) / f"s2d-lbo{os.getpid()}"
+    shutil.rmtree(root, ignore_errors=True)
+    open_head = LoopbackCluster(root)
+    open_head.env["RAY_AUTH_MODE"] = "disabled"
+    try:
+        open_head.start_head(cpus=1)
+        code = "from pipeline.cluster import init_ray, resources; init_ray(%r); print('cpus', resources()[0])"
+        run = subprocess.run([sys.executable, "-c", code % open_head.address], cwd=REPO,
+                             env=open_head.client_env(), capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0 and "cpus 1.0" in run.stdout, run.stderr
+    finally:
+        open_head.stop()
+        shutil.rmtree(open_head.root, ignore_errors=True)
