@@ -111,8 +111,9 @@ class LandmarkCache:
         self.model, self.size, self.features = model, size, {}
         self.computed = self.reused = 0
 
-    def __call__(self, frames: np.ndarray, images):
-        """frames uint8 [N, H, W, 3] (C-contiguous), images: the same normalised [N, 3, H, W] -> [N, 128, 14, 14]."""
+    def __call__(self, frames: np.ndarray, clips):
+        """frames uint8 [N = B*T, H, W, 3] (C-contiguous), clips: the same normalised [B, 3, T, H, W] ->
+        [N, 128, 14, 14]. Only the new frames are gathered from ``clips`` (the model reshapes the rest itself)."""
         import hashlib
 
         import torch
@@ -120,7 +121,9 @@ class LandmarkCache:
         keys = [hashlib.sha1(f, usedforsecurity=False).digest() for f in frames]
         new = [i for i, k in enumerate(keys) if k not in self.features and keys.index(k) == i]
         if new:
-            for i, f in zip(new, self.model.landmark_features(images[new])):
+            t = clips.shape[2]
+            images = torch.stack([clips[i // t, :, i % t] for i in new])  # [n, 3, H, W]
+            for i, f in zip(new, self.model.landmark_features(images)):
                 self.features[keys[i]] = f
         self.computed += len(new)
         self.reused += len(keys) - len(new)
@@ -164,8 +167,7 @@ class S2DWorker:
         x = x.permute(0, 4, 1, 2, 3).float().div_(255.0)  # [B, 3, T, H, W] in [0, 1]
         x = (x - self.mean) / self.std
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            images = x.transpose(1, 2).flatten(0, 1)  # [B*T, 3, H, W], the frames of a clip consecutive
-            landmark = self.landmarks(clips.reshape(b * t, *clips.shape[2:]), images)
+            landmark = self.landmarks(clips.reshape(b * t, *clips.shape[2:]), x)
             logits = self.model.forward_head(self.model.forward_features(x, landmark))[0]
         return logits.float().softmax(-1).cpu().numpy()
 
