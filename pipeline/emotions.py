@@ -85,7 +85,7 @@ def build_model(c: Classifier):
 
     import s2d_model as S
 
-    from .retinaface import fuse_conv_bn
+    from .retinaface import fuse_conv_bn, onednn_pointwise
 
     if c.path is None:
         torch.manual_seed(0)
@@ -97,7 +97,7 @@ def build_model(c: Classifier):
             raise ValueError(f"{c.path}: {model.num_classes} classes, but label set '{c.labels}' has "
                              f"{len(c.class_names)}")
     model.eval()
-    model.landmark = fuse_conv_bn(model.landmark).to(memory_format=torch.channels_last)
+    model.landmark = onednn_pointwise(fuse_conv_bn(model.landmark).to(memory_format=torch.channels_last))
     return model
 
 

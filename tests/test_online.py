@@ -12,7 +12,7 @@ import pytest
 from media import write_video
 from pipeline.align import align_clip
 from pipeline.decode import get_decoder, sampling_step
-from pipeline.faces import FaceWorker, run_unit
+from pipeline.faces import FRAME_BYTES, FaceWorker, Frames, analysed, run_unit
 from pipeline.segments import OnlineWindows, _columns, plan_segments
 from pipeline.settings import AnnotateSettings, FaceSettings, plan_faces
 from pipeline.track import OnlineTracker, assign_tracks, stitch_units
@@ -115,11 +115,75 @@ def worker(detector_weights, landmark_weights):
     return FaceWorker(plan, emotions=AnnotateSettings())
 
 
-def run_units(worker, path, shard_s):
+def run_units(worker, path, shard_s, workers=1, analyse=None):
     s = dataclasses.replace(worker.plan.settings, shard_s=shard_s)
     units = plan_units("v", str(path), s.fps, shard_s, 2.0)
-    items = [it for u in units for it in run_unit(u, worker.decoder, worker.analyse, s, worker.emotions)]
+    items = [it for u in units for it in run_unit(u, worker.decoder, analyse or worker.analyse, s, worker.emotions,
+                                                   workers)]
     return units, [it for it in items if not isinstance(it, Clip)], [it for it in items if isinstance(it, Clip)]
+
+
+def test_analysed_keeps_the_batches_order_and_bounds_what_is_in_flight():
+    import threading
+    import time
+
+    state = {"now": 0, "most": 0, "bytes": 0, "most_bytes": 0}
+    lock = threading.Lock()
+
+    def analyse(batch):
+        nbytes = sum(f.nbytes for _, _, f in batch)
+        with lock:
+            state["now"] += 1
+            state["bytes"] += nbytes
+            state["most"], state["most_bytes"] = max(state["most"], state["now"]), max(state["most_bytes"],
+                                                                                       state["bytes"])
+        time.sleep(0.02 * (1 + batch[0][0] % 3))  # later batches may finish first
+        with lock:
+            state["now"] -= 1
+            state["bytes"] -= nbytes
+        return [i for i, _, _ in batch]
+
+    small = [[(i, 0.0, np.zeros((4, 4, 3), np.uint8))] for i in range(12)]
+    got = list(analysed(analyse, iter(small), workers=2))
+    assert [r for _, r in got] == [[i] for i in range(12)] and [b for b, _ in got] == small
+    assert state["most"] == 2  # two batches at once, no more
+    big = [[(i, 0.0, np.zeros(FRAME_BYTES // 2 + 1, np.uint8))] for i in range(4)]
+    state["most"] = 0
+    assert [r for _, r in analysed(analyse, iter(small[:3] + big + small[3:]), workers=2)] == \
+        [[i] for i in range(3)] + [[i] for i in range(4)] + [[i] for i in range(3, 12)]
+    assert state["most_bytes"] == FRAME_BYTES // 2 + 1  # a frame too large to share the cores with: alone
+    with pytest.raises(ZeroDivisionError):  # a failure comes out in order, where its batch would
+        list(analysed(lambda b: 1 / b[0][0], iter(small), workers=2))
+
+
+def test_frames_come_in_batches_of_at_most_n_frames_and_the_byte_cap():
+    def decoded(sizes):
+        yield from ((i, i / 8, np.zeros(n, np.uint8)) for i, n in enumerate(sizes))
+        return len(sizes)
+
+    frames = Frames(decoded([10] * 7 + [100] + [30] * 3), n=3, nbytes=64)
+    got = [[f[0] for f in b] for b in frames]
+    assert got == [[0, 1, 2], [3, 4, 5], [6], [7], [8, 9], [10]] and frames.count == 11
+
+
+def test_two_batches_analysed_at_once_give_the_same_faces_and_clips(worker, long_video):
+    import threading
+
+    seen, lock = set(), threading.Lock()
+
+    def analyse(batch):
+        with lock:
+            seen.add(threading.get_ident())
+        return worker.analyse(batch)
+
+    (one,), (seq,), clips = run_units(worker, long_video, 60.0)
+    _, (par,), par_clips = run_units(worker, long_video, 60.0, workers=2, analyse=analyse)
+    assert len(seen) == 2 and par.status == seq.status == "ok"
+    for k in ("frame_index", "time_s", "face", "track_id"):
+        np.testing.assert_array_equal(par.faces[k], seq.faces[k], err_msg=k)
+    for k in ("bbox", "kps5", "landmarks68"):
+        np.testing.assert_allclose(par.faces[k], seq.faces[k], atol=1e-3, err_msg=k)
+    assert [c.segment.frame_index.tolist() for c in par_clips] == [c.segment.frame_index.tolist() for c in clips]
 
 
 def test_a_video_cut_into_shards_gives_the_one_pass_faces_and_clips(worker, long_video):

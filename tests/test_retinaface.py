@@ -155,6 +155,24 @@ def test_batch_equals_per_frame(detector_weights, fixtures_dir):
             np.testing.assert_allclose(b[key], s[key], atol=1e-3, rtol=0)
 
 
+def test_pointwise_convolutions_through_onednn_give_the_same_detections(detector_weights, fixtures_dir):
+    frames = video_frames(fixtures_dir / "videos/face_noface.mov", [0, 20, 40, 71])
+    fast = FaceDetector(detector_weights)
+    plain = FaceDetector(detector_weights)
+    convs = [m for m in plain.model.modules() if isinstance(m, torch.nn.Conv2d) and "forward" in vars(m)]
+    assert len(convs) == 25  # every 1x1 convolution of mobilenet0.25's RetinaFace was swapped
+    for m in convs:
+        del m.forward  # back to nn.Conv2d's own
+    for a, b in zip(fast(frames), plain(frames)):
+        assert len(a["score"]) == len(b["score"])
+        for key in ("bbox", "score", "kps5"):
+            np.testing.assert_allclose(a[key], b[key], atol=1e-3, rtol=0)
+    x = torch.randn(2, 8, 9, 11, requires_grad=True)
+    conv = rf.onednn_pointwise(torch.nn.Sequential(torch.nn.Conv2d(8, 4, 1)))[0]
+    conv(x).sum().backward()  # with gradients: the usual path, still differentiable
+    assert x.grad is not None and x.grad.shape == x.shape
+
+
 # ------------------------------------------------------------------------------------------- network / priors
 
 @pytest.mark.parametrize("h, w", [(64, 96), (333, 517)])
