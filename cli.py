@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from pipeline import storage
 from pipeline.cluster import ClusterError
 from pipeline.settings import DECODERS, DETECTORS, LANDMARKS
 
@@ -169,8 +170,10 @@ def _report_failures(videos: list[dict], path_key: str) -> None:
 
 @app.command("faces")
 def faces_cmd(
-    paths: list[Path] = typer.Argument(..., help="video files or folders (searched recursively)"),
-    cache: Path = typer.Option(..., "--cache", help="landmark cache folder (Parquet, one entry per video)"),
+    paths: list[str] = typer.Argument(..., metavar="PATHS...", help="video files or folders (searched "
+                                      "recursively), local or URIs (s3://bucket/videos/)"),
+    cache: str = typer.Option(..., "--cache", help="landmark cache folder (Parquet, one entry per video), local or a "
+                              "URI"),
     fps: float = typer.Option(8.0, callback=positive, help="analysis rate: frames sampled per second, by timestamp"),
     detector: Detector = typer.Option(Detector("retinaface-mobilenet"), help="face detector"),
     detector_weights: Optional[str] = typer.Option(
@@ -204,15 +207,17 @@ def faces_cmd(
         _fail(str(e))
     _report_failures(result.videos, "source_path")
     typer.echo(result.summary())
-    typer.echo(f"cache: {cache / 'faces' / result.settings_hash}")
+    typer.echo(f"cache: {storage.join(cache, 'faces', result.settings_hash)}")
     if result.count("error") == len(result.videos):
         _fail(f"every input failed ({len(result.videos)} of {len(result.videos)})")
 
 
 @app.command("annotate")
 def annotate_cmd(
-    paths: list[Path] = typer.Argument(..., help="video files or folders (searched recursively)"),
-    out: Path = typer.Option(..., "--out", help="output folder: one timeline Parquet per video + manifest.json"),
+    paths: list[str] = typer.Argument(..., metavar="PATHS...", help="video files or folders (searched "
+                                      "recursively), local or URIs (s3://bucket/videos/)"),
+    out: str = typer.Option(..., "--out", help="output folder: one timeline Parquet per video + manifest.json; "
+                            "local or a URI (s3://bucket/run/)"),
     weights: str = typer.Option("s2d-dfew", envvar="S2D_WEIGHTS", help="S2D weights: a name from `s2d weights "
                                 "list`, a file, or random-tiny (untrained, smoke tests only)"),
     labels: Optional[str] = typer.Option(None, help="label set (dfew, ferv39k, mafw, ...) or class names a,b,c; "
@@ -227,7 +232,8 @@ def annotate_cmd(
     batch_size: Optional[int] = typer.Option(None, min=1,
                                              help="clips per S2D forward pass [default: 8 on a GPU, 1 on CPU, "
                                              "where one clip at a time is fastest]"),
-    cache: Optional[Path] = typer.Option(None, "--cache", help="landmark cache folder [default: OUT/cache]"),
+    cache: Optional[str] = typer.Option(None, "--cache", help="landmark cache folder, local or a URI "
+                                        "[default: OUT/cache]"),
     force: bool = typer.Option(False, "--force", help="redo videos whose timeline already exists"),
     fps: float = typer.Option(8.0, callback=positive, help="analysis rate of the face stage (frames per second)"),
     detector: Detector = typer.Option(Detector("retinaface-mobilenet"), help="face detector"),
@@ -274,7 +280,7 @@ def annotate_cmd(
         _fail(str(e))
     _report_failures(result.videos, "video_path")
     typer.echo(result.summary())
-    typer.echo(f"timelines: {out}  (manifest: {out / 'manifest.json'}; summary: s2d timeline {out})")
+    typer.echo(f"timelines: {out}  (manifest: {storage.join(out, 'manifest.json')}; summary: s2d timeline {out})")
     if result.interrupted:
         _fail("interrupted: the videos not done are marked 'interrupted' in the manifest; run again to finish", 130)
     if result.warning:
@@ -285,19 +291,20 @@ def annotate_cmd(
 
 @app.command("timeline")
 def timeline_cmd(
-    out: Path = typer.Argument(..., help="an `s2d annotate --out` folder"),
+    out: str = typer.Argument(..., help="an `s2d annotate --out` folder (local or a URI)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="also draw the timelines to this PNG file"),
     video: Optional[str] = typer.Option(None, help="only this video (file name or video_id)"),
 ):
     """Summarise timelines: per video and track, the dominant emotion and the share of time per emotion."""
-    from pipeline.timeline import format_summary, plot_timeline, read_timeline_meta, read_timelines, summarize
+    from pipeline.timeline import (format_summary, plot_timeline, read_timeline_meta, read_timelines, summarize,
+                                   timeline_files)
 
     df = read_timelines(out)
     if video is not None:
-        df = df[(df.video_id == video) | (df.video_path.map(lambda p: Path(p).name) == video)]
+        df = df[(df.video_id == video) | (df.video_path.map(storage.name) == video)]
     if df.empty:
         _fail(f"no timeline rows in {out}" + (f" for {video}" if video else ""))
-    meta = next((read_timeline_meta(p) for p in sorted(out.glob("*.timeline.parquet"))), None)
+    meta = next((read_timeline_meta(p) for p in timeline_files(out)), None)
     labels = meta["labels"] if meta else [c[2:] for c in df.columns if c.startswith("p_")]
     typer.echo(format_summary(summarize(df, labels)))
     if plot is not None:

@@ -26,14 +26,16 @@ a. length: one generated 30 s and one 300 s 640x360 video (``--quick``: 30 s and
    face found) and ``first_timeline_seconds``.
 b. resolution: a 2 s 1920x1080 and a 2 s 7680x4320 video (``--quick``: 1920x1080 and 3840x2160), the same
    face content scaled up: peak PSS of each and the difference.
-c. sum of parts, in this process after the a runs, torch with 2 threads, on a's longest video: decode
+c. sum of parts: first one more new-chain run on a's longest video, timed with its PSS read every 30 s only (the
+   0.5 s sampling of a costs ~9% of one core, slowing the run it measures); then, in this process, torch with 2
+   threads, on the same video: decode
    (``get_decoder("pyav").iter_frames(path, 8.0)``, the time spent in the generator), RetinaFace MobileNet-0.25
    (``FaceDetector``, batches of ``FaceSettings().batch_frames`` sampled frames, 8), MobileFaceNet on the detected
    boxes (per batch), ``align_face`` per detected face, tiny S2D (``S2DWorker(...).probabilities``, one clip per
-   forward as the chain runs it on CPU, as many random clips as the new run classified, after one untimed warm-up
+   forward as the chain runs it on CPU, as many random clips as the timed run classified, after one untimed warm-up
    call; the clips overlap as the chain's windows do: clip i is frames 8i..8i+15 of one random stream, so each
-   frame's landmark features are computed once, as in the chain); their sum, the new run's wall / that sum
-   (target <= 1.3) and the new run's video-s per wall-s (target >= 3.2, meant for the full 300 s run).
+   frame's landmark features are computed once, as in the chain); their sum, the timed run's wall / that sum
+   (target <= 1.3) and its video-s per wall-s (target >= 3.2, meant for the full 300 s run).
    Tracking, windowing and clip assembly are not parts: they are in the overhead.
 d. base model on CPU (not with ``--quick`` or ``--no-base``): random ``s2d_base_patch16_224`` weights (seed 0)
    saved in the authors' fine-tuned layout, inputs 3 x 25 s generated videos + the 3 fixture videos:
@@ -405,8 +407,10 @@ class Runner:
         env["PYTHONPATH"] = str(self.trees[chain])
         return env
 
-    def measure(self, label: str, chain: str, cmd: list[str], env: dict | None = None) -> dict:
-        """Run ``cmd`` (cwd = the chain's tree), sampling its tree's PSS; then make sure the tree is gone."""
+    def measure(self, label: str, chain: str, cmd: list[str], env: dict | None = None,
+                interval: float | None = None) -> dict:
+        """Run ``cmd`` (cwd = the chain's tree), sampling its tree's PSS every ``interval`` s (default: the run's);
+        then make sure the tree is gone."""
         self.n += 1
         log = self.runs_dir / f"{self.n:02d}_{label}.log"
         print(f"[{time.strftime('%H:%M:%S')}] {label} ({chain}) ...", file=sys.stderr, flush=True)
@@ -414,7 +418,7 @@ class Runner:
         with open(log, "wb") as f:
             proc = subprocess.Popen(cmd, cwd=self.trees[chain], env=env or self.env(chain), stdout=f,
                                     stderr=subprocess.STDOUT, start_new_session=True)
-            sampler = TreeSampler(proc.pid, self.interval)
+            sampler = TreeSampler(proc.pid, interval or self.interval)
             with sampler:
                 try:
                     rc = proc.wait(timeout=self.timeout)
@@ -437,11 +441,11 @@ class Runner:
             print(f"  {label} ({chain}) failed (rc {rc}); end of its log:\n{tail}", file=sys.stderr)
         return out
 
-    def one(self, label: str, chain: str, spec: dict, env: dict | None = None) -> dict:
+    def one(self, label: str, chain: str, spec: dict, env: dict | None = None, interval: float | None = None) -> dict:
         result = self.runs_dir / f"{self.n + 1:02d}_{label}.json"
         spec = dict(spec, chain=chain, result=str(result))
         m = self.measure(label, chain, [sys.executable, str(Path(__file__).resolve()), "--one", json.dumps(spec)],
-                         env)
+                         env, interval)
         r = json.loads(result.read_text()) if result.is_file() else {"failed": f"no result (rc {m['rc']})"}
         if r.get("pipeline") and not r["pipeline"].startswith(str(self.trees[chain])):
             r["failed"] = f"imported pipeline from {r['pipeline']}, not {self.trees[chain]}"
@@ -450,12 +454,13 @@ class Runner:
         self.killed += [f"{label} (in the child): {k}" for k in r.get("lingered_killed", [])]
         return {**m, **r}
 
-    def annotate(self, label: str, chain: str, videos: list[Path], weights: str) -> dict:
+    def annotate(self, label: str, chain: str, videos: list[Path], weights: str,
+                 interval: float | None = None) -> dict:
         d = self.runs_dir / f"{label}_{chain}"
         spec = dict(kind="annotate", videos=[str(v) for v in videos], out=str(d / "out"), cache=str(d / "cache"),
                     weights=weights, mnet=str(self.fx / "weights" / "mobilenet0.25_Final.pth"),
                     mfn=str(self.fx / "weights" / "mobilefacenet_68pt.pth.tar"))
-        r = self.one(label, chain, spec)
+        r = self.one(label, chain, spec, interval=interval)
         shutil.rmtree(d, ignore_errors=True)
         return r
 
@@ -630,13 +635,11 @@ def main() -> None:
     try:
         # ------------------------------------------------------------------ a. length
         a: dict = {}
-        if "a" in only or "c" in only:
+        if "a" in only:
             for L in lengths:
                 v = _video(workdir, fx, L)
                 dur = _duration(v)
                 for ch in chains:
-                    if "a" not in only and (ch == "baseline" or L != lengths[-1]):
-                        continue  # c alone needs only the new chain's long run
                     a[L, ch] = dict(run.annotate(f"len{L:g}s", ch, [v], "random-tiny"), video_s=dur)
         if "a" in only:
             sec = "a length"
@@ -683,8 +686,11 @@ def main() -> None:
         # ------------------------------------------------------------------ c. sum of parts
         if "c" in only:
             sec, L = "c sum of parts", lengths[-1]
-            n = a[L, "new"]
+            # the timed run: PSS read every 30 s only (every 0.5 s the sampler takes ~9% of one core here, 45 ms
+            # of kernel time per sample of ~12 processes, slowing the run it measures)
+            n = run.annotate(f"len{L:g}s_timing", "new", [_video(workdir, fx, L)], "random-tiny", interval=30.0)
             if _ok(n):
+                n["video_s"] = _duration(_video(workdir, fx, L))
                 print(f"[{time.strftime('%H:%M:%S')}] sum of parts on {L:g} s (this process) ...", file=sys.stderr,
                       flush=True)
                 sp = sum_of_parts(_video(workdir, fx, L), fx, n["clips"])
@@ -700,6 +706,9 @@ def main() -> None:
                 rows.append(dict(section=sec, item="sum of parts", value=total, unit="s",
                                  detail=f"{sp['threads']} torch threads, one process; model loading "
                                         f"{sp['load_s']:.1f} s not counted"))
+                rows.append(dict(section=sec, item=f"new {L:g} s run, PSS sampled every 30 s: wall",
+                                 value=n["wall_seconds"], unit="s", detail=f"{_status(n)}; first face "
+                                 f"{_get(n, 'first_face_seconds') or 0:.2f} s from Ray being up"))
                 ratio = n["wall_seconds"] / total
                 rows.append(dict(section=sec, item=f"new {L:g} s run wall / sum of parts", value=ratio, unit="x",
                                  vs="target <= 1.3", detail=f"{n['wall_seconds']:.1f} s / {total:.1f} s: "

@@ -20,13 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from s2d_model.files import atomic_write
 from s2d_model.weights import resolve_all
 
-from . import cache
-from .cluster import chain_context, init_ray, pick_device, plan_actors, resources
+from . import cache, storage
+from .cluster import (PASSES, chain_context, init_ray, lost, node_watch, pick_device, plan_actors,
+                      resources)
 from .emotions import S2DWorker, resolve_classifier
 from .faces import FaceWorker
 from .faces_run import FacesResult, Progress, Video, error_meta, unit_rows, write_units
@@ -38,7 +37,7 @@ from .units import Clip, UnitFaces
 
 @dataclass
 class AnnotateResult:
-    out_dir: Path
+    out_dir: Path | str  # a local folder, or a URI (s3://...)
     settings_hash: str
     videos: list[dict] = field(default_factory=list)  # per video: status, error, n_tracks, n_segments, timeline
     skipped: int = 0  # videos whose complete timeline was kept
@@ -84,6 +83,13 @@ class Timelines:
         self.clips: dict[str, dict[tuple, Clip]] = {}
         self.face_metas: dict[str, dict] = {}
         self.finished: set[str] = set()
+
+    def forget(self, vids) -> None:
+        """Drop what came of these videos so far (a pass that broke off): they are done again from the start."""
+        for vid in vids:
+            self.units.pop(vid, None)
+            self.clips.pop(vid, None)
+            self.finished.discard(vid)
 
     def add(self, item: Clip | UnitFaces) -> dict | None:
         vid = item.video_id
@@ -135,8 +141,8 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
     """Videos -> one emotion timeline Parquet per video under ``out_dir`` (+ ``manifest.json``). ``trust``: the
     S2D weights file may hold pickled code (only for a file you made or trust)."""
     t0 = time.perf_counter()
-    out_dir = Path(out_dir)
-    cache_dir = Path(cache_dir) if cache_dir else out_dir / "cache"
+    out_dir = storage.location(out_dir)
+    cache_dir = storage.location(cache_dir) if cache_dir else storage.join(out_dir, "cache")
     # 0. everything that can fail for lack of a file fails now, before any work (every missing file at once)
     check_paths(paths, out_dir, cache_dir)
     resolve_all(list(dict.fromkeys([
@@ -156,7 +162,7 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
     for s in sources:  # 1. complete timelines of the same settings are kept (unless --force)
         path = timeline_path(out_dir, s.video_id, s.path)
         if not force and is_complete(path, key):
-            table = pq.read_table(path, columns=["track_id"])
+            table = storage.read_table(path, columns=["track_id"])
             done[s.video_id] = {"video_id": s.video_id, "video_path": s.path, "error": None,
                                 "status": read_timeline_meta(path)["status"], "timeline": str(path),
                                 "n_segments": table.num_rows,
@@ -170,53 +176,45 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
         chain_context()
         ray_up = time.time()
         device = pick_device(device)
-        cpus, gpus, nodes = resources()
-        pools = plan_actors(cpus, gpus if device == "cuda" else 0, nodes, emotions=True)
-        videos = [Video(vid, s.path, entries[vid][0] if vid in entries else None) for vid, s in todo.items()]
-        # 1. units: probe each video, cut long ones into time shards
-        ds = unit_rows(videos, faces, settings.segment_s, pools["faces"].size)
-        # 2. face actors: decode -> detect -> landmarks -> track -> aligned clips as windows close (or the cache)
-        ds = ds.map_batches(FaceWorker, batch_size=1, **pools["faces"].args(tasks_per_actor=1),
-                            fn_constructor_kwargs=dict(plan=plan, device=device, emotions=settings,
-                                                       threads=pools["faces"].threads))
-        # 3. S2D actors: probabilities, batch clips per forward
-        batch = settings.batch_size or (8 if device == "cuda" else 1)
-        ds = ds.map_batches(S2DWorker, batch_size=max(8, batch), **pools["s2d"].args(),  # >= 8 rows per task
-                            fn_constructor_kwargs=dict(classifier=classifier, device=device, batch_size=batch,
-                                                       threads=pools["s2d"].threads))
-        # 4. the driver: a video's cache entry and timeline, as soon as its last unit and clip are in
         stop_on_sigterm()
         timelines = Timelines(todo, plan, cache_dir, out_dir, key, classifier.class_names, model_name,
                               {vid: e[1] for vid, e in entries.items()})
         result.faces = FacesResult(cache_dir, plan.key, cached=len(entries))
+        status, message = "error", "pipeline: the video never completed (an actor holding it was restarted?); run again"
         with Progress(len(todo), "videos", progress) as bar:
-            try:
-                for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                    for item in batch["item"]:
-                        if isinstance(item, Clip) and item.video_id not in timelines.finished:
-                            result.clips += 1
-                            result.s2d_seconds += item.s2d_seconds
-                        elif isinstance(item, UnitFaces) and item.first_face_at is not None:
-                            first = item.first_face_at - ray_up
-                            result.first_face_seconds = min(first, result.first_face_seconds or first)
-                        rec = timelines.add(item)
-                        if rec is None:
-                            continue
-                        done[rec["video_id"]] = rec
-                        result.faces.decoded += rec["video_id"] not in entries
-                        result.faces.wall_seconds = time.perf_counter() - t0
-                        if rec["timeline"] and result.first_timeline_seconds is None:
-                            result.first_timeline_seconds = time.perf_counter() - t0
-                        meta = timelines.face_metas.get(rec["video_id"]) or {}
-                        bar.done(Path(rec["video_path"]).name, rec["status"], meta.get("duration_s"))
-                status, message = "error", "pipeline: the video never completed (an actor holding it was " \
-                                           "restarted?); run again"
-            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what is done stays, the rest is marked, a re-run goes on
-                status, message = "interrupted", "the run was interrupted before this video was done; run again"
-                result.interrupted = True
-            except Exception as exc:  # the chain itself broke: what is left failed; what is written stays
-                status, message = "error", f"pipeline: {type(exc).__name__}: {exc}"
-                traceback.print_exc()
+            for attempt in range(1, PASSES + 1):  # again on the nodes left, when a node dies
+                left = {vid: s for vid, s in todo.items() if vid not in done}
+                timelines.forget(left)  # what a broken pass left half-way is done again
+                videos = [Video(vid, s.path, entries[vid][0] if vid in entries else None) for vid, s in left.items()]
+                ds = chain(videos, plan, faces, settings, classifier, device)
+                try:
+                    with node_watch():
+                        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                            for item in batch["item"]:
+                                rec = collect(item, timelines, result, ray_up)
+                                if rec is None:
+                                    continue
+                                done[rec["video_id"]] = rec
+                                result.faces.decoded += rec["video_id"] not in entries
+                                result.faces.wall_seconds = time.perf_counter() - t0
+                                if rec["timeline"] and result.first_timeline_seconds is None:
+                                    result.first_timeline_seconds = time.perf_counter() - t0
+                                meta = timelines.face_metas.get(rec["video_id"]) or {}
+                                bar.done(storage.name(rec["video_path"]), rec["status"], meta.get("duration_s"))
+                    break
+                except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what is done stays, the rest is marked, a re-run goes on
+                    status, message = "interrupted", "the run was interrupted before this video was done; run again"
+                    result.interrupted = True
+                    break
+                except Exception as exc:
+                    if not lost(exc):  # the chain itself broke: what is left failed; what is written stays
+                        status, message = "error", f"pipeline: {type(exc).__name__}: {exc}"
+                        traceback.print_exc()
+                        break
+                    why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    status, message = "error", f"pipeline: {why} ({attempt} passes); run again"
+                    if attempt < PASSES:
+                        bar.note(f"{why}: {sum(v not in done for v in todo)} videos again, on the nodes left")
         for vid, s in todo.items():
             if vid not in done:
                 done[vid] = {"video_id": vid, "video_path": s.path, "status": status, "error": message,
@@ -227,6 +225,36 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
     result.wall_seconds = time.perf_counter() - t0
     write_manifest(result, record, settings, faces, classifier)
     return result
+
+
+def chain(videos: list[Video], plan: FacePlan, faces: FaceSettings, settings: AnnotateSettings, classifier,
+          device: str):
+    """The Ray Data chain over ``videos``, its actor pools planned on the nodes alive now."""
+    cpus, gpus, nodes = resources()
+    pools = plan_actors(cpus, gpus if device == "cuda" else 0, nodes, emotions=True)
+    # 1. units: probe each video, cut long ones into time shards
+    ds = unit_rows(videos, faces, settings.segment_s, pools["faces"].size)
+    # 2. face actors: decode -> detect -> landmarks -> track -> aligned clips as windows close (or the cache)
+    ds = ds.map_batches(FaceWorker, batch_size=1, **pools["faces"].args(tasks_per_actor=1),
+                        fn_constructor_kwargs=dict(plan=plan, device=device, emotions=settings,
+                                                   threads=pools["faces"].threads))
+    # 3. S2D actors: probabilities, batch clips per forward
+    batch = settings.batch_size or (8 if device == "cuda" else 1)
+    return ds.map_batches(S2DWorker, batch_size=max(8, batch), **pools["s2d"].args(),  # >= 8 rows per task
+                          fn_constructor_kwargs=dict(classifier=classifier, device=device, batch_size=batch,
+                                                     threads=pools["s2d"].threads))
+
+
+def collect(item: Clip | UnitFaces, timelines: Timelines, result: AnnotateResult, ray_up: float) -> dict | None:
+    """4. the driver: one item from the chain; a video's record once its last unit and clip are in (its cache
+    entry and timeline written)."""
+    if isinstance(item, Clip) and item.video_id not in timelines.finished:
+        result.clips += 1
+        result.s2d_seconds += item.s2d_seconds
+    elif isinstance(item, UnitFaces) and item.first_face_at is not None:
+        first = item.first_face_at - ray_up
+        result.first_face_seconds = min(first, result.first_face_seconds or first)
+    return timelines.add(item)
 
 
 def stop_on_sigterm() -> None:
@@ -242,7 +270,7 @@ def stop_on_sigterm() -> None:
 
 
 def write_manifest(result: AnnotateResult, record: dict, settings: AnnotateSettings, faces: FaceSettings,
-                   classifier) -> Path:
+                   classifier) -> Path | str:
     """``<out>/manifest.json``: settings, weights, versions, per-video status and timings (atomic)."""
     manifest = {"settings_hash": result.settings_hash, "settings": asdict(settings), "face_settings": asdict(faces),
                 "face_settings_hash": record["faces"], "weights": classifier.fingerprint,
@@ -253,4 +281,4 @@ def write_manifest(result: AnnotateResult, record: dict, settings: AnnotateSetti
                 "faces_wall_seconds": result.faces.wall_seconds if result.faces else 0.0,
                 "first_timeline_seconds": result.first_timeline_seconds,
                 "first_face_seconds": result.first_face_seconds}
-    return atomic_write(result.out_dir / "manifest.json", json.dumps(manifest, indent=1, default=str))
+    return storage.write(storage.join(result.out_dir, "manifest.json"), json.dumps(manifest, indent=1, default=str))

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from s2d_model.files import atomic_write
+from . import storage
 
 
 def _f(name: str, t: pa.DataType, nullable: bool = False) -> pa.Field:
@@ -145,12 +145,12 @@ def faces_table(columns: dict) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=FACES_SCHEMA)
 
 
-def entry_paths(cache_dir: str | Path, settings_hash: str, video_id: str) -> tuple[Path, Path]:
-    """(faces path, meta path) of one entry."""
+def entry_paths(cache_dir: str | Path, settings_hash: str, video_id: str) -> tuple[Path | str, Path | str]:
+    """(faces path, meta path) of one entry (local paths or URIs, as ``cache_dir``)."""
     if not video_id or "/" in video_id or "\\" in video_id or video_id.startswith(".") or "\0" in video_id:
         raise ValueError(f"video_id {video_id!r} cannot be used as a file name")
-    d = Path(cache_dir) / "faces" / settings_hash
-    return d / f"{video_id}.faces.parquet", d / f"{video_id}.meta.parquet"
+    d = storage.join(cache_dir, "faces", settings_hash)
+    return storage.join(d, f"{video_id}.faces.parquet"), storage.join(d, f"{video_id}.meta.parquet")
 
 
 def _meta_table(meta: dict) -> pa.Table:
@@ -168,7 +168,7 @@ def _meta_table(meta: dict) -> pa.Table:
 
 
 def write_entry(cache_dir: str | Path, settings_hash: str, video_id: str, faces: dict | pa.Table,
-                meta: dict) -> tuple[Path, Path]:
+                meta: dict) -> tuple[Path | str, Path | str]:
     """Write one video's faces and meta (meta last). ``meta`` keys follow META_SCHEMA; ``video_id`` and
     ``settings_hash`` come from the arguments, ``n_faces``/``n_tracks``/``versions``/``rotation`` default to the
     faces table / ``library_versions()`` / 0; ``settings``/``versions`` may be dicts (stored as JSON)."""
@@ -191,19 +191,18 @@ def write_entry(cache_dir: str | Path, settings_hash: str, video_id: str, faces:
         raise ValueError(f"meta n_faces {meta['n_faces']} != {table.num_rows} face rows")
 
     faces_path, meta_path = entry_paths(cache_dir, settings_hash, video_id)
-    faces_path.parent.mkdir(parents=True, exist_ok=True)
-    meta_path.unlink(missing_ok=True)  # the entry is incomplete from here ...
-    atomic_write(faces_path, lambda f: pq.write_table(table, f))
-    atomic_write(meta_path, lambda f: pq.write_table(mt, f))  # ... until here
+    storage.remove(meta_path)  # the entry is incomplete from here ...
+    storage.write(faces_path, lambda f: pq.write_table(table, f))
+    storage.write(meta_path, lambda f: pq.write_table(mt, f))  # ... until here
     return faces_path, meta_path
 
 
 def read_meta(cache_dir: str | Path, settings_hash: str, video_id: str) -> dict | None:
     """The meta row as a dict (settings/versions decoded), whatever its status; None if absent."""
     path = entry_paths(cache_dir, settings_hash, video_id)[1]
-    if not path.is_file():
+    if not storage.is_file(path):
         return None
-    meta = pq.read_table(path).to_pylist()[0]
+    meta = storage.read_table(path).to_pylist()[0]
     for k in ("settings", "versions"):
         meta[k] = json.loads(meta[k])
     return meta
@@ -213,9 +212,9 @@ def read_entry(cache_dir: str | Path, settings_hash: str, video_id: str) -> tupl
     """(faces table, meta dict) of a complete, non-error entry; None otherwise (then the video must be run)."""
     meta = read_meta(cache_dir, settings_hash, video_id)
     faces_path = entry_paths(cache_dir, settings_hash, video_id)[0]
-    if meta is None or meta["status"] == "error" or not faces_path.is_file():
+    if meta is None or meta["status"] == "error" or not storage.is_file(faces_path):
         return None
-    table = pq.read_table(faces_path)
+    table = storage.read_table(faces_path)
     if not table.schema.equals(FACES_SCHEMA) or table.num_rows != meta["n_faces"]:
         return None  # written by another schema version, or not the faces this meta describes
     return table, meta
@@ -223,16 +222,16 @@ def read_entry(cache_dir: str | Path, settings_hash: str, video_id: str) -> tupl
 
 def list_entries(cache_dir: str | Path, settings_hash: str) -> list[str]:
     """video_ids with a meta file in the settings folder (any status), sorted."""
-    d = Path(cache_dir) / "faces" / settings_hash
-    return sorted(p.name[:-len(".meta.parquet")] for p in d.glob("*.meta.parquet")) if d.is_dir() else []
+    files = storage.files(storage.join(cache_dir, "faces", settings_hash), recursive=False)
+    return sorted(f.base_name[:-len(".meta.parquet")] for f in files if f.base_name.endswith(".meta.parquet"))
 
 
 def read_faces(cache_dir: str | Path, settings_hash: str | None = None, video_ids: list[str] | None = None):
     """All complete entries of one settings folder as a pandas DataFrame (FACES_SCHEMA columns; bbox, kps5 and
     landmarks68 are numpy arrays per row). ``settings_hash`` may be omitted when the cache holds only one."""
     if settings_hash is None:
-        root = Path(cache_dir) / "faces"
-        found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        root = storage.join(cache_dir, "faces")
+        found = storage.folders(root)
         if len(found) != 1:
             raise ValueError(f"{root}: pass settings_hash, found {found or 'none'}")
         settings_hash = found[0]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 BLOCK_BYTES = 4 << 20  # Ray Data output blocks: a few clips each, so clips reach S2D as they are cut
@@ -206,9 +207,70 @@ def resources() -> tuple[float, float, list[float]]:
     """(CPUs, GPUs, CPUs of each alive node) of the connected cluster."""
     import ray
 
-    nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
-    res = ray.cluster_resources()
-    return max(1.0, res.get("CPU", 1.0)), res.get("GPU", 0.0), [c for c in nodes if c > 0] or [1.0]
+    alive = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    nodes = [r.get("CPU", 0.0) for r in alive]
+    return max(1.0, sum(nodes)), sum(r.get("GPU", 0.0) for r in alive), [c for c in nodes if c > 0] or [1.0]
+
+
+class NodeLost(RuntimeError):
+    """A node of the cluster died while a chain ran on it (raised in the driver by ``node_watch``)."""
+
+
+def lost(exc: BaseException) -> bool:
+    """The chain broke because Ray lost a node, a worker process or objects on them (not because of our code): its
+    work can be done again on what is left."""
+    from ray.exceptions import (LocalRayletDiedError, NodeDiedError, ObjectLostError, RayActorError,
+                                WorkerCrashedError)
+
+    if isinstance(exc, RayActorError):
+        return not exc.actor_init_failed
+    return isinstance(exc, (NodeLost, LocalRayletDiedError, NodeDiedError, ObjectLostError, WorkerCrashedError))
+
+
+PASSES = 3  # a chain runs again on the nodes left after a node dies, at most this many times in all
+
+
+@contextmanager
+def node_watch(interval_s: float = 1.0):
+    """While the block runs, a thread asks Ray every ``interval_s`` which nodes are alive; when one that was alive
+    at the start has died, ``NodeLost`` is raised in the thread running the block. A chain whose actors were on a
+    dead node would otherwise wait for ever: Ray restarts them only where their CPUs fit, and on the nodes left
+    they may not (the driver then runs the chain again, planned on what is left)."""
+    import ctypes
+    import threading
+
+    import ray
+
+    alive = {n["NodeID"]: n.get("NodeManagerAddress", "") for n in ray.nodes() if n.get("Alive")}
+    target, stop, lock = threading.get_ident(), threading.Event(), threading.Lock()
+
+    def watch():
+        while not stop.wait(interval_s):
+            try:
+                now = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+            except Exception:  # the GCS itself is gone: the chain fails on its own
+                return
+            dead = [f"{i[:8]} ({alive[i]})" for i in alive if i not in now]
+            if not dead:
+                continue
+
+            class Lost(NodeLost):  # raised by type, with no arguments: the message goes in the class
+                def __init__(self):
+                    super().__init__(f"Ray node {', '.join(dead)} died while the run was on it")
+
+            with lock:
+                if not stop.is_set():
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), ctypes.py_object(Lost))
+            return
+
+    thread = threading.Thread(target=watch, name="node-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        with lock:
+            stop.set()
+        thread.join()
 
 
 def node_id() -> str:

@@ -69,10 +69,12 @@ def _is_utf8(head: bytes) -> bool:
     return True
 
 
-def _sniff_reason(path: Path) -> str:
+def _sniff_reason(path) -> str:
     """A human reason for a file FFmpeg refuses to open, from its first bytes."""
+    from . import storage
+
     try:
-        with open(path, "rb") as fh:
+        with storage.open_input(path) as fh:
             head = fh.read(512)
     except OSError as exc:
         return f"cannot read file ({exc.strerror or exc})"
@@ -88,8 +90,12 @@ def open_video(path: str | os.PathLike) -> tuple[av.container.InputContainer, av
 
     Raises DecodeError with a clear reason: missing, directory, empty (0 bytes), permission denied,
     not a media file / truncated, still image, no video stream (e.g. audio-only).
-    The caller closes the container.
+    The caller closes the container. A URI (``s3://...``) is read through pyarrow's filesystem.
     """
+    from . import storage
+
+    if storage.is_uri(path):
+        return _open_uri(str(path))
     p = Path(path)
     try:
         st = p.stat()
@@ -113,6 +119,34 @@ def open_video(path: str | os.PathLike) -> tuple[av.container.InputContainer, av
         raise DecodeError(f"{path}: permission denied (file is not readable)") from None
     except (av.error.FFmpegError, OSError) as exc:
         raise DecodeError(f"{path}: {_sniff_reason(p)} [ffmpeg: {exc}]") from exc
+    return _video_stream(container, path)
+
+
+def _open_uri(uri: str):
+    """``open_video`` for an object in a filesystem pyarrow knows (read through a seekable pyarrow file)."""
+    from pyarrow.fs import FileType
+
+    from . import storage
+
+    try:
+        found = storage.info(uri)
+    except (OSError, ValueError) as exc:
+        raise DecodeError(f"{uri}: cannot reach it ({exc})") from None
+    if found.type == FileType.NotFound:
+        raise DecodeError(f"{uri}: file not found")
+    if found.type == FileType.Directory:
+        raise DecodeError(f"{uri}: is a directory, not a video file")
+    if found.size == 0:
+        raise DecodeError(f"{uri}: empty file (0 bytes)")
+    try:
+        container = av.open(storage.open_input(uri), metadata_errors="ignore")
+    except (av.error.FFmpegError, OSError) as exc:
+        raise DecodeError(f"{uri}: {_sniff_reason(uri)} [ffmpeg: {exc}]") from exc
+    return _video_stream(container, uri)
+
+
+def _video_stream(container, path):
+    """(container, its first video stream), or NotAVideoError (closed) for no video stream or a still image."""
     fmt = container.format.name
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams})

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from . import cache
-from .cluster import chain_context, init_ray, pick_device, plan_actors, resources
+from . import cache, storage
+from .cluster import (PASSES, chain_context, init_ray, lost, node_watch, pick_device, plan_actors,
+                      resources)
 from .faces import FaceWorker
 from .settings import FacePlan, FaceSettings, plan_faces
 from .sources import Source, check_paths, find_videos
@@ -31,7 +32,7 @@ class Video:
 
 @dataclass
 class FacesResult:
-    cache_dir: Path
+    cache_dir: Path | str  # a local folder, or a URI (s3://...)
     settings_hash: str
     videos: list[dict] = field(default_factory=list)  # meta rows, in input order
     decoded: int = 0  # videos that went through the decoder in this run
@@ -68,6 +69,12 @@ class Progress:
         rate = self.video_s / max(time.perf_counter() - self.t0, 1e-9)
         self.bar.set_postfix_str(f"{name}: {status}; {self.video_s:.0f} video-s done, {rate:.2f} video-s/s")
         self.bar.update()
+
+    def note(self, line: str) -> None:
+        """One line on stderr, above the bar (shown with the bar off too)."""
+        import sys
+
+        self.bar.write(line, file=sys.stderr)
 
     def __enter__(self):
         return self
@@ -129,7 +136,7 @@ def run_faces(paths, cache_dir: str | Path, settings: FaceSettings = FaceSetting
     """Videos (files or folders, or Sources) -> one landmark-cache entry per video. Re-runs reuse complete
     entries."""
     t0 = time.perf_counter()
-    cache_dir = Path(cache_dir)
+    cache_dir = storage.location(cache_dir)
     if not (paths and isinstance(paths[0], Source)):
         check_paths(paths, cache_dir)
     plan = plan_faces(settings)  # a missing weights file stops here
@@ -147,31 +154,43 @@ def run_faces(paths, cache_dir: str | Path, settings: FaceSettings = FaceSetting
         init_ray(address)
         chain_context()
         device = pick_device(device)
-        cpus, gpus, nodes = resources()
-        pools = plan_actors(cpus, gpus if device == "cuda" else 0, nodes, emotions=False)
-        # 1. units: probe each video, cut long ones into time shards
-        ds = unit_rows([Video(s.video_id, s.path) for s in todo.values()], settings, 2.0, pools["faces"].size)
-        # 2. face actors: decode -> detect -> 68 landmarks -> track, one unit per actor at a time
-        ds = ds.map_batches(FaceWorker, batch_size=1, **pools["faces"].args(tasks_per_actor=1),
-                            fn_constructor_kwargs=dict(plan=plan, device=device, threads=pools["faces"].threads))
-        # 3. the driver: a video's units joined into its cache entry
-        parts: dict[str, dict] = {}
+        message = "pipeline: the video never completed; run again"
         with Progress(len(todo), "faces", progress) as bar:
-            try:
-                for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                    for u in batch["item"]:
-                        got = parts.setdefault(u.video_id, {})
-                        got[u.index] = u
-                        if len(got) < u.count or u.video_id in done:
-                            continue
-                        meta, _ = write_units(cache_dir, plan, todo[u.video_id], [got[i] for i in range(u.count)])
-                        done[u.video_id] = meta
-                        result.decoded += 1
-                        bar.done(Path(meta["source_path"]).name, meta["status"], meta.get("duration_s"))
-                message = "pipeline: the video never completed; run again"
-            except Exception as exc:  # the chain itself broke: record what is left as failed, keep what is done
-                message = f"pipeline: {type(exc).__name__}: {exc}"
-                traceback.print_exc()
+            for attempt in range(1, PASSES + 1):  # again on the nodes left, when a node dies
+                left = [Video(vid, s.path) for vid, s in todo.items() if vid not in done]
+                cpus, gpus, nodes = resources()
+                pools = plan_actors(cpus, gpus if device == "cuda" else 0, nodes, emotions=False)
+                # 1. units: probe each video, cut long ones into time shards
+                ds = unit_rows(left, settings, 2.0, pools["faces"].size)
+                # 2. face actors: decode -> detect -> 68 landmarks -> track, one unit per actor at a time
+                ds = ds.map_batches(FaceWorker, batch_size=1, **pools["faces"].args(tasks_per_actor=1),
+                                    fn_constructor_kwargs=dict(plan=plan, device=device,
+                                                               threads=pools["faces"].threads))
+                # 3. the driver: a video's units joined into its cache entry
+                parts: dict[str, dict] = {}
+                try:
+                    with node_watch():
+                        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                            for u in batch["item"]:
+                                got = parts.setdefault(u.video_id, {})
+                                got[u.index] = u
+                                if len(got) < u.count or u.video_id in done:
+                                    continue
+                                meta, _ = write_units(cache_dir, plan, todo[u.video_id],
+                                                      [got[i] for i in range(u.count)])
+                                done[u.video_id] = meta
+                                result.decoded += 1
+                                bar.done(storage.name(meta["source_path"]), meta["status"], meta.get("duration_s"))
+                    break
+                except Exception as exc:
+                    if not lost(exc):  # the chain itself broke: record what is left as failed, keep what is done
+                        message = f"pipeline: {type(exc).__name__}: {exc}"
+                        traceback.print_exc()
+                        break
+                    why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    message = f"pipeline: {why} ({attempt} passes); run again"
+                    if attempt < PASSES:
+                        bar.note(f"{why}: {sum(v not in done for v in todo)} videos again, on the nodes left")
         for vid, s in todo.items():
             if vid not in done:
                 cache.write_entry(cache_dir, plan.key, vid, {**empty_faces(), "video_id": vid, "width": 0,

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Sequence
 
 import av
+from pyarrow.fs import FileType
 
+from . import storage
 from .decode import DecodeError, display_rotation, native_fps, open_video
 
 __all__ = ["Source", "VideoInfo", "VIDEO_EXTENSIONS", "list_videos", "find_videos", "check_paths", "make_source",
@@ -60,8 +62,17 @@ def _hash_id(*parts) -> str:
 
 
 def make_source(path: str | os.PathLike) -> Source:
-    """A Source for one path (which need not exist or be readable). A broken symbolic link keeps its own path
-    (there is nothing to resolve it to), so its error row shows the path the user gave."""
+    """A Source for one path or URI (which need not exist or be readable). A broken symbolic link keeps its own
+    path (there is nothing to resolve it to), so its error row shows the path the user gave."""
+    if storage.is_uri(path):
+        try:
+            found = storage.info(path)
+        except (OSError, ValueError):
+            found = None
+        if found is None or found.type != FileType.File:
+            return Source(path=str(path), video_id=_hash_id(path), size=-1, mtime=-1.0)
+        return Source(path=str(path), video_id=_hash_id(path, found.size, found.mtime_ns), size=int(found.size),
+                      mtime=found.mtime_ns / 1e9)
     p = Path(path).expanduser()
     resolved = str(p.absolute() if p.is_symlink() and not p.exists() else p.resolve())
     try:
@@ -101,15 +112,28 @@ def list_videos(paths: Sequence[str | os.PathLike], recursive: bool = True) -> l
     hidden folders are skipped and each file is content-probed with :func:`is_video` (so audio-only files such as
     ``.m4a`` and still images are not videos, while a broken ``.mp4`` is); a broken symbolic link with a video
     extension is included (it becomes an error row). Files named explicitly are always included, even if
-    unreadable or not videos: the decode stage reports them.
+    unreadable or not videos: the decode stage reports them. Under a URI folder (``s3://bucket/videos/``) the
+    objects are chosen by their extension (``VIDEO_EXTENSIONS``), without opening each over the network.
     """
     found: dict[str, Source] = {}
 
-    def add(p: Path) -> None:
+    def add(p) -> None:
         src = make_source(p)
         found.setdefault(src.path, src)
 
     for arg in paths:
+        if storage.is_uri(arg):
+            if not storage.is_dir(arg):
+                add(arg)
+                continue
+            base = str(arg).rstrip("/")
+            for f in storage.files(arg, recursive):
+                rel = f.path[len(base) + 1:] if f.path.startswith(base + "/") else storage.name(f.path)
+                if any(part.startswith(".") for part in rel.split("/")):
+                    continue
+                if Path(rel).suffix.lower() in VIDEO_EXTENSIONS:
+                    add(f.path)
+            continue
         root = Path(arg).expanduser()
         if not root.is_dir():
             add(root)
@@ -131,12 +155,17 @@ def list_videos(paths: Sequence[str | os.PathLike], recursive: bool = True) -> l
 def check_paths(inputs, *outputs) -> None:
     """Before any work: every input path exists (a dangling symbolic link counts: it becomes an error row) and no
     output folder is an existing file. FileNotFoundError / NotADirectoryError naming all of them."""
-    missing = [str(p) for p in inputs if not (Path(p).expanduser().exists() or Path(p).expanduser().is_symlink())]
+    def there(p) -> bool:
+        if storage.is_uri(p):
+            return storage.exists(p)
+        return Path(p).expanduser().exists() or Path(p).expanduser().is_symlink()
+
+    missing = [str(p) for p in inputs if not there(p)]
     if missing:
         raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
     for out in outputs:
-        if out is not None and Path(out).exists() and not Path(out).is_dir():
-            raise NotADirectoryError(f"{out} is a file, not a folder: pass a folder for the outputs")
+        if out is not None:
+            storage.check_output(out)
 
 
 def find_videos(paths) -> list[Source]:

@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from s2d_model.files import atomic_write
+from . import storage
 
 STATUSES = ("ok", "no_faces")
 META_KEYS = ("settings_hash", "labels", "status", "complete")
@@ -110,27 +110,28 @@ def _stem(video_path) -> str:
     return stem[:80] or "video"
 
 
-def timeline_path(out_dir, video_id: str, video_path) -> Path:
-    """<out_dir>/<sanitised stem>.<video_id>.timeline.parquet"""
+def timeline_path(out_dir, video_id: str, video_path) -> Path | str:
+    """<out_dir>/<sanitised stem>.<video_id>.timeline.parquet (a local path or URI, as ``out_dir``)"""
     if not video_id or re.search(r"[/\\\0]", video_id) or video_id.startswith("."):
         raise ValueError(f"video_id {video_id!r} cannot be used in a file name")
-    return Path(out_dir) / f"{_stem(video_path)}.{video_id}.timeline.parquet"
+    return storage.join(out_dir, f"{_stem(storage.name(video_path))}.{video_id}.timeline.parquet")
 
 
-def write_timeline(table: pa.Table, path) -> Path:
-    """Atomic write (temp file in the same folder, fsync, os.replace); creates the folder."""
-    return atomic_write(path, lambda f: pq.write_table(table, f))
+def write_timeline(table: pa.Table, path) -> Path | str:
+    """Atomic write (``storage.write``: locally a temp file renamed over it; an object uploaded whole)."""
+    return storage.write(path, lambda f: pq.write_table(table, f))
 
 
 def read_timeline_meta(path) -> dict | None:
     """{"settings_hash", "labels" (list), "status", "complete": True, "num_rows"} of a finished timeline file;
     None when the file is missing, unreadable, or lacks the s2d.* metadata."""
     try:
-        pf = pq.ParquetFile(path)
-        raw = pf.schema_arrow.metadata or {}
-        meta = {k: raw[f"s2d.{k}".encode()].decode() for k in META_KEYS}
-        labels = json.loads(meta["labels"])
-        num_rows = pf.metadata.num_rows
+        with storage.open_input(path) as f:
+            pf = pq.ParquetFile(f)
+            raw = pf.schema_arrow.metadata or {}
+            meta = {k: raw[f"s2d.{k}".encode()].decode() for k in META_KEYS}
+            labels = json.loads(meta["labels"])
+            num_rows = pf.metadata.num_rows
     except Exception:  # missing, truncated, not Parquet, no/partial metadata, bad JSON
         return None
     if meta["complete"] != "true" or meta["status"] not in STATUSES or not isinstance(labels, list):
@@ -144,11 +145,16 @@ def is_complete(path, settings_hash: str) -> bool:
     return meta is not None and meta["settings_hash"] == settings_hash
 
 
+def timeline_files(out_dir) -> list[Path | str]:
+    """The ``*.timeline.parquet`` files directly under ``out_dir`` (local paths or URIs), sorted."""
+    return [storage.location(f.path) for f in storage.files(out_dir, recursive=False)
+            if f.base_name.endswith(".timeline.parquet")]
+
+
 def read_timelines(out_dir) -> pd.DataFrame:
     """All finished timeline files under out_dir (not recursive), concatenated (bbox: a numpy array per row).
     Files of different label sets give the union of their p_ columns (NaN where a file has no such class)."""
-    frames = [pq.read_table(p).to_pandas() for p in sorted(Path(out_dir).glob("*.timeline.parquet"))
-              if read_timeline_meta(p) is not None]
+    frames = [storage.read_table(p).to_pandas() for p in timeline_files(out_dir) if read_timeline_meta(p) is not None]
     frames = [f for f in frames if len(f)]
     if not frames:
         return timeline_schema([]).empty_table().to_pandas()

@@ -58,3 +58,18 @@ def _ray_session():
 def ray_local(_ray_session):
     """One real local Ray cluster (2 CPUs, like CI), shared by the tests that use it."""
     return ensure_ray(2)
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3-compatible server on 127.0.0.1 (tests/s3server.py), its client settings in os.environ for the
+    session (nothing else here talks to S3)."""
+    from s3server import S3Server, restore, set_env
+
+    server = S3Server().start()
+    old = set_env(server.env)
+    try:
+        yield server
+    finally:
+        restore(old)
+        server.stop()

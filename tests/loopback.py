@@ -124,12 +124,13 @@ class LoopbackCluster:
     def alive_nodes(self) -> dict[int, str]:
         """{raylet port: Ray node id} of the nodes alive now."""
         out = subprocess.run([sys.executable, "-c", "import json, ray; ray.init(address=%r, "
-                              "include_dashboard=False, logging_level='ERROR'); print(json.dumps("
+                              "include_dashboard=False, logging_level='ERROR'); print('NODES', json.dumps("
                               "{n['NodeManagerPort']: n['NodeID'] for n in ray.nodes() if n['Alive']}))"
                               % self.address], env=self.env, capture_output=True, text=True, timeout=120)
         import json
 
-        found = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {}
+        lines = [line[6:] for line in out.stdout.splitlines() if line.startswith("NODES ")]  # Ray may print too
+        found = json.loads(lines[-1]) if out.returncode == 0 and lines else {}
         return {int(k): v for k, v in found.items()}
 
     def node_id(self, node: Path) -> str:

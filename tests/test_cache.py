@@ -113,14 +113,14 @@ def test_atomic_and_crash_between_files(tmp_path, monkeypatch):
     folder = tmp_path / "faces" / "h"
     assert sorted(p.name for p in folder.iterdir()) == ["v.faces.parquet", "v.meta.parquet"]  # no temp files
 
-    real = C.atomic_write
+    real = C.storage.write
 
     def crash_on_meta(path, data):
-        if path.name.endswith(".meta.parquet"):
+        if str(path).endswith(".meta.parquet"):
             raise KeyboardInterrupt("killed")
         return real(path, data)
 
-    monkeypatch.setattr(C, "atomic_write", crash_on_meta)
+    monkeypatch.setattr(C.storage, "write", crash_on_meta)
     with pytest.raises(KeyboardInterrupt):  # rewrite of an existing entry dies after the faces file
         C.write_entry(tmp_path, "h", "v", make_columns(6, seed=3), make_meta())
     assert C.read_entry(tmp_path, "h", "v") is None  # old meta was removed first: incomplete, not stale

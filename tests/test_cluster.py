@@ -17,17 +17,20 @@ import pytest
 from golden.check import assert_timelines_equal_golden
 from golden.make_golden import inputs
 from loopback import LoopbackCluster
+from pipeline import storage
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, detector_weights, landmark_weights):
-    """A head (1 CPU, with its dashboard: the Ray Jobs server) and a worker node (2 CPUs)."""
+def cluster(tmp_path_factory, detector_weights, landmark_weights, s3):
+    """A head (1 CPU, with its dashboard: the Ray Jobs server) and a worker node (2 CPUs); the nodes have the
+    settings of the test S3 server (as a real cluster's nodes would have their credentials)."""
     root = Path(os.environ.get("S2D_TEST_RAY_ROOT", "/tmp")) / f"s2d-lb{os.getpid()}"  # short socket paths
     shutil.rmtree(root, ignore_errors=True)
     c = LoopbackCluster(root)
+    c.env.update(s3.env)
     c.env.update(S2D_DETECTOR_WEIGHTS=str(detector_weights), S2D_LANDMARK_WEIGHTS=str(landmark_weights),
                  PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     try:
@@ -61,8 +64,21 @@ def test_annotate_on_two_nodes_uses_both_and_equals_the_golden_copy(cluster, tmp
     assert len(nodes) == 2, m["videos"]  # the work ran on both nodes
 
 
-@pytest.mark.skip(reason="known gap (issue 11): passed 2 of 3 runs; it hangs when the dead node held the face "
-                         "actors and the head has no free CPU for their restarts (fixed-size pools)")
+def test_annotate_on_two_nodes_with_everything_on_s3(cluster, s3, tmp_path):
+    """No folder shared between the nodes: videos read from the object store by the face actors on both nodes,
+    the cache and timelines written to it by the driver."""
+    root = s3.bucket("cluster")
+    for f in inputs(tmp_path / "videos"):
+        storage.write(f"{root}/videos/{f.name}", f.read_bytes())
+    run = s2d(cluster, "annotate", f"{root}/videos", "--out", f"{root}/out", "--weights", "random-tiny",
+              "--address", cluster.address)
+    assert run.returncode == 0, run.stdout + run.stderr
+    m = json.loads(storage.read_bytes(f"{root}/out/manifest.json"))
+    assert sorted(v["status"] for v in m["videos"]) == ["no_faces", "ok", "ok", "ok"]
+    assert_timelines_equal_golden([v for v in m["videos"] if v["timeline"]])
+    assert len({n for v in m["videos"] for part in ("faces", "s2d") for n in v["nodes"][part]}) == 2, m["videos"]
+
+
 def test_a_worker_node_killed_mid_run_loses_nothing(cluster, tmp_path):
     """The worker node (2 of the cluster's 3 CPUs) dies while annotate runs: the run finishes on the head alone,
     every video with the timeline a clean run writes; then a new worker node joins for the tests after this."""
@@ -88,6 +104,7 @@ def test_a_worker_node_killed_mid_run_loses_nothing(cluster, tmp_path):
     reader.join(timeout=10)
     log = "".join(lines)
     assert proc.returncode == 0, log
+    assert "died while the run was on it" in log and "again, on the nodes left" in log, log  # one line says so
     m = manifest(out)
     assert sorted(v["status"] for v in m["videos"]) == ["no_faces"] + ["ok"] * 6, log
     golden = [v for v in m["videos"] if v["timeline"] and not Path(v["video_path"]).stem.startswith("single_face_")]
@@ -148,6 +165,42 @@ def test_prepare_train_evaluate_faces_and_ray_jobs_on_the_cluster(cluster, video
     assert done.returncode == 0 and (tmp_path / "eval" / "metrics.json").is_file(), done.stdout + done.stderr
     done = s2d(cluster, "faces", videos / "a.mp4", "--cache", tmp_path / "cache", "--address", cluster.address)
     assert done.returncode == 0 and "1 ok" in done.stdout, done.stdout + done.stderr
+
+
+def test_training_resumes_from_its_checkpoint_when_a_node_dies_and_finishes_when_one_joins(cluster, videos,
+                                                                                         tmp_path):
+    """``train dynamic --workers 2 --max-failures 1`` on the 1 + 2 CPU cluster; the worker node is killed after the
+    first checkpoint: the run waits for CPUs, a new worker node joins, and the run goes on from its latest
+    checkpoint to its last epoch."""
+    data, run = tmp_path / "data", tmp_path / "run"
+    done = s2d(cluster, "prepare", videos / "videos.csv", "--out", data, "--labels", "dfew", "--address",
+               cluster.address)
+    assert done.returncode == 0, done.stdout + done.stderr
+    cmd = [sys.executable, "-m", "cli", "train", "dynamic", "--data", str(data), "--format", "csv", "--labels",
+           "dfew", "--model", "s2d_tiny", "--epochs", "12", "--batch-size", "2", "--workers", "2", "--max-failures",
+           "1", "--out", str(run), "--address", cluster.address]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=cluster.client_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    end = time.time() + 600
+    while time.time() < end and not any("epoch 3/12" in line for line in lines) and proc.poll() is None:
+        time.sleep(0.2)  # two epochs reported: their checkpoints are registered with Ray Train
+    assert proc.poll() is None, "".join(lines)
+    assert any("RayTrainWorker" in c for c in cluster.commands(cluster.nodes[-1]))  # it trains on that node
+    killed = cluster.kill_node(cluster.nodes[-1])
+    assert killed
+    time.sleep(5)
+    cluster.add_worker(cpus=2)  # the run was waiting for CPUs; it goes on now
+    proc.wait(timeout=900)
+    reader.join(timeout=10)
+    log = "".join(lines)
+    assert proc.returncode == 0, log
+    assert "resuming from" in log, log
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(set(epochs)) == list(range(12)), epochs
+    assert (run / "best.pth").is_file() and (run / "last.pth").is_file()
 
 
 def test_a_client_with_a_token_joins_a_cluster_without_authentication(tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 
+from pipeline import storage
+
 from .make_golden import HERE
 
 EXACT = ["track_id", "segment", "start_s", "end_s", "n_face_frames", "label", "model"]
@@ -14,7 +16,7 @@ def assert_timelines_equal_golden(videos: list[dict], name: str = "default") -> 
     """``videos``: a run's per-video records (``video_path``, ``timeline``), the golden inputs in any order."""
     for v in videos:
         file = v["video_path"].rsplit("/", 1)[-1]
-        new = pq.read_table(v["timeline"]).drop(["video_id", "video_path"])
+        new = storage.read_table(v["timeline"]).drop(["video_id", "video_path"])  # a local path or a URI
         old = pq.read_table(HERE / f"{name}.{file}.timeline.parquet")
         assert new.schema.remove_metadata().equals(old.schema.remove_metadata())
         assert new.schema.metadata[b"s2d.status"] == old.schema.metadata[b"s2d.status"]
