@@ -180,9 +180,9 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
         timelines = Timelines(todo, plan, cache_dir, out_dir, key, classifier.class_names, model_name,
                               {vid: e[1] for vid, e in entries.items()})
         result.faces = FacesResult(cache_dir, plan.key, cached=len(entries))
-        status, message = "error", "pipeline: the video never completed (an actor holding it was restarted?); run again"
         with Progress(len(todo), "videos", progress) as bar:
             for attempt in range(1, PASSES + 1):  # again on the nodes left, when a node dies
+                status, message = "error", "pipeline: the video never completed; run again"
                 left = {vid: s for vid, s in todo.items() if vid not in done}
                 timelines.forget(left)  # what a broken pass left half-way is done again
                 videos = [Video(vid, s.path, entries[vid][0] if vid in entries else None) for vid, s in left.items()]

@@ -154,9 +154,9 @@ def run_faces(paths, cache_dir: str | Path, settings: FaceSettings = FaceSetting
         init_ray(address)
         chain_context()
         device = pick_device(device)
-        message = "pipeline: the video never completed; run again"
         with Progress(len(todo), "faces", progress) as bar:
             for attempt in range(1, PASSES + 1):  # again on the nodes left, when a node dies
+                message = "pipeline: the video never completed; run again"
                 left = [Video(vid, s.path) for vid, s in todo.items() if vid not in done]
                 cpus, gpus, nodes = resources()
                 pools = plan_actors(cpus, gpus if device == "cuda" else 0, nodes, emotions=False)
