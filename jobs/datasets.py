@@ -425,8 +425,9 @@ def decode_eval(batch: dict, *, num_frames: int, size: int, image_mode: bool) ->
 
 # ============================================================================ Ray Datasets
 def train_dataset(samples: list[dict], *, num_frames: int = 16, size: int = 224, image_mode: bool = False,
-                  augment: bool = True, oversample: bool = False, decode_batch_size: int = 4):
-    """A Ray Dataset of augmented training clips; reshuffled (or, with ``oversample``, redrawn) every pass."""
+                  augment: bool = True, oversample: bool = False, decode_batch_size: int = 4, num_cpus: float = 1.0):
+    """A Ray Dataset of augmented training clips; reshuffled (or, with ``oversample``, redrawn) every pass.
+    ``num_cpus``: what each of its tasks reserves (``cluster.data_task_cpus``)."""
     import ray
 
     if oversample:
@@ -434,17 +435,19 @@ def train_dataset(samples: list[dict], *, num_frames: int = 16, size: int = 224,
         ds = ray.data.range(len(samples)).map_batches(
             draw_oversampled, fn_kwargs=dict(paths=np.array([s["path"] for s in samples]), labels=labels,
                                              kinds=np.array([s["kind"] for s in samples]),
-                                             probs=oversample_weights(labels)))
+                                             probs=oversample_weights(labels)), num_cpus=num_cpus)
     else:
-        ds = ray.data.from_items([{k: s[k] for k in ("path", "label", "kind")} for s in samples]).random_shuffle()
-    return ds.map_batches(decode_train, batch_size=decode_batch_size,
+        ds = ray.data.from_items([{k: s[k] for k in ("path", "label", "kind")} for s in samples])
+        ds = ds.random_shuffle(num_cpus=num_cpus)
+    return ds.map_batches(decode_train, batch_size=decode_batch_size, num_cpus=num_cpus,
                           fn_kwargs=dict(num_frames=num_frames, size=size, image_mode=image_mode, augment=augment))
 
 
 def eval_dataset(samples: list[dict], *, num_frames: int = 16, size: int = 224, image_mode: bool = False,
-                 pad_to_multiple: int = 1, decode_batch_size: int = 4):
+                 pad_to_multiple: int = 1, decode_batch_size: int = 4, num_cpus: float = 1.0):
     """A Ray Dataset of the test views, rows in sample order. Padding rows (``weight`` 0) bring the row
-    count to a multiple of ``pad_to_multiple`` so an equal split over workers drops no real sample."""
+    count to a multiple of ``pad_to_multiple`` so an equal split over workers drops no real sample.
+    ``num_cpus``: what each of its tasks reserves (``cluster.data_task_cpus``)."""
     import ray
 
     rows = [{"path": s["path"], "label": s["label"], "kind": s["kind"], "weight": 1.0, "index": i}
@@ -452,5 +455,5 @@ def eval_dataset(samples: list[dict], *, num_frames: int = 16, size: int = 224, 
     pad = (-len(rows)) % pad_to_multiple
     rows += [{**rows[i % len(rows)], "weight": 0.0, "index": -1} for i in range(pad)]
     return ray.data.from_items(rows).map_batches(
-        decode_eval, batch_size=decode_batch_size,
+        decode_eval, batch_size=decode_batch_size, num_cpus=num_cpus,
         fn_kwargs=dict(num_frames=num_frames, size=size, image_mode=image_mode))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import s2d_model as S
-from pipeline.cluster import init_ray, plan_workers, resources
+from pipeline.cluster import data_task_cpus, init_ray, plan_workers, resources
 
 from .augment import to_model_input
 
@@ -188,7 +188,7 @@ def evaluate(data: str | Path, format: str, checkpoint: str | Path, out: str | P
     if note:
         print(note)
     ds = eval_dataset(data_split.samples, num_frames=num_frames, image_mode=image_mode,
-                      decode_batch_size=decode_batch_size)
+                      decode_batch_size=decode_batch_size, num_cpus=data_task_cpus(cpus, workers, each))
     ds = ds.map_batches(Predictor, fn_constructor_kwargs=dict(checkpoint=str(ckpt), landmark_weights=str(landmark),
                                                               trust=trust),
                         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers),

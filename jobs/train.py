@@ -58,7 +58,7 @@ from timm.optim import param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 
 import s2d_model as S
-from pipeline.cluster import init_ray, plan_workers, resources as cluster_resources
+from pipeline.cluster import data_task_cpus, init_ray, plan_workers, resources as cluster_resources
 from s2d_model.files import atomic_write
 
 from .augment import to_model_input
@@ -149,11 +149,13 @@ def _run(stage: str, data, format: str, out, **options) -> dict:
                                                  have_cpus, have_gpus)
     if note:
         print(note)
+    task_cpus = data_task_cpus(have_cpus, workers, cfg["cpus_per_worker"])
     datasets = {"train": train_dataset(train, num_frames=num_frames, image_mode=image_mode, augment=o["augment"],
-                                       oversample=o["oversample"], decode_batch_size=o["decode_batch_size"])}
+                                       oversample=o["oversample"], decode_batch_size=o["decode_batch_size"],
+                                       num_cpus=task_cpus)}
     if val:
         datasets["val"] = eval_dataset(val, num_frames=num_frames, image_mode=image_mode, pad_to_multiple=workers,
-                                       decode_batch_size=o["decode_batch_size"])
+                                       decode_batch_size=o["decode_batch_size"], num_cpus=task_cpus)
     gpus = float(o["gpus_per_worker"])
     resources = {"CPU": cfg["cpus_per_worker"], **({"GPU": gpus} if gpus else {})}
     trainer = TorchTrainer(

@@ -24,8 +24,7 @@ import numpy as np
 from s2d_model.weights import resolve_all
 
 from . import cache, storage
-from .cluster import (PASSES, chain_context, init_ray, lost, node_watch, pick_device, plan_actors,
-                      resources)
+from .cluster import PASSES, NodeWatch, chain_context, init_ray, lost, pick_device, plan_actors, resources
 from .emotions import S2DWorker, resolve_classifier
 from .faces import FaceWorker
 from .faces_run import FacesResult, Progress, Video, error_meta, unit_rows, write_units
@@ -187,8 +186,9 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
                 timelines.forget(left)  # what a broken pass left half-way is done again
                 videos = [Video(vid, s.path, entries[vid][0] if vid in entries else None) for vid, s in left.items()]
                 ds = chain(videos, plan, faces, settings, classifier, device)
+                watch = NodeWatch()
                 try:
-                    with node_watch():
+                    with watch:
                         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                             for item in batch["item"]:
                                 rec = collect(item, timelines, result, ray_up)
@@ -202,19 +202,21 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
                                 meta = timelines.face_metas.get(rec["video_id"]) or {}
                                 bar.done(storage.name(rec["video_path"]), rec["status"], meta.get("duration_s"))
                     break
-                except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what is done stays, the rest is marked, a re-run goes on
-                    status, message = "interrupted", "the run was interrupted before this video was done; run again"
-                    result.interrupted = True
-                    break
+                except KeyboardInterrupt:
+                    if watch.lost is None:  # Ctrl-C or SIGTERM: what is done stays, the rest is marked
+                        status, message = "interrupted", "the run was interrupted before this video was done; run again"
+                        result.interrupted = True
+                        break
+                    why = watch.lost
                 except Exception as exc:
                     if not lost(exc):  # the chain itself broke: what is left failed; what is written stays
                         status, message = "error", f"pipeline: {type(exc).__name__}: {exc}"
                         traceback.print_exc()
                         break
                     why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                    status, message = "error", f"pipeline: {why} ({attempt} passes); run again"
-                    if attempt < PASSES:
-                        bar.note(f"{why}: {sum(v not in done for v in todo)} videos again, on the nodes left")
+                status, message = "error", f"pipeline: {why} ({attempt} passes); run again"  # work was lost
+                if attempt < PASSES:
+                    bar.note(f"{why}: {sum(v not in done for v in todo)} videos again, on the nodes left")
         for vid, s in todo.items():
             if vid not in done:
                 done[vid] = {"video_id": vid, "video_path": s.path, "status": status, "error": message,

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 BLOCK_BYTES = 4 << 20  # Ray Data output blocks: a few clips each, so clips reach S2D as they are cut
@@ -212,8 +211,8 @@ def resources() -> tuple[float, float, list[float]]:
     return max(1.0, sum(nodes)), sum(r.get("GPU", 0.0) for r in alive), [c for c in nodes if c > 0] or [1.0]
 
 
-class NodeLost(RuntimeError):
-    """A node of the cluster died while a chain ran on it (raised in the driver by ``node_watch``)."""
+class NodeLost(KeyboardInterrupt):
+    """A node of the cluster died while a chain ran on it: raised in the driver's main thread by ``NodeWatch``."""
 
 
 def lost(exc: BaseException) -> bool:
@@ -224,53 +223,69 @@ def lost(exc: BaseException) -> bool:
 
     if isinstance(exc, RayActorError):
         return not exc.actor_init_failed
-    return isinstance(exc, (NodeLost, LocalRayletDiedError, NodeDiedError, ObjectLostError, WorkerCrashedError))
+    return isinstance(exc, (LocalRayletDiedError, NodeDiedError, ObjectLostError, WorkerCrashedError))
 
 
 PASSES = 3  # a chain runs again on the nodes left after a node dies, at most this many times in all
 
 
-@contextmanager
-def node_watch(interval_s: float = 1.0):
-    """While the block runs, a thread asks Ray every ``interval_s`` which nodes are alive; when one that was alive
-    at the start has died, ``NodeLost`` is raised in the thread running the block. A chain whose actors were on a
-    dead node would otherwise wait for ever: Ray restarts them only where their CPUs fit, and on the nodes left
-    they may not (the driver then runs the chain again, planned on what is left)."""
-    import ctypes
-    import threading
+class NodeWatch:
+    """``with NodeWatch() as watch:`` while the block runs, a thread asks Ray every ``interval_s`` which nodes are
+    alive; when one that was alive at the start has died, ``watch.lost`` says which and the main thread is
+    interrupted, wherever it waits. (A chain whose actors were on a dead node would otherwise wait for ever: Ray
+    restarts them only where their CPUs fit, and on the nodes left they may not; the driver then runs the chain
+    again, planned on what is left.) The interruption is SIGUSR1 raising ``NodeLost``, a KeyboardInterrupt: Ray's
+    waits check for signals and let only that through, as a plain KeyboardInterrupt, so the caller tells a lost
+    node from Ctrl-C by ``watch.lost``. Outside the main thread the block runs unwatched."""
 
-    import ray
+    def __init__(self, interval_s: float = 1.0):
+        self.interval_s, self.lost = interval_s, None
 
-    alive = {n["NodeID"]: n.get("NodeManagerAddress", "") for n in ray.nodes() if n.get("Alive")}
-    target, stop, lock = threading.get_ident(), threading.Event(), threading.Lock()
+    def __enter__(self):
+        import signal
+        import threading
 
-    def watch():
-        while not stop.wait(interval_s):
+        import ray
+
+        self.active = threading.current_thread() is threading.main_thread()
+        if not self.active:
+            return self
+        self.alive = {n["NodeID"]: n.get("NodeManagerAddress", "") for n in ray.nodes() if n.get("Alive")}
+        self.stop = threading.Event()
+        self.previous = signal.signal(signal.SIGUSR1, self._raise)
+        self.thread = threading.Thread(target=self._watch, name="node-watch", daemon=True)
+        self.thread.start()
+        return self
+
+    def _watch(self) -> None:
+        import signal
+        import threading
+
+        import ray
+
+        while not self.stop.wait(self.interval_s):
             try:
                 now = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
-            except Exception:  # the GCS itself is gone: the chain fails on its own
-                return
-            dead = [f"{i[:8]} ({alive[i]})" for i in alive if i not in now]
-            if not dead:
+            except Exception:  # the GCS did not answer this time: ask again
                 continue
+            dead = [f"{i[:8]} ({ip})" for i, ip in self.alive.items() if i not in now]
+            if dead:
+                self.lost = f"Ray node {', '.join(dead)} died while the run was on it"
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+                return
 
-            class Lost(NodeLost):  # raised by type, with no arguments: the message goes in the class
-                def __init__(self):
-                    super().__init__(f"Ray node {', '.join(dead)} died while the run was on it")
+    def _raise(self, signum, frame):
+        if self.lost and not self.stop.is_set():
+            raise NodeLost(self.lost)
 
-            with lock:
-                if not stop.is_set():
-                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), ctypes.py_object(Lost))
-            return
+    def __exit__(self, *exc):
+        import signal
 
-    thread = threading.Thread(target=watch, name="node-watch", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        with lock:
-            stop.set()
-        thread.join()
+        if self.active:
+            self.stop.set()
+            self.thread.join()
+            signal.signal(signal.SIGUSR1, self.previous)
+        return False
 
 
 def node_id() -> str:
@@ -331,6 +346,12 @@ def plan_actors(cpus: float, gpus: float, node_cpus: list[float], emotions: bool
     faces = Pool(n, min(1.0, (cpus - m * s2d.num_cpus) / n), min(0.5, 0.5 * g / n) if g else 0.0,
                  threads_each(node_cpus, n))
     return {"faces": faces, "s2d": s2d}
+
+
+def data_task_cpus(cpus: float, workers: int, each: float) -> float:
+    """What each Ray Data task of a training or evaluation run reserves: one CPU, or what the workers leave when that
+    is less (Ray Data's default of one CPU per task never starts on a 1-CPU cluster whose workers hold 0.5)."""
+    return max(0.01, min(1.0, math.floor((cpus - workers * each) * 100) / 100))
 
 
 def plan_workers(workers: int, cpus_per_worker: float, gpus_per_worker: float, cpus: float,

@@ -13,8 +13,7 @@ from pathlib import Path
 
 
 from . import cache, storage
-from .cluster import (PASSES, chain_context, init_ray, lost, node_watch, pick_device, plan_actors,
-                      resources)
+from .cluster import PASSES, NodeWatch, chain_context, init_ray, lost, pick_device, plan_actors, resources
 from .faces import FaceWorker
 from .settings import FacePlan, FaceSettings, plan_faces
 from .sources import Source, check_paths, find_videos
@@ -168,8 +167,9 @@ def run_faces(paths, cache_dir: str | Path, settings: FaceSettings = FaceSetting
                                                                threads=pools["faces"].threads))
                 # 3. the driver: a video's units joined into its cache entry
                 parts: dict[str, dict] = {}
+                watch = NodeWatch()
                 try:
-                    with node_watch():
+                    with watch:
                         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                             for u in batch["item"]:
                                 got = parts.setdefault(u.video_id, {})
@@ -182,15 +182,19 @@ def run_faces(paths, cache_dir: str | Path, settings: FaceSettings = FaceSetting
                                 result.decoded += 1
                                 bar.done(storage.name(meta["source_path"]), meta["status"], meta.get("duration_s"))
                     break
+                except KeyboardInterrupt:
+                    if watch.lost is None:
+                        raise
+                    why = watch.lost
                 except Exception as exc:
                     if not lost(exc):  # the chain itself broke: record what is left as failed, keep what is done
                         message = f"pipeline: {type(exc).__name__}: {exc}"
                         traceback.print_exc()
                         break
                     why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                    message = f"pipeline: {why} ({attempt} passes); run again"
-                    if attempt < PASSES:
-                        bar.note(f"{why}: {sum(v not in done for v in todo)} videos again, on the nodes left")
+                message = f"pipeline: {why} ({attempt} passes); run again"  # work was lost
+                if attempt < PASSES:
+                    bar.note(f"{why}: {sum(v not in done for v in todo)} videos again, on the nodes left")
         for vid, s in todo.items():
             if vid not in done:
                 cache.write_entry(cache_dir, plan.key, vid, {**empty_faces(), "video_id": vid, "width": 0,

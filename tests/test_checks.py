@@ -263,3 +263,10 @@ def test_training_leaves_the_data_pipeline_cpus_or_says_why_it_cannot():
         plan_workers(2, 1.0, 1.0, 8.0, 1.0)
     with pytest.raises(ValueError, match="use at most 10 workers"):
         plan_workers(20, 1.0, 0, 2.0, 0)
+    from pipeline.cluster import data_task_cpus
+
+    for workers, cpus in ((1, 1.0), (2, 1.0), (2, 2.0), (2, 3.0), (4, 16.0), (9, 2.0)):
+        each = plan_workers(workers, 1.0, 0, cpus, 0)[0]
+        task = data_task_cpus(cpus, workers, each)  # a data task fits beside the workers: it can always start
+        assert 0 < task <= 1.0 and workers * each + task <= cpus + 1e-9, (workers, cpus, each, task)
+    assert data_task_cpus(1.0, 2, plan_workers(2, 1.0, 0, 1.0, 0)[0]) == 0.5  # not Ray Data's default of 1

@@ -100,7 +100,12 @@ def test_a_worker_node_killed_mid_run_loses_nothing(cluster, tmp_path):
     actors = [c for c in cluster.commands(worker) if "MapWorker" in c]  # a face or S2D actor of this run
     killed = cluster.kill_node(worker)
     assert actors and killed and proc.poll() is None, "".join(lines)
-    proc.wait(timeout=600)
+    try:
+        proc.wait(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        reader.join(timeout=10)
+        pytest.fail("annotate did not finish after the node died:\n" + "".join(lines)[-6000:])
     reader.join(timeout=10)
     log = "".join(lines)
     assert proc.returncode == 0, log
