@@ -86,9 +86,10 @@ def analysed(analyse: Callable, batches: Iterable[list], workers: int = 1) -> It
             if alone:
                 torch = torch_threads(workers)
                 try:
-                    yield batch, analyse(batch)
+                    results = analyse(batch)
                 finally:
                     torch.set_num_threads(1)
+                yield batch, results
             else:
                 pending.append((batch, pool.submit(analyse, batch)))
         for done, future in pending:
