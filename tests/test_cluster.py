@@ -48,6 +48,16 @@ def s2d(cluster, *args, timeout=600, **popen):
     return subprocess.run(cmd, cwd=REPO, env=cluster.client_env(), capture_output=True, text=True, timeout=timeout)
 
 
+def s2d_background(cluster, *args):
+    """``s2d ARGS`` started as ``s2d`` does, its output collected line by line -> (process, lines, reader thread)."""
+    proc = subprocess.Popen([sys.executable, "-m", "cli", *map(str, args)], cwd=REPO, env=cluster.client_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    return proc, lines, reader
+
+
 def manifest(out: Path) -> dict:
     return json.loads((out / "manifest.json").read_text())
 
@@ -86,13 +96,8 @@ def test_a_worker_node_killed_mid_run_loses_nothing(cluster, tmp_path):
     for i in range(3):  # more work, so the node dies mid-run
         shutil.copy(tmp_path / "videos" / "single_face.mp4", tmp_path / "videos" / f"single_face_{i}.mp4")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "cli", "annotate", str(tmp_path / "videos"), "--out", str(out), "--weights",
-           "random-tiny", "--address", cluster.address]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=cluster.client_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    reader.start()
+    proc, lines, reader = s2d_background(cluster, "annotate", tmp_path / "videos", "--out", out, "--weights",
+                                         "random-tiny", "--address", cluster.address)
     end = time.time() + 300
     while time.time() < end and not list(out.glob("*.timeline.parquet")) and proc.poll() is None:
         time.sleep(0.2)  # the first timeline is written: the run is under way
@@ -181,14 +186,10 @@ def test_training_resumes_from_its_checkpoint_when_a_node_dies_and_finishes_when
     done = s2d(cluster, "prepare", videos / "videos.csv", "--out", data, "--labels", "dfew", "--address",
                cluster.address)
     assert done.returncode == 0, done.stdout + done.stderr
-    cmd = [sys.executable, "-m", "cli", "train", "dynamic", "--data", str(data), "--format", "csv", "--labels",
-           "dfew", "--model", "s2d_tiny", "--epochs", "12", "--batch-size", "2", "--workers", "2", "--max-failures",
-           "1", "--out", str(run), "--address", cluster.address]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=cluster.client_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    reader.start()
+    proc, lines, reader = s2d_background(cluster, "train", "dynamic", "--data", data, "--format", "csv", "--labels",
+                                         "dfew", "--model", "s2d_tiny", "--epochs", "12", "--batch-size", "2",
+                                         "--workers", "2", "--max-failures", "1", "--out", run, "--address",
+                                         cluster.address)
     end = time.time() + 600
     while time.time() < end and not any("epoch 3/12" in line for line in lines) and proc.poll() is None:
         time.sleep(0.2)  # two epochs reported: their checkpoints are registered with Ray Train
