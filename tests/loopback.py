@@ -156,6 +156,20 @@ class LoopbackCluster:
                 pass
         return out
 
+    def cpu_seconds(self, node: Path, title: str) -> float:
+        """The most CPU time (user + system, seconds) any one of a node's processes whose title holds ``title`` has
+        used: how far an actor has got with its work."""
+        most = 0.0
+        for pid in self.pids(node):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if title in cmd:
+                most = max(most, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+        return most
+
     def kill_node(self, node: Path) -> list[int]:
         """SIGKILL every process of one node (its raylet, its workers): the node dies as a machine would."""
         pids = self.pids(node)

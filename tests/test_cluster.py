@@ -98,20 +98,25 @@ def test_a_worker_node_killed_mid_run_loses_nothing(cluster, tmp_path):
     out = tmp_path / "out"
     proc, lines, reader = s2d_background(cluster, "annotate", tmp_path / "videos", "--out", out, "--weights",
                                          "random-tiny", "--address", cluster.address)
-    end = time.time() + 300
-    while time.time() < end and not list(out.glob("*.timeline.parquet")) and proc.poll() is None:
-        time.sleep(0.2)  # the first timeline is written: the run is under way
     worker = cluster.nodes[-1]  # the worker node alive now
-    actors = [c for c in cluster.commands(worker) if "MapWorker" in c]  # a face or S2D actor of this run
-    killed = cluster.kill_node(worker)
-    assert actors and killed and proc.poll() is None, "".join(lines)
     try:
-        proc.wait(timeout=600)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        end = time.time() + 300
+        while (time.time() < end and proc.poll() is None and not list(out.glob("*.timeline.parquet"))
+               and cluster.cpu_seconds(worker, "MapWorker") < 5):
+            time.sleep(0.2)  # an actor of this run on that node has started on its work (~2 s of it is imports)
+        actors = [c for c in cluster.commands(worker) if "MapWorker" in c]
+        killed = cluster.kill_node(worker)
+        assert actors and killed and proc.poll() is None, "".join(lines)
+        assert not any("7/7 videos" in line for line in lines), "".join(lines)  # work was left for the head
+        try:
+            proc.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            reader.join(timeout=10)
+            pytest.fail("annotate did not finish after the node died:\n" + "".join(lines)[-6000:])
         reader.join(timeout=10)
-        pytest.fail("annotate did not finish after the node died:\n" + "".join(lines)[-6000:])
-    reader.join(timeout=10)
+    finally:
+        cluster.add_worker(cpus=2)  # the tests after this one have their two nodes again, whatever happened here
     log = "".join(lines)
     assert proc.returncode == 0, log
     assert "died while the run was on it" in log and "again, on the nodes left" in log, log  # one line says so
@@ -126,7 +131,6 @@ def test_a_worker_node_killed_mid_run_loses_nothing(cluster, tmp_path):
         if Path(v["video_path"]).stem.startswith("single_face_"):  # copies: the same rows but their own id/path
             got = pq.read_table(v["timeline"]).drop(["video_id", "video_path"])
             assert got.equals(want.drop(["video_id", "video_path"])), v["video_path"]
-    cluster.add_worker(cpus=2)  # the tests after this one have their two nodes again
 
 
 def test_a_client_without_the_token_gets_one_line(cluster, tmp_path, fixtures_dir):
