@@ -318,7 +318,8 @@ LANDMARK_HELP = "MobileFaceNet file or name for S2D's landmark branch [default: 
 
 
 # the options both training stages take, declared once
-OUT_RUN = typer.Option(..., "--out", help="run folder: checkpoints, metrics.csv/jsonl, best.pth, last.pth")
+OUT_RUN = typer.Option(..., "--out", help="run folder (a path or URI): checkpoints, metrics.csv/jsonl, best.pth, "
+                       "last.pth")
 MODEL = typer.Option("s2d_base_patch16_224", help="model configuration (s2d_tiny for smoke runs)")
 EPOCHS = typer.Option(100, min=1, help="epochs")
 WORKERS = typer.Option(1, min=1, help="training workers (processes; one GPU each with --gpus-per-worker 1)")
@@ -352,9 +353,9 @@ def _train(stage: str, data: Path, format: str, out: Path, **options) -> None:
 
 @train_app.command("static")
 def train_static_cmd(
-    data: Path = typer.Option(..., "--data", help="dataset root (or a CSV file for --format csv)"),
+    data: str = typer.Option(..., "--data", help="dataset root (or a CSV file for --format csv); a path or URI"),
     format: str = typer.Option(..., "--format", help="rafdb | affectnet7 | affectnet8 | csv"),
-    out: Path = OUT_RUN,
+    out: str = OUT_RUN,
     labels: Optional[str] = typer.Option(None, help="csv format: a label set (rafdb, dfew, ...) or class names a,b,c"),
     model: str = MODEL,
     init: Optional[str] = typer.Option(None, help="start from this checkpoint (MAE/ViT or the authors' image model)"),
@@ -384,9 +385,9 @@ def train_static_cmd(
 
 @train_app.command("dynamic")
 def train_dynamic_cmd(
-    data: Path = typer.Option(..., "--data", help="dataset root (or a CSV file for --format csv)"),
+    data: str = typer.Option(..., "--data", help="dataset root (or a CSV file for --format csv); a path or URI"),
     format: str = typer.Option(..., "--format", help="dfew | ferv39k | mafw | csv"),
-    out: Path = OUT_RUN,
+    out: str = OUT_RUN,
     fold: Optional[int] = typer.Option(None, min=1, max=5, help="DFEW / MAFW fold (1..5)"),
     labels: Optional[str] = typer.Option(None, help="csv format: a label set (dfew, ...) or class names a,b,c"),
     init: Optional[str] = typer.Option(None, help="static checkpoint to start from (e.g. s2d-affectnet7-image or a "
@@ -420,12 +421,12 @@ def train_dynamic_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    data: Path = typer.Option(..., "--data", help="dataset root (or a CSV file for --format csv)"),
+    data: str = typer.Option(..., "--data", help="dataset root (or a CSV file for --format csv); a path or URI"),
     format: str = typer.Option(..., "--format", help="dfew | ferv39k | mafw | rafdb | affectnet7 | affectnet8 | csv"),
     checkpoint: str = typer.Option(..., "--checkpoint",
-                                   help="a checkpoint file or weights name (ours or the authors')"),
-    out: Optional[Path] = typer.Option(None, "--out",
-                                       help="results folder [default: eval/<checkpoint>-<format>-<split>]"),
+                                   help="a checkpoint file (a path or URI) or weights name (ours or the authors')"),
+    out: Optional[str] = typer.Option(None, "--out",
+                                      help="results folder, a path or URI [default: eval/<checkpoint>-<format>-<split>]"),
     fold: Optional[int] = typer.Option(None, min=1, max=5, help="DFEW / MAFW fold (1..5)"),
     split: str = typer.Option("test", help="which split to evaluate"),
     labels: Optional[str] = typer.Option(None, help="csv format: a label set or class names a,b,c"),
@@ -455,7 +456,9 @@ def evaluate_cmd(
                      trust=trust)
     except (WeightsNotFound, DatasetError, CheckpointError, FileNotFoundError, ValueError, ClusterError) as e:
         _fail(str(e))
-    names = __import__("json").loads(Path(m["outputs"]["metrics"]).read_text())["labels"]
+    from pipeline import storage
+
+    names = __import__("json").loads(storage.read_text(m["outputs"]["metrics"]))["labels"]
     typer.echo("recall per class: " + ", ".join(f"{n} -" if r is None or r != r else f"{n} {100 * r:.1f}"
                                                for n, r in zip(names, m["recall"])))  # -: not in the split
     typer.echo(f"results: {', '.join(m['outputs'].values())}")
@@ -463,8 +466,10 @@ def evaluate_cmd(
 
 @app.command("prepare")
 def prepare_cmd(
-    videos_csv: Path = typer.Argument(..., help="CSV with path,label[,split] (paths relative to the CSV's folder)"),
-    out: Path = typer.Option(..., "--out", help="dataset folder: clips/<name>/00001..00016.jpg, train/val/test.csv"),
+    videos_csv: str = typer.Argument(..., help="CSV with path,label[,split] (paths relative to the CSV's folder); "
+                                     "a path or URI"),
+    out: str = typer.Option(..., "--out", help="dataset folder (a path or URI): clips/<name>/00001..00016.jpg, "
+                            "train/val/test.csv"),
     labels: Optional[str] = typer.Option(None, help="check labels against a label set (dfew, ...) or names a,b,c"),
     force: bool = typer.Option(False, "--force", help="re-cut clips that already exist"),
     fps: float = typer.Option(8.0, callback=positive, help="analysis rate of the face stage (frames per second)"),

@@ -28,6 +28,7 @@ uint8 clips, decoded in ``map_batches`` tasks on CPU workers.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline import storage
+from pipeline.storage import exists, join
 from s2d_model import LABEL_SETS
 
 from .augment import ClipAugment, eval_windows, train_window
@@ -60,28 +63,37 @@ class Split:
 
 
 # ============================================================================ helpers
-def _natural_key(path: Path):
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
+def _natural_key(path) -> list:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", storage.name(path))]
 
 
-def list_frames(folder: str | Path) -> list[Path]:
-    """The image files of a frame folder in natural order (``2.jpg`` before ``10.jpg``)."""
-    return sorted((p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTS), key=_natural_key)
+def _suffix(path) -> str:
+    return Path(storage.name(path)).suffix.lower()
 
 
-def kind_of(path: Path) -> str:
-    if path.is_dir():
+def list_frames(folder) -> list:
+    """The image files of a frame folder (a path or URI) in natural order (``2.jpg`` before ``10.jpg``)."""
+    found = [storage.location(f.path) for f in storage.files(folder, recursive=False)]
+    return sorted((p for p in found if _suffix(p) in IMAGE_EXTS), key=_natural_key)
+
+
+def kind_of(path) -> str:
+    if storage.is_dir(path):
         return "frames"
-    return "image" if path.suffix.lower() in IMAGE_EXTS else "video"
+    return "image" if _suffix(path) in IMAGE_EXTS else "video"
 
 
-def _first_existing(*candidates: Path) -> Path | None:
-    return next((c for c in candidates if c.exists()), None)
+def _first_existing(*candidates):
+    return next((c for c in candidates if exists(c)), None)
 
 
-def _read_table(path: Path, columns: list[tuple[str, ...]]) -> list[tuple[int, list[str]]]:
+def _text(path) -> str:
+    return storage.read_text(path, "utf-8-sig")
+
+
+def _read_table(path, columns: list[tuple[str, ...]]) -> list[tuple[int, list[str]]]:
     """CSV rows as (line number, [value per requested column]); each column given by accepted names."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with io.StringIO(_text(path), newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:
@@ -122,8 +134,8 @@ def parse_label(value: str, names: tuple[str, ...] | None, base: int, where: str
     return idx
 
 
-def _need(path: Path, where: str, what: str) -> Path:
-    if not path.exists():
+def _need(path, where: str, what: str):
+    if not exists(path):
         raise DatasetError(f"{where}: {what} not found: {path}")
     return path
 
@@ -138,11 +150,11 @@ def _nonempty(samples: list[dict], source: Path | str, split: str) -> list[dict]
 def read_dfew(root: Path, split: str, fold: int | None) -> Split:
     if fold is None:
         raise DatasetError(f"{root}: DFEW needs a fold (1..5)")
-    clips = _first_existing(root / "clip_224x224_16f", root / "Clip" / "clip_224x224_16f")
+    clips = _first_existing(join(root, "clip_224x224_16f"), join(root, "Clip", "clip_224x224_16f"))
     if clips is None:
         raise DatasetError(f"{root}: no clip_224x224_16f/ folder (DFEW's 16-frame face clips) under the root")
-    folder = root / "EmoLabel_DataSplit" / f"{split}(single-labeled)"
-    own, authors = folder / f"set_{fold}.csv", folder / f"{split}_set_{fold}.csv"
+    folder = join(root, "EmoLabel_DataSplit", f"{split}(single-labeled)")
+    own, authors = join(folder, f"set_{fold}.csv"), join(folder, f"{split}_set_{fold}.csv")
     anno = _first_existing(own, authors)
     if anno is None:
         raise DatasetError(f"DFEW annotation not found: {own} (DFEW's file) or {authors} (the S2D authors' copy)")
@@ -151,20 +163,20 @@ def read_dfew(root: Path, split: str, fold: int | None) -> Split:
     samples = []
     for line, (name, label) in _read_table(anno, [("video_name", "video", "name"), ("label", "labels")]):
         where = f"{anno}:{line}"
-        path = clips / name
-        if not path.is_dir() and name.isdigit():
-            path = clips / name.zfill(5)
+        path = join(clips, name)
+        if not storage.is_dir(path) and name.isdigit():
+            path = join(clips, name.zfill(5))
         samples.append({"path": str(_need(path, where, "clip folder")), "kind": "frames",
                         "label": parse_label(label, names, base, where)})
     return Split(_nonempty(samples, anno, split), names, "dfew", str(anno))
 
 
 def read_ferv39k(root: Path, split: str) -> Split:
-    anno = _first_existing(root / "Annotation" / f"{split}.csv", root / f"{split}.csv")
+    anno = _first_existing(join(root, "Annotation", f"{split}.csv"), join(root, f"{split}.csv"))
     if anno is None:
-        raise DatasetError(f"FERV39K annotation not found: {root / 'Annotation' / f'{split}.csv'}")
+        raise DatasetError(f"FERV39K annotation not found: {join(root, 'Annotation', f'{split}.csv')}")
     names = LABEL_SETS["ferv39k"]
-    frame_roots = [root / "2_ClipsforFaceCrop", root]
+    frame_roots = [join(root, "2_ClipsforFaceCrop"), root]
     samples = []
     for line, (rel, label) in _read_table(anno, [("path",), ("id", "label")]):
         where = f"{anno}:{line}"
@@ -172,22 +184,22 @@ def read_ferv39k(root: Path, split: str) -> Split:
         folder = Path(rel).parts[-2].lower() if len(Path(rel).parts) >= 2 else None  # <Scene>/<Emotion>/<id>
         if folder in [n.lower() for n in names] and folder != names[idx].lower():
             raise DatasetError(f"{where}: label {label} ({names[idx]}) contradicts the path's emotion folder {rel!r}")
-        path = next((r / rel for r in frame_roots if (r / rel).exists()), frame_roots[0] / rel)
+        path = next((join(r, rel) for r in frame_roots if exists(join(r, rel))), join(frame_roots[0], rel))
         samples.append({"path": str(_need(path, where, "clip folder")), "kind": kind_of(path), "label": idx})
     return Split(_nonempty(samples, anno, split), names, "ferv39k", str(anno))
 
 
 def read_mafw(root: Path, split: str, fold: int | None) -> Split:
-    folder = root / "anno" / "single" / "no_caption"
-    folder = folder / f"set_{fold}" if fold is not None else folder
-    anno = _first_existing(folder / f"{split}.csv", folder / f"{split}.txt")
+    folder = join(root, "anno", "single", "no_caption")
+    folder = join(folder, f"set_{fold}") if fold is not None else folder
+    anno = _first_existing(join(folder, f"{split}.csv"), join(folder, f"{split}.txt"))
     if anno is None:
-        raise DatasetError(f"MAFW annotation not found: {folder / f'{split}.csv'}")
+        raise DatasetError(f"MAFW annotation not found: {join(folder, f'{split}.csv')}")
     names = LABEL_SETS["mafw"]
-    frame_roots = [root / "data" / "frames" / "frames_crop_align_224", root / "frames_crop_align_224",
-                   root / "frames", root / "data" / "clips", root]
-    if anno.suffix == ".txt":  # "03747.mp4 anger"
-        rows = [(i, line.split()) for i, line in enumerate(anno.read_text().splitlines(), start=1) if line.strip()]
+    frame_roots = [join(root, "data", "frames", "frames_crop_align_224"), join(root, "frames_crop_align_224"),
+                   join(root, "frames"), join(root, "data", "clips"), root]
+    if _suffix(anno) == ".txt":  # "03747.mp4 anger"
+        rows = [(i, line.split()) for i, line in enumerate(_text(anno).splitlines(), start=1) if line.strip()]
     else:
         rows = _read_table(anno, [("video_name", "name", "path"), ("labels", "label")])
     samples = []
@@ -197,20 +209,20 @@ def read_mafw(root: Path, split: str, fold: int | None) -> Split:
             raise DatasetError(f"{where}: expected 'name label', got {row}")
         name, label = row
         stem = name[: -len(Path(name).suffix)] if Path(name).suffix else name
-        path = next((p for r in frame_roots for p in (r / stem, r / name) if p.exists()), frame_roots[0] / stem)
+        path = next((p for r in frame_roots for p in (join(r, stem), join(r, name)) if exists(p)), join(frame_roots[0], stem))
         samples.append({"path": str(_need(path, where, "clip folder or video")), "kind": kind_of(path),
                         "label": parse_label(label, names, 0, where)})
     return Split(_nonempty(samples, anno, split), names, "mafw", str(anno))
 
 
 def read_rafdb(root: Path, split: str) -> Split:
-    anno = _first_existing(*(d / f for d in (root / "EmoLabel", root)
+    anno = _first_existing(*(join(d, f) for d in (join(root, "EmoLabel"), root)
                              for f in ("list_patition_label.txt", "list_partition_label.txt")))
     if anno is None:
-        raise DatasetError(f"RAF-DB label file not found: {root / 'EmoLabel' / 'list_patition_label.txt'}")
+        raise DatasetError(f"RAF-DB label file not found: {join(root, 'EmoLabel', 'list_patition_label.txt')}")
     names = LABEL_SETS["rafdb"]
     samples = []
-    for line, text in enumerate(anno.read_text().splitlines(), start=1):
+    for line, text in enumerate(_text(anno).splitlines(), start=1):
         if not text.strip():
             continue
         where = f"{anno}:{line}"
@@ -221,23 +233,25 @@ def read_rafdb(root: Path, split: str) -> Split:
         if not name.startswith(f"{split}_"):
             continue
         stem = Path(name).stem
-        path = _first_existing(root / "Image" / "aligned" / f"{stem}_aligned.jpg", root / "Image" / "original" / name,
-                               root / "aligned" / f"{stem}_aligned.jpg", root / name)
+        path = _first_existing(join(root, "Image", "aligned", f"{stem}_aligned.jpg"),
+                               join(root, "Image", "original", name), join(root, "aligned", f"{stem}_aligned.jpg"),
+                               join(root, name))
         if path is None:
-            raise DatasetError(f"{where}: image not found: {root / 'Image' / 'aligned' / f'{stem}_aligned.jpg'}")
+            raise DatasetError(f"{where}: image not found: {join(root, 'Image', 'aligned', f'{stem}_aligned.jpg')}")
         samples.append({"path": str(path), "kind": "image", "label": parse_label(label, names, 1, where)})
     return Split(_nonempty(samples, anno, split), names, "rafdb", str(anno))
 
 
 def read_affectnet(root: Path, split: str, num_classes: int) -> Split:
     official = {"train": "training.csv", "test": "validation.csv", "val": "validation.csv"}[split]
-    anno = _first_existing(root / "Manually_Annotated_file_lists" / official, root / official, root / f"{split}.csv")
+    anno = _first_existing(join(root, "Manually_Annotated_file_lists", official), join(root, official),
+                           join(root, f"{split}.csv"))
     if anno is None:
-        raise DatasetError(f"AffectNet annotation not found: {root / 'Manually_Annotated_file_lists' / official}")
+        raise DatasetError(f"AffectNet annotation not found: {join(root, 'Manually_Annotated_file_lists', official)}")
     name = f"affectnet{num_classes}"
     names = LABEL_SETS[name]
-    image_root = _first_existing(root / "Manually_Annotated_Images",
-                                 root / "Manually_Annotated" / "Manually_Annotated_Images") or root
+    image_root = _first_existing(join(root, "Manually_Annotated_Images"),
+                                 join(root, "Manually_Annotated", "Manually_Annotated_Images")) or root
     samples, skipped = [], 0
     for line, (rel, label) in _read_table(anno, [("subdirectory_filepath", "path"), ("expression", "label")]):
         where = f"{anno}:{line}"
@@ -250,7 +264,7 @@ def read_affectnet(root: Path, split: str, num_classes: int) -> Split:
         if code >= num_classes:  # contempt (7-class), none, uncertain, no-face
             skipped += 1
             continue
-        samples.append({"path": str(_need(image_root / rel, where, "image")), "kind": "image", "label": code})
+        samples.append({"path": str(_need(join(image_root, rel), where, "image")), "kind": "image", "label": code})
     if skipped:
         print(f"{anno}: skipped {skipped} rows with expression codes >= {num_classes}")
     return Split(_nonempty(samples, anno, split), names, name, str(anno))
@@ -264,17 +278,18 @@ def _csv_names(labels: str | None) -> tuple[str, ...] | None:
     return tuple(n.strip() for n in labels.split(",") if n.strip())
 
 
-def read_csv(data: Path, split: str, labels: str | None = None) -> Split:
+def read_csv(data, split: str, labels: str | None = None) -> Split:
     """Generic ``path,label`` CSV. ``labels``: a LABEL_SETS name or comma-separated class names; without
     it labels must be ints and the classes are 0..max over the folder's CSV files."""
-    anno = data if data.is_file() else data / f"{split}.csv"
-    if not anno.is_file():
+    single = storage.is_file(data)
+    anno = data if single else join(data, f"{split}.csv")
+    if not storage.is_file(anno):
         raise DatasetError(f"CSV annotation not found: {anno} (expected {data}/{{train,test}}.csv with path,label)")
     names = _csv_names(labels)
     rows = _read_table(anno, [("path", "file", "video"), ("label", "labels", "emotion")])
     if names is None:
-        siblings = [anno] if data.is_file() else [p for p in (data / f"{s}.csv" for s in ("train", "val", "test"))
-                                                  if p.is_file()]
+        siblings = [anno] if single else [p for p in (join(data, f"{s}.csv") for s in ("train", "val", "test"))
+                                          if storage.is_file(p)]
         top = -1
         for f in siblings:
             for line, (_, label) in (rows if f == anno else _read_table(f, [("path", "file", "video"),
@@ -284,7 +299,8 @@ def read_csv(data: Path, split: str, labels: str | None = None) -> Split:
     samples = []
     for line, (rel, label) in rows:
         where = f"{anno}:{line}"
-        path = Path(rel) if Path(rel).is_absolute() else anno.parent / rel
+        absolute = storage.is_uri(rel) or Path(rel).is_absolute()
+        path = storage.location(rel) if absolute else join(storage.parent(anno), rel)
         samples.append({"path": str(_need(path, where, "file or frame folder")), "kind": kind_of(path),
                         "label": parse_label(label, names, 0, where)})
     label_set = labels.lower() if labels and labels.lower() in LABEL_SETS else None
@@ -294,8 +310,9 @@ def read_csv(data: Path, split: str, labels: str | None = None) -> Split:
 def load_split(data: str | Path, format: str, split: str = "train", fold: int | None = None,
                labels: str | None = None) -> Split:
     """Read one split (``train`` or ``test``; ``val`` for formats that ship one) of a dataset."""
-    root = Path(data).expanduser().resolve()  # absolute sample paths: Ray workers run in other directories
-    if not root.exists():
+    # absolute sample paths (Ray workers run in other directories), or URIs
+    root = storage.location(data) if storage.is_uri(data) else Path(data).expanduser().resolve()
+    if not exists(root):
         raise DatasetError(f"dataset not found: {root}")
     fmt = format.lower()
     if fmt == "dfew":
@@ -349,6 +366,12 @@ def draw_oversampled(batch: dict, *, paths, labels, kinds, probs) -> dict:
 
 
 # ============================================================================ decoding
+def _image(path) -> np.ndarray:
+    """An image file (a path or URI) as uint8 RGB [H, W, 3]."""
+    with Image.open(io.BytesIO(storage.read_bytes(path)) if storage.is_uri(path) else path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
 def read_clip(path: str, kind: str, pick, size: int = 224) -> np.ndarray:
     """Frames ``pick(n)`` (n = frame count) of a sample, each resized to size x size. -> uint8 [k, S, S, 3]."""
     from .augment import resize_frames
@@ -359,11 +382,10 @@ def read_clip(path: str, kind: str, pick, size: int = 224) -> np.ndarray:
             if not files:
                 raise DatasetError(f"{path}: frame folder holds no images")
             idx = np.asarray(pick(len(files)))
-            cache = {i: resize_frames(np.asarray(Image.open(files[i]).convert("RGB"))[None], size)[0]
-                     for i in np.unique(idx)}
+            cache = {i: resize_frames(_image(files[i])[None], size)[0] for i in np.unique(idx)}
             return np.stack([cache[i] for i in idx])
         if kind == "image":
-            img = resize_frames(np.asarray(Image.open(path).convert("RGB"))[None], size)
+            img = resize_frames(_image(path)[None], size)
             return img[np.asarray(pick(1))]
         if kind == "video":
             from pipeline.decode import DecodeError, get_decoder

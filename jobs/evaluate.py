@@ -15,6 +15,7 @@ writes ``metrics.json``, ``confusion.csv``, ``confusion.png`` and ``predictions.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 import s2d_model as S
+from pipeline import storage
 from pipeline.cluster import data_task_cpus, init_ray, plan_workers, resources
 
 from .augment import to_model_input
@@ -96,7 +98,9 @@ class Predictor:
     """Ray Data callable class: a batch of test views -> averaged softmax probabilities."""
 
     def __init__(self, checkpoint: str, landmark_weights: str, trust: bool = False):
-        self.model, _ = S.load_model(checkpoint, landmark_weights, trust)
+        from s2d_model.weights import resolve
+
+        self.model, _ = S.load_model(resolve(checkpoint), landmark_weights, trust)  # a URI: fetched on this node
         if torch.cuda.is_available():
             self.model.cuda()
 
@@ -108,31 +112,32 @@ class Predictor:
 
 
 # ============================================================================ outputs
-def write_outputs(out: Path, metrics: dict, label_names, samples=None, probs=None) -> dict:
-    """metrics.json, confusion.csv, confusion.png (and predictions.csv) in ``out``; -> their paths."""
-    out.mkdir(parents=True, exist_ok=True)
+def _csv_text(rows) -> str:
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows(rows)
+    return text.getvalue()
+
+
+def write_outputs(out, metrics: dict, label_names, samples=None, probs=None) -> dict:
+    """metrics.json, confusion.csv, confusion.png (and predictions.csv) in ``out`` (a folder or URI), each written
+    atomically; -> their paths."""
     cm = np.asarray(metrics["confusion"])
-    (out / "metrics.json").write_text(json.dumps({**metrics, "labels": list(label_names)}, indent=1))
-    with open(out / "confusion.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["true \\ predicted", *label_names])
-        for name, row in zip(label_names, cm):
-            w.writerow([name, *row.tolist()])
-    plot_confusion(cm, label_names, out / "confusion.png",
+    paths = {k: storage.join(out, f) for k, f in (("metrics", "metrics.json"), ("confusion_csv", "confusion.csv"),
+                                                   ("confusion_png", "confusion.png"))}
+    storage.write(paths["metrics"], json.dumps({**metrics, "labels": list(label_names)}, indent=1))
+    storage.write(paths["confusion_csv"], _csv_text([["true \\ predicted", *label_names],
+                                                     *([name, *row.tolist()] for name, row in zip(label_names, cm))]))
+    plot_confusion(cm, label_names, paths["confusion_png"],
                    title=f"UAR {100 * metrics['uar']:.2f}  WAR {100 * metrics['war']:.2f}  (n={metrics['n']})")
-    paths = {"metrics": str(out / "metrics.json"), "confusion_csv": str(out / "confusion.csv"),
-             "confusion_png": str(out / "confusion.png")}
     if samples is not None and probs is not None:
-        with open(out / "predictions.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "label", "pred", *[f"p_{n}" for n in label_names]])
-            for s, p in zip(samples, probs):
-                w.writerow([s["path"], s["label"], int(np.argmax(p)), *[f"{v:.6f}" for v in p]])
-        paths["predictions"] = str(out / "predictions.csv")
-    return paths
+        paths["predictions"] = storage.join(out, "predictions.csv")
+        storage.write(paths["predictions"], _csv_text(
+            [["path", "label", "pred", *[f"p_{n}" for n in label_names]],
+             *([s["path"], s["label"], int(np.argmax(p)), *[f"{v:.6f}" for v in p]] for s, p in zip(samples, probs))]))
+    return {k: str(v) for k, v in paths.items()}
 
 
-def plot_confusion(cm: np.ndarray, label_names, path: Path, title: str = "") -> None:
+def plot_confusion(cm: np.ndarray, label_names, path, title: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,7 +158,7 @@ def plot_confusion(cm: np.ndarray, label_names, path: Path, title: str = "") -> 
                     color="white" if rows[i, j] > 0.5 else "black")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    storage.write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
 
 
@@ -170,7 +175,7 @@ def evaluate(data: str | Path, format: str, checkpoint: str | Path, out: str | P
 
     from .datasets import eval_dataset, load_split
 
-    ckpt = W.resolve(str(checkpoint)).resolve()
+    ckpt = W.resolve(str(checkpoint)).resolve()  # a URI: fetched into this machine's cache
     landmark = W.resolve(str(landmark_weights)).resolve()  # a missing file stops here, with the weights message
     model, _ = S.load_model(ckpt, landmark, trust)  # validates the file before starting Ray work
     num_frames, num_classes, image_mode = model.num_frames or 1, model.num_classes, isinstance(model, S.S2DImage)
@@ -189,7 +194,8 @@ def evaluate(data: str | Path, format: str, checkpoint: str | Path, out: str | P
         print(note)
     ds = eval_dataset(data_split.samples, num_frames=num_frames, image_mode=image_mode,
                       decode_batch_size=decode_batch_size, num_cpus=data_task_cpus(cpus, workers, each))
-    ds = ds.map_batches(Predictor, fn_constructor_kwargs=dict(checkpoint=str(ckpt), landmark_weights=str(landmark),
+    given = str(checkpoint) if storage.is_uri(checkpoint) else str(ckpt)  # each node fetches a URI itself
+    ds = ds.map_batches(Predictor, fn_constructor_kwargs=dict(checkpoint=given, landmark_weights=str(landmark),
                                                               trust=trust),
                         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers),
                         num_cpus=each, num_gpus=gpus_per_worker or None)
@@ -203,8 +209,8 @@ def evaluate(data: str | Path, format: str, checkpoint: str | Path, out: str | P
         raise RuntimeError(f"evaluation lost {int((~seen).sum())} samples")
     y_true = np.array([s["label"] for s in data_split.samples])
     metrics = compute_metrics(y_true, probs.argmax(1), data_split.num_classes)
-    metrics.update(checkpoint=str(ckpt), data=str(data), format=format, split=split, fold=fold)
-    outputs = write_outputs(Path(out), metrics, data_split.label_names, data_split.samples, probs)
+    metrics.update(checkpoint=given, data=str(data), format=format, split=split, fold=fold)
+    outputs = write_outputs(storage.location(out) if storage.is_uri(out) else Path(out), metrics, data_split.label_names, data_split.samples, probs)
     print(f"{format} {split}{'' if fold is None else f' fold {fold}'}: UAR {100 * metrics['uar']:.2f}  "
           f"WAR {100 * metrics['war']:.2f}  F1 macro {100 * metrics['f1_macro']:.2f}  (n={metrics['n']}) -> {out}")
     return {**metrics, "outputs": outputs}

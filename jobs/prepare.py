@@ -14,7 +14,8 @@ Per video:
    5-point similarity transform, the same margin), so training and inference see the same crops;
 5. written as ``OUT/clips/<name>/00001.jpg .. 00016.jpg`` (JPEG quality 95; ``<name>`` is the file's stem plus
    its ``video_id``) and ``clip.json`` (source, face-stage settings hash, frames), into a temporary folder
-   renamed when complete.
+   renamed when complete. ``OUT`` may be a URI (``s3://...``, ``pipeline.storage``): there a clip is complete
+   when its ``clip.json`` (removed first, written last) names the current settings.
 
 Outputs: ``OUT/{train,val,test}.csv`` (``path,label``, paths relative to OUT: ``s2d train dynamic --data OUT
 --format csv`` and ``s2d evaluate --format csv`` read them as they are) and ``OUT/prepare.json`` (settings and
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s2d_model.files import atomic_write
+from pipeline import storage
 
 from .datasets import DatasetError, _csv_names, _read_table, parse_label
 
@@ -46,24 +47,28 @@ SPLITS = ("train", "val", "test")
 def read_videos_csv(path: str | Path, labels: str | None = None) -> list[dict]:
     """``path,label[,split]`` rows -> [{"path": absolute str, "label": str, "split": str, "line": int}].
     A bad label or split stops here, naming the row; a missing or unreadable video becomes an error row later."""
-    path = Path(path).expanduser().resolve()
-    if not path.is_file():
+    path = storage.location(path) if storage.is_uri(path) else Path(path).expanduser().resolve()
+    if not storage.is_file(path):
         raise DatasetError(f"videos CSV not found: {path} (expected columns path,label and optionally split)")
     names = _csv_names(labels)
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with io.StringIO(storage.read_text(path, "utf-8-sig"), newline="") as f:
         header = [h.strip().lower() for h in next(csv.reader(f), [])]
     columns = [("path", "file", "video"), ("label", "labels", "emotion")] + ([("split",)] if "split" in header else [])
     rows = []
     for line, values in _read_table(path, columns):
         rel, label = values[:2]
         where = f"{path}:{line}"
-        video = Path(rel) if Path(rel).is_absolute() else path.parent / rel
+        if storage.is_uri(rel) or Path(rel).is_absolute():
+            video = storage.location(rel)
+        else:
+            video = storage.join(storage.parent(path), rel)
         if names is not None:
             parse_label(label, names, 0, where)  # unknown class names and out-of-range ints stop here
         split = (values[2] if len(values) > 2 and values[2] else "train").lower()
         if split not in SPLITS:
             raise DatasetError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
-        rows.append({"path": str(video.resolve()), "label": label, "split": split, "line": line})
+        video = video if storage.is_uri(video) else video.resolve()
+        rows.append({"path": str(video), "label": label, "split": split, "line": line})
     if not rows:
         raise DatasetError(f"{path}: no videos listed")
     return rows
@@ -90,17 +95,19 @@ def clip_frames(times: np.ndarray, n: int = FRAMES) -> np.ndarray:
     return np.abs(times[None, :] - targets[:, None]).argmin(1)  # [n], ties: the earlier frame
 
 
-def _clip_is_current(folder: Path, settings_hash: str) -> bool:
+def _clip_is_current(folder, settings_hash: str) -> bool:
     """A complete clip folder cut from a face stage with the same settings."""
     try:
-        info = json.loads((folder / "clip.json").read_text())
+        info = json.loads(storage.read_text(storage.join(folder, "clip.json")))
     except (OSError, ValueError):
         return False
-    return info.get("faces_settings_hash") == settings_hash and len(list(folder.glob("*.jpg"))) == FRAMES
+    jpgs = [f for f in storage.files(folder, recursive=False) if f.path.endswith(".jpg")]
+    return info.get("faces_settings_hash") == settings_hash and len(jpgs) == FRAMES
 
 
-def cut_clip(video: str, faces, rows: np.ndarray, folder: Path, settings_hash: str, decoder: str = "pyav") -> dict:
-    """Decode the clip's frames, align them and write ``folder/00001.jpg ..`` (+ ``clip.json``) atomically."""
+def cut_clip(video: str, faces, rows: np.ndarray, folder, settings_hash: str, decoder: str = "pyav") -> dict:
+    """Decode the clip's frames, align them and write ``folder/00001.jpg ..`` (+ ``clip.json``) atomically: a
+    local folder is renamed into place whole; in an object store ``clip.json`` goes first and comes back last."""
     from PIL import Image
 
     from pipeline.align import align_clip
@@ -116,11 +123,22 @@ def cut_clip(video: str, faces, rows: np.ndarray, folder: Path, settings_hash: s
     clip = align_clip(dict(zip(got["frame_index"].tolist(), got["frames"])), frame_index, kps5)  # [16,224,224,3]
     info = {"video": video, "faces_settings_hash": settings_hash, "frame_index": frame_index.tolist(),
             "time_s": [round(float(t), 4) for t in times[slots]]}
+    jpgs = []
+    for frame in clip:
+        buf = io.BytesIO()
+        Image.fromarray(frame).save(buf, format="JPEG", quality=95)
+        jpgs.append(buf.getvalue())
+    if storage.is_uri(folder):
+        storage.remove(storage.join(folder, "clip.json"))
+        for j, data in enumerate(jpgs, start=1):
+            storage.write(storage.join(folder, f"{j:05d}.jpg"), data)
+        storage.write(storage.join(folder, "clip.json"), json.dumps(info))
+        return {k: info[k] for k in ("frame_index", "time_s")}
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for j, frame in enumerate(clip, start=1):
-        Image.fromarray(frame).save(tmp / f"{j:05d}.jpg", quality=95)
+    for j, data in enumerate(jpgs, start=1):
+        (tmp / f"{j:05d}.jpg").write_bytes(data)
     (tmp / "clip.json").write_text(json.dumps(info))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
@@ -140,11 +158,13 @@ def prepare(videos_csv: str | Path, out: str | Path, faces=None, labels: str | N
     t0 = time.perf_counter()
     faces = faces or FaceSettings()
     rows = read_videos_csv(videos_csv, labels)  # a bad row stops here, before any work
-    out = Path(out).expanduser().resolve()
-    (out / "clips").mkdir(parents=True, exist_ok=True)
+    out = storage.location(out) if storage.is_uri(out) else Path(out).expanduser().resolve()
+    storage.check_output(out)
+    if not storage.is_uri(out):
+        (out / "clips").mkdir(parents=True, exist_ok=True)
     sources = [make_source(r["path"]) for r in rows]
-    result = run_faces(list({s.video_id: s for s in sources}.values()), out / "cache", faces, device=device,
-                       address=address, progress=progress)
+    result = run_faces(list({s.video_id: s for s in sources}.values()), storage.join(out, "cache"), faces,
+                       device=device, address=address, progress=progress)
     metas = {m["video_id"]: m for m in result.videos}
 
     videos, written, kept = [], 0, 0
@@ -156,10 +176,10 @@ def prepare(videos_csv: str | Path, out: str | Path, faces=None, labels: str | N
         videos.append(entry)
         if meta["status"] != "ok":
             continue
-        table, _ = cache.read_entry(out / "cache", result.settings_hash, src.video_id)
+        table, _ = cache.read_entry(storage.join(out, "cache"), result.settings_hash, src.video_id)
         track_id, track_rows = pick_track(table)
         entry.update(track_id=track_id, track_faces=len(track_rows))
-        folder = out / "clips" / name
+        folder = storage.join(out, "clips", name)
         if not force and _clip_is_current(folder, result.settings_hash):
             kept += 1
             continue
@@ -172,19 +192,20 @@ def prepare(videos_csv: str | Path, out: str | Path, faces=None, labels: str | N
     csvs = {}
     for split in SPLITS:
         ok = [v for v in videos if v["split"] == split and v["status"] == "ok"]
-        target = out / f"{split}.csv"
+        target = storage.join(out, f"{split}.csv")
         if not ok:
-            target.unlink(missing_ok=True)
+            storage.remove(target)
             continue
         text = io.StringIO(newline="")
         w = csv.writer(text)
         w.writerow(["path", "label"])
         w.writerows([v["clip"], v["label"]] for v in ok)
-        atomic_write(target, text.getvalue())
+        storage.write(target, text.getvalue())
         csvs[split] = {"file": str(target), "clips": len(ok)}
-    manifest = {"videos_csv": str(Path(videos_csv).resolve()), "out": str(out), "labels": labels,
+    listed = videos_csv if storage.is_uri(videos_csv) else Path(videos_csv).resolve()
+    manifest = {"videos_csv": str(listed), "out": str(out), "labels": labels,
                 "faces": asdict(faces), "faces_settings_hash": result.settings_hash, "csv": csvs,
                 "clips_written": written, "clips_kept": kept, "faces_from_cache": result.cached,
                 "wall_seconds": round(time.perf_counter() - t0, 2), "videos": videos}
-    atomic_write(out / "prepare.json", json.dumps(manifest, indent=1, default=str))
+    storage.write(storage.join(out, "prepare.json"), json.dumps(manifest, indent=1, default=str))
     return manifest

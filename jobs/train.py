@@ -29,7 +29,9 @@ epoch, rank 0; ``epoch`` is 0-based there and in ``sdl_schedule``, 1-based in th
 end ``best.pth`` (highest val UAR) and ``last.pth``, which ``s2d_model.load_checkpoint`` loads. Running the
 same command again resumes from the latest checkpoint (Ray Train V2 restores a run from
 ``RunConfig(name, storage_path)``); the epoch counter continues. With ``max_failures`` N, a crashed worker
-makes Ray Train restart the whole worker group from the latest checkpoint, up to N times.
+makes Ray Train restart the whole worker group from the latest checkpoint, up to N times. ``out`` (and
+``data``, ``init``) may be URIs (``s3://bucket/runs/r1``, ``pipeline.storage``): Ray Train keeps its checkpoints
+there, and ``best.pth`` / ``last.pth`` are copies made by the store.
 
 Options (``DEFAULTS``): ``fold`` (DFEW/MAFW 1..5), ``labels`` (generic CSV: a label-set name or
 comma-separated class names), ``model``, ``epochs``, ``batch_size`` (per worker), ``lr`` (per 8 samples),
@@ -51,6 +53,7 @@ import time
 import warnings
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import torch
 from timm.data.mixup import mixup_target
 from timm.loss import SoftTargetCrossEntropy
@@ -58,7 +61,9 @@ from timm.optim import param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 
 import s2d_model as S
+from pipeline import storage
 from pipeline.cluster import data_task_cpus, init_ray, plan_workers, resources as cluster_resources
+from s2d_model import weights as W
 from s2d_model.files import atomic_write
 
 from .augment import to_model_input
@@ -94,19 +99,19 @@ def _run(stage: str, data, format: str, out, **options) -> dict:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from s2d_model import weights as W
-
     from .datasets import eval_dataset, load_split, stratified_split, train_dataset
 
     unknown = set(options) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(DEFAULTS))}")
     o = {**DEFAULTS, **options}
-    out = Path(out).expanduser().resolve()
+    out = storage.location(out) if storage.is_uri(out) else Path(out).expanduser().resolve()
+    storage.check_output(out)
 
-    # Everything that can be checked before Ray starts is checked here. Paths absolute: workers run elsewhere.
-    landmark = str(W.resolve(str(o["landmark_weights"])).resolve())  # WeightsNotFound names the file and where
-    init = str(W.resolve(str(o["init"])).resolve()) if o["init"] else None
+    # Everything that can be checked before Ray starts is checked here. Paths absolute: workers run elsewhere;
+    # a URI stays one (each worker's node fetches its own copy).
+    landmark = _weights(o["landmark_weights"])  # WeightsNotFound names the file and where
+    init = _weights(o["init"]) if o["init"] else None
     if stage == "dynamic" and init is None:
         print("WARNING: no --init checkpoint: the dynamic stage starts from random weights (the authors start "
               "from their static image model, e.g. `s2d-affectnet7-image`)")
@@ -136,7 +141,7 @@ def _run(stage: str, data, format: str, out, **options) -> dict:
         sdl_k=int(o["sdl_k"]), sdl_queue=int(o["sdl_queue"]), landmark_weights=landmark, init=init,
         trust=bool(o["trust"]), seed=int(o["seed"]), cpus_per_worker=float(o["cpus_per_worker"]),
         has_val=bool(val), n_val=len(val), run_dir=str(out), fail_once=o["fail_once"],
-        data=str(Path(data).expanduser().resolve()), format=format, fold=o["fold"],
+        data=str(data if storage.is_uri(data) else Path(data).expanduser().resolve()), format=format, fold=o["fold"],
     )
     print(f"{stage} stage: {format} {split.source}: {len(train)} train / {len(val)} val samples, "
           f"{split.num_classes} classes, {workers} worker(s) x batch {bs}, {steps} steps/epoch, "
@@ -163,7 +168,7 @@ def _run(stage: str, data, format: str, out, **options) -> dict:
         train_loop_config=cfg,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=resources),
         run_config=RunConfig(
-            name=out.name, storage_path=str(out.parent),
+            name=storage.name(out), storage_path=str(storage.parent(out)),
             failure_config=FailureConfig(max_failures=int(o["max_failures"])),
             checkpoint_config=CheckpointConfig(num_to_keep=o["num_to_keep"],
                                                checkpoint_score_attribute="val_uar" if val else None,
@@ -175,7 +180,13 @@ def _run(stage: str, data, format: str, out, **options) -> dict:
     return _summarise(result, out, cfg)
 
 
-def _summarise(result, out: Path, cfg: dict) -> dict:
+def _weights(name) -> str:
+    """A weights name or path -> its absolute local path; a URI is checked (and fetched here) and kept."""
+    path = W.resolve(str(name)).resolve()
+    return str(name) if storage.is_uri(name) else str(path)
+
+
+def _summarise(result, out, cfg: dict) -> dict:
     """Export best.pth / last.pth from the run's checkpoints and describe the run."""
     latest = result.checkpoint
     best = latest
@@ -185,8 +196,14 @@ def _summarise(result, out: Path, cfg: dict) -> dict:
     for name, ckpt in (("best", best), ("last", latest)):
         if ckpt is None:
             continue
+        dst = storage.join(out, f"{name}.pth")
+        if storage.is_uri(out):  # streamed from the checkpoint's object to the run's (the store copies it)
+            dst_fs, dst_path = storage.filesystem(dst)
+            pafs.copy_files(f"{ckpt.path}/model.pth", dst_path, source_filesystem=ckpt.filesystem,
+                            destination_filesystem=dst_fs)
+            paths[name] = str(dst)
+            continue
         src = Path(ckpt.path) / "model.pth"
-        dst = out / f"{name}.pth"
         tmp = dst.with_name(f".{dst.name}.link")
         tmp.unlink(missing_ok=True)
         try:  # a hard link: no copy of a 380 MB file, and it outlives Ray's checkpoint pruning
@@ -200,7 +217,8 @@ def _summarise(result, out: Path, cfg: dict) -> dict:
     return {"run_dir": str(out), "best_checkpoint": paths.get("best"), "last_checkpoint": paths.get("last"),
             "metrics": rows[-1] if rows else result.metrics, "history": rows,
             "best_metrics": max(rows, key=lambda r: r.get("val_uar", -1.0)) if rows else None,
-            "metrics_jsonl": str(out / "metrics.jsonl"), "metrics_csv": str(out / "metrics.csv"),
+            "metrics_jsonl": str(storage.join(out, "metrics.jsonl")),
+            "metrics_csv": str(storage.join(out, "metrics.csv")),
             "num_classes": cfg["num_classes"], "label_names": cfg["label_names"]}
 
 
@@ -210,21 +228,23 @@ METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "sdl_loss", "sdl_weight", "
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    path = storage.join(run_dir, "metrics.jsonl")
+    if not storage.exists(path):
+        return []
+    return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
 
 
 def write_metrics_row(run_dir: str | Path, row: dict) -> None:
     """Add an epoch's row to metrics.jsonl and metrics.csv, replacing rows of that epoch or later (a resumed
     run repeats the epochs after its last checkpoint)."""
-    run_dir = Path(run_dir)
+    run_dir = storage.location(run_dir)
     rows = [r for r in read_metrics(run_dir) if r["epoch"] < row["epoch"]] + [row]
-    atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    storage.write(storage.join(run_dir, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
     text = io.StringIO()
     w = csv.DictWriter(text, fieldnames=METRIC_FIELDS, extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)
-    atomic_write(run_dir / "metrics.csv", text.getvalue())
+    storage.write(storage.join(run_dir, "metrics.csv"), text.getvalue())
 
 
 # ============================================================================ pieces of the loop
@@ -259,9 +279,9 @@ def build_model(cfg: dict, verbose: bool = True):
     else:
         extra = {} if cfg.get("head_dropout") is None else {"head_dropout": cfg["head_dropout"]}
         model = S.create_model(cfg["model"], c, num_frames=cfg["num_frames"], **extra)
-    S.load_landmark_weights(model, cfg["landmark_weights"])
+    S.load_landmark_weights(model, W.resolve(cfg["landmark_weights"]))  # a URI: fetched on this node
     if cfg.get("init"):
-        S.load_checkpoint(model, cfg["init"], trust=cfg.get("trust", False), verbose=verbose)
+        S.load_checkpoint(model, W.resolve(cfg["init"]), trust=cfg.get("trust", False), verbose=verbose)
     return model
 
 

@@ -92,7 +92,10 @@ def build_model(c: Classifier):
         model = S.create_model("s2d_tiny", len(c.class_names))
         S.load_landmark_weights(model, c.landmark_path)
     else:
-        model, _ = S.load_model(c.path, c.landmark_path, c.trust, kind="video")
+        from s2d_model.weights import resolve
+
+        path = resolve(c.weights) if "://" in c.weights else c.path  # an object: this node's own copy
+        model, _ = S.load_model(path, c.landmark_path, c.trust, kind="video")
         if model.num_classes != len(c.class_names):
             raise ValueError(f"{c.path}: {model.num_classes} classes, but label set '{c.labels}' has "
                              f"{len(c.class_names)}")

@@ -15,7 +15,7 @@ at once: a cache entry (faces, then meta) is complete only once its meta object 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, IO
+from typing import IO, Callable
 
 import pyarrow.fs as pafs
 
@@ -47,6 +47,11 @@ def join(base, *names: str) -> Path | str:
     if is_uri(base):
         return "/".join([str(base).rstrip("/"), *names])
     return Path(base, *names)
+
+
+def parent(path) -> Path | str:
+    """The folder a path or URI is in."""
+    return str(path).rstrip("/").rsplit("/", 1)[0] if is_uri(path) else Path(path).parent
 
 
 def name(path) -> str:
@@ -95,6 +100,10 @@ def read_bytes(path) -> bytes:
         return f.read()
 
 
+def read_text(path, encoding: str = "utf-8") -> str:
+    return read_bytes(path).decode(encoding)
+
+
 def write(path, data: bytes | str | Callable[[IO[bytes]], object]) -> Path | str:
     """Write ``data`` (bytes, text as UTF-8, or a function that writes to a binary file) atomically (see the
     module docstring); creates the local folder. Returns the path."""
@@ -129,7 +138,6 @@ def check_output(path) -> None:
     """An output folder: NotADirectoryError when it is an existing file."""
     if is_file(path):
         raise NotADirectoryError(f"{path} is a file, not a folder: pass a folder for the outputs")
-
 
 
 def read_table(path, **kw):

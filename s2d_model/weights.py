@@ -5,7 +5,9 @@ Resolution order for ``resolve(name_or_path)``:
 2. a file registered with ``s2d weights import`` (``<cache>/registry.json``);
 3. ``$S2D_WEIGHTS_DIR/<usual file name>`` (set it once for CI and offline machines);
 4. ``<cache>/<name>/<usual file name>`` (where ``s2d weights download`` puts files).
-Nothing is downloaded implicitly: a missing file raises ``WeightsNotFound`` with the exact file to fetch
+A URI of a filesystem pyarrow knows (``s3://bucket/run/best.pth``: a checkpoint a training run wrote to an object
+store) is copied into ``<cache>/remote/`` by the process that resolves it. Otherwise nothing is downloaded
+implicitly: a missing file raises ``WeightsNotFound`` with the exact file to fetch
 and where to put it. ``download`` is the explicit, resumable, sha256-checked fetch.
 
 Cache directory: ``$S2D_HOME`` if set, else ``$HF_HOME/s2d`` if set, else ``~/.cache/s2d``.
@@ -117,8 +119,37 @@ def locate(name: str) -> Path | None:
     return p if p.is_file() else None
 
 
+def fetch_uri(uri: str) -> Path:
+    """A checkpoint on a filesystem pyarrow knows (``s3://bucket/run/best.pth``), copied once into this machine's
+    cache (``cache_dir()/remote/``) and copied again when the object's size or time changes. -> the local copy."""
+    import pyarrow.fs as pafs
+
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+        info = fs.get_file_info(path)
+    except Exception as exc:  # an unknown scheme, no credentials, the server unreachable ...
+        raise WeightsNotFound(f"weights file {uri} cannot be read: {exc}") from None
+    if info.type != pafs.FileType.File:
+        raise WeightsNotFound(f"weights file not found: {uri}")
+    folder = cache_dir() / "remote" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    local, stamp = folder / uri.rstrip("/").rsplit("/", 1)[-1], {"uri": uri, "size": info.size,
+                                                               "mtime": str(info.mtime)}
+    try:
+        if json.loads((folder / "source.json").read_text()) == stamp and local.is_file():
+            return local
+    except (OSError, ValueError):
+        pass
+    with fs.open_input_stream(path) as src:
+        atomic_write(local, lambda f: shutil.copyfileobj(src, f, 1 << 20))
+    atomic_write(folder / "source.json", json.dumps(stamp))
+    return local
+
+
 def resolve(name: str) -> Path:
-    """A path for ``name`` or a ``WeightsNotFound`` that says exactly which file to get and where to put it."""
+    """A path for ``name`` or a ``WeightsNotFound`` that says exactly which file to get and where to put it.
+    A URI (``s3://...``) is fetched into the cache (``fetch_uri``)."""
+    if "://" in str(name):
+        return fetch_uri(str(name))
     found = locate(name)
     if found is not None:
         return found

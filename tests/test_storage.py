@@ -1,6 +1,7 @@
 """Inputs and outputs on an object store: pipeline.storage against a real S3-compatible server (moto, on
-127.0.0.1), and ``s2d annotate`` / ``s2d faces`` / ``s2d timeline`` with videos read from it and the cache,
-timelines and manifest written to it."""
+127.0.0.1), ``s2d annotate`` / ``s2d faces`` / ``s2d timeline`` with videos read from it and the cache,
+timelines and manifest written to it, and ``s2d prepare`` / ``train`` / ``evaluate`` with their data, checkpoints
+and results there."""
 from __future__ import annotations
 
 import json
@@ -52,6 +53,22 @@ def test_storage_on_s3(s3, tmp_path, fixtures_dir):
     assert [s.size for s in found] == [s.size for s in local] and len({s.video_id for s in found}) == len(found)
 
 
+def test_a_checkpoint_uri_is_copied_once_and_again_when_it_changes(s3, tmp_path, monkeypatch):
+    from s2d_model import weights as W
+
+    monkeypatch.setenv("S2D_HOME", str(tmp_path / "home"))
+    uri = f"{s3.bucket('weights')}/run/best.pth"
+    storage.write(uri, b"first")
+    local = W.resolve(uri)
+    assert local.read_bytes() == b"first" and str(local).startswith(str(tmp_path / "home" / "remote"))
+    mtime = local.stat().st_mtime_ns
+    assert W.resolve(uri) == local and local.stat().st_mtime_ns == mtime  # not copied again
+    storage.write(uri, b"second, longer")
+    assert W.resolve(uri).read_bytes() == b"second, longer"
+    with pytest.raises(W.WeightsNotFound, match="weights file not found: .*/run/nothing.pth"):
+        W.resolve(f"{s3.bucket('weights')}/run/nothing.pth")
+
+
 @pytest.fixture
 def s2d(s3, detector_weights, landmark_weights):
     """``s2d ARGS`` in a shell with the S3 settings and the fixture weights (its own local Ray)."""
@@ -91,3 +108,57 @@ def test_annotate_reads_from_and_writes_to_s3_as_it_does_locally(s3, s2d, tmp_pa
     missing = s2d("annotate", f"{root}/nothing-here/", "--out", f"{root}/out2", "--weights", "random-tiny")
     assert missing.returncode != 0 and f"no such file or folder: {root}/nothing-here/" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+from test_jobs_cli import videos  # noqa: E402,F401  (the labelled raw videos fixture)
+
+
+def test_prepare_train_and_evaluate_with_data_and_outputs_on_s3(s3, s2d, videos, tmp_path):
+    """The training side with no local folder: ``prepare`` reads its CSV and videos from the store and writes the
+    clip dataset there (the same clips as a local ``prepare``); ``train dynamic`` reads that dataset and keeps its
+    checkpoints and metrics there; ``evaluate`` takes the checkpoint's URI and writes its results there, and gives
+    on the store's dataset what it gives on the local one."""
+    root = s3.bucket("training")
+    upload(videos, f"{root}/raw")
+    data, run, local = f"{root}/data", f"{root}/run", tmp_path / "data"
+    done = s2d("prepare", f"{root}/raw/videos.csv", "--out", data, "--labels", "dfew")
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    done = s2d("prepare", videos / "videos.csv", "--out", local, "--labels", "dfew")
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    def by_stem(names):  # clips/<stem>-<video_id>: the id is made from the path, which differs here
+        return {n.rsplit("-", 1)[0]: n for n in names}
+
+    for split in ("train", "test"):
+        rows = [line.split(",") for line in storage.read_text(f"{data}/{split}.csv").splitlines()]
+        want = [line.split(",") for line in (local / f"{split}.csv").read_text().splitlines()]
+        assert [(r[0].rsplit("-", 1)[0], r[1]) for r in rows] == [(r[0].rsplit("-", 1)[0], r[1]) for r in want]
+    on_s3, here = by_stem(storage.folders(f"{data}/clips")), by_stem(p.name for p in (local / "clips").iterdir())
+    assert on_s3.keys() == here.keys() and len(here) == 5
+    for stem, name in here.items():  # the same aligned frames, byte for byte, and the same frame choice
+        frames = sorted((local / "clips" / name).glob("*.jpg"))
+        assert len(frames) == 16
+        for f in frames:
+            assert storage.read_bytes(f"{data}/clips/{on_s3[stem]}/{f.name}") == f.read_bytes(), f
+        got = json.loads(storage.read_text(f"{data}/clips/{on_s3[stem]}/clip.json"))
+        assert got["frame_index"] == json.loads((local / "clips" / name / "clip.json").read_text())["frame_index"]
+    assert json.loads(storage.read_text(f"{data}/prepare.json"))["clips_written"] == 5
+
+    done = s2d("train", "dynamic", "--data", data, "--format", "csv", "--labels", "dfew", "--model", "s2d_tiny",
+               "--epochs", "2", "--batch-size", "2", "--val-fraction", "0", "--out", run)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert f"best checkpoint: {run}/best.pth" in done.stdout
+    rows = [json.loads(line) for line in storage.read_text(f"{run}/metrics.jsonl").splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1] and storage.is_file(f"{run}/metrics.csv")
+    assert storage.is_file(f"{run}/last.pth") and any(n.startswith("checkpoint_") for n in storage.folders(run))
+
+    results = []
+    for where, out in ((data, f"{root}/eval"), (local, tmp_path / "eval")):
+        done = s2d("evaluate", "--data", where, "--format", "csv", "--labels", "dfew", "--checkpoint",
+                   f"{run}/best.pth", "--out", out)
+        assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+        results.append(json.loads(storage.read_text(storage.join(out, "metrics.json"))))
+    assert storage.is_file(f"{root}/eval/confusion.png") and storage.is_file(f"{root}/eval/predictions.csv")
+    s3_metrics, local_metrics = results
+    assert s3_metrics["n"] == 1 and s3_metrics["checkpoint"] == f"{run}/best.pth"
+    assert {k: s3_metrics[k] for k in ("uar", "war", "confusion")} == \
+        {k: local_metrics[k] for k in ("uar", "war", "confusion")}
