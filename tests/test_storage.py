@@ -117,7 +117,7 @@ def test_prepare_train_and_evaluate_with_data_and_outputs_on_s3(s3, s2d, videos,
     """The training side with no local folder: ``prepare`` reads its CSV and videos from the store and writes the
     clip dataset there (the same clips as a local ``prepare``); ``train dynamic`` reads that dataset and keeps its
     checkpoints and metrics there; ``evaluate`` takes the checkpoint's URI and writes its results there, and gives
-    on the store's dataset what it gives on the local one."""
+    on the store's dataset what it gives on the local one; ``annotate --weights URI`` classifies with it."""
     root = s3.bucket("training")
     upload(videos, f"{root}/raw")
     data, run, local = f"{root}/data", f"{root}/run", tmp_path / "data"
@@ -162,3 +162,6 @@ def test_prepare_train_and_evaluate_with_data_and_outputs_on_s3(s3, s2d, videos,
     assert s3_metrics["n"] == 1 and s3_metrics["checkpoint"] == f"{run}/best.pth"
     assert {k: s3_metrics[k] for k in ("uar", "war", "confusion")} == \
         {k: local_metrics[k] for k in ("uar", "war", "confusion")}
+    done = s2d("annotate", videos / "a.mp4", "--out", tmp_path / "ann", "--weights", f"{run}/best.pth")
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert [v["status"] for v in json.loads((tmp_path / "ann" / "manifest.json").read_text())["videos"]] == ["ok"]
