@@ -256,7 +256,7 @@ def annotate_cmd(
 ):
     """Write a per-track, per-segment emotion timeline (Parquet) for every face in every video."""
     _ray_output(verbose)
-    from pipeline.annotate import run_annotate
+    from pipeline.annotate_run import run_annotate
     from pipeline.settings import AnnotateSettings, FaceSettings
     from s2d_model.checkpoints import CheckpointError
     from s2d_model.weights import WeightsNotFound

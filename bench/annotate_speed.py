@@ -6,7 +6,7 @@
 "baseline" is commit a7e3743 (the chain before the rebuild: ``pipeline.run.run_annotate``), checked out as a git
 worktree (``--baseline``, default ``$TMPDIR/s2d-baseline``, made with ``git worktree add --detach`` if missing;
 no install: it runs with PYTHONPATH and cwd = that folder, so ``import pipeline`` resolves there). "new" is this
-working tree (``pipeline.annotate.run_annotate``). Every measured run is a fresh subprocess
+working tree (``pipeline.annotate_run.run_annotate``). Every measured run is a fresh subprocess
 (``python bench/annotate_speed.py --one SPEC``, or ``python -m cli`` for e), one at a time, on a fresh out dir
 and cache dir; ``run_annotate`` starts a local Ray inside it (plain ``ray.init()``: all CPUs of this machine),
 so every run is cold (Ray start-up, actor construction and model loading are in its time) and its memory is its
@@ -340,7 +340,7 @@ def _annotate(spec: dict) -> dict:
     if spec["chain"] == "baseline":
         from pipeline.run import AnnotateSettings, FaceSettings, run_annotate
     else:
-        from pipeline.annotate import run_annotate
+        from pipeline.annotate_run import run_annotate
         from pipeline.settings import AnnotateSettings, FaceSettings
     faces = FaceSettings(detector_weights=spec["mnet"], landmark_weights=spec["mfn"])
     settings = AnnotateSettings(weights=spec["weights"], s2d_landmark_weights=spec["mfn"])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import cache, storage
 from .cluster import PASSES, NodeWatch, chain_context, init_ray, lost, pick_device, plan_actors, resources
-from .faces import FaceWorker
+from .face_actor import FaceWorker
 from .settings import FacePlan, FaceSettings, plan_faces
 from .sources import Source, check_paths, find_videos
 from .units import empty_faces, items, join_units, plan_units

@@ -17,7 +17,7 @@ import torch
 
 import s2d_model as S
 from media import write_video
-from pipeline.annotate import run_annotate
+from pipeline.annotate_run import run_annotate
 from pipeline.settings import AnnotateSettings, FaceSettings
 from pipeline.timeline import read_timelines, timeline_schema
 

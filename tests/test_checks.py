@@ -125,7 +125,7 @@ def test_weights_holding_code_are_refused_in_one_line_unless_trusted(env, fixtur
 def test_a_clip_without_probabilities_fails_its_video_never_a_nan_row(tmp_path, detector_weights, landmark_weights):
     from test_run_parts import _clip, _segment, _unit
 
-    from pipeline.annotate import Timelines
+    from pipeline.annotate_run import Timelines
     from pipeline.settings import plan_faces
     from pipeline.sources import Source
 

@@ -8,7 +8,7 @@ import pytest
 
 from golden.check import assert_timelines_equal_golden
 from golden.make_golden import HERE, RUNS, inputs
-from pipeline.annotate import run_annotate
+from pipeline.annotate_run import run_annotate
 from pipeline.settings import AnnotateSettings, FaceSettings
 
 

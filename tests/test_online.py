@@ -12,7 +12,7 @@ import pytest
 from media import write_video
 from pipeline.align import align_clip
 from pipeline.decode import get_decoder, sampling_step
-from pipeline.faces import FRAME_BYTES, FaceWorker, Frames, analysed, run_unit
+from pipeline.face_actor import FRAME_BYTES, FaceWorker, Frames, analysed, run_unit
 from pipeline.segments import OnlineWindows, _columns, plan_segments
 from pipeline.settings import AnnotateSettings, FaceSettings, plan_faces
 from pipeline.track import OnlineTracker, assign_tracks, stitch_units

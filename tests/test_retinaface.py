@@ -265,7 +265,7 @@ def test_the_face_actor_path_does_not_import_torchvision():
     import subprocess
     import sys
 
-    code = ("import sys, pipeline.faces, pipeline.retinaface, pipeline.landmarks; "
+    code = ("import sys, pipeline.face_actor, pipeline.retinaface, pipeline.landmarks; "
             "print('torchvision' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.annotate import Timelines
+from pipeline.annotate_run import Timelines
 from pipeline.cluster import plan_actors
 from pipeline.segments import Segment
 from pipeline.settings import AnnotateSettings, FaceSettings, plan_faces

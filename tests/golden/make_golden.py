@@ -33,7 +33,7 @@ def inputs(folder: Path) -> list[Path]:
 def main() -> None:
     import tempfile
 
-    from pipeline.annotate import run_annotate
+    from pipeline.annotate_run import run_annotate
     from pipeline.settings import AnnotateSettings, FaceSettings
 
     faces = FaceSettings(detector_weights=str(FIXTURES / "weights" / "mobilenet0.25_Final.pth"),

@@ -26,7 +26,7 @@ from s2d_model.weights import resolve_all
 from . import cache, storage
 from .cluster import PASSES, NodeWatch, chain_context, init_ray, lost, pick_device, plan_actors, resources
 from .emotions import S2DWorker, resolve_classifier
-from .faces import FaceWorker
+from .face_actor import FaceWorker
 from .faces_run import FacesResult, Progress, Video, error_meta, unit_rows, write_units
 from .settings import AnnotateSettings, FacePlan, FaceSettings, plan_faces, timeline_record
 from .sources import Source, check_paths, find_videos
