@@ -292,7 +292,7 @@ def annotate_cmd(
 @app.command("timeline")
 def timeline_cmd(
     out: str = typer.Argument(..., help="an `s2d annotate --out` folder (local or a URI)"),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="also draw the timelines to this PNG file"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="also draw the timelines to this PNG file: one panel per track over the whole video, untrained weights flagged"),
     video: Optional[str] = typer.Option(None, help="only this video (file name or video_id)"),
 ):
     """Summarise timelines: per video and track, the dominant emotion and the share of time per emotion."""
@@ -308,7 +308,15 @@ def timeline_cmd(
     labels = meta["labels"] if meta else [c[2:] for c in df.columns if c.startswith("p_")]
     typer.echo(format_summary(summarize(df, labels)))
     if plot is not None:
-        plot_timeline(df, labels, plot)
+        import json
+
+        from pipeline.emotions import UNTRAINED_WARNING
+
+        manifest = storage.join(out, "manifest.json")
+        m = json.loads(storage.read_text(manifest)) if storage.is_file(manifest) else {}
+        warning = m.get("warning") or (UNTRAINED_WARNING if (df["model"] == "random-tiny").any() else None)
+        plot_timeline(df, labels, plot, durations={v["video_id"]: v.get("duration_s") for v in m.get("videos", [])},
+                      warning=warning)
         typer.echo(f"plot: {plot}")
 
 

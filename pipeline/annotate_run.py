@@ -117,7 +117,7 @@ class Timelines:
             meta, maps = write_units(self.cache_dir, self.plan, src, units)
         self.face_metas[vid] = meta
         record = {"video_id": vid, "video_path": src.path, "status": meta["status"], "error": meta["error"],
-                  "timeline": None, "n_segments": 0, "n_tracks": 0,
+                  "duration_s": meta.get("duration_s"), "timeline": None, "n_segments": 0, "n_tracks": 0,
                   "nodes": {"faces": sorted({u.node for u in units} - {""}),  # Ray node ids that did its work
                             "s2d": sorted({c.node for c in clips} - {""})}}
         if meta["status"] == "error":

@@ -211,9 +211,24 @@ def format_summary(summary: pd.DataFrame) -> str:
     return t.to_string(index=False)
 
 
-def plot_timeline(df: pd.DataFrame, labels: Sequence[str], path_png, video: str | None = None) -> Path:
-    """PNG: one row per (video, track), class probabilities over time (x = segment centre, s). ``video`` keeps
-    the rows whose video_path, its file name, or video_id equals it. Raises ValueError when nothing is left."""
+def track_panels(df: pd.DataFrame, durations: dict | None = None) -> list[tuple[str, int, pd.DataFrame, tuple]]:
+    """One panel per (video, track), in order: (video_path, track_id, its rows by time, (0, the video's duration)).
+    ``durations``: video_id -> seconds (the manifest's); without one, the video's last segment end."""
+    durations = durations or {}
+    ends = df.groupby("video_id")["end_s"].max().to_dict()
+    panels = []
+    for (path, tid), g in df.groupby(["video_path", "track_id"], sort=True):
+        vid = g["video_id"].iloc[0]
+        panels.append((path, int(tid), g.sort_values("start_s"), (0.0, float(durations.get(vid) or ends[vid]))))
+    return panels
+
+
+def plot_timeline(df: pd.DataFrame, labels: Sequence[str], path_png, video: str | None = None,
+                  durations: dict | None = None, warning: str | None = None) -> Path:
+    """PNG: one panel per (video, track), class probabilities over the whole video (x = segment centre, s, from 0
+    to the video's duration, see ``track_panels``); ``warning`` (e.g. untrained weights) in red above them.
+    ``video`` keeps the rows whose video_path, its file name, or video_id equals it. Raises ValueError when nothing
+    is left."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state (renders with Agg)
     import matplotlib
 
@@ -224,12 +239,13 @@ def plot_timeline(df: pd.DataFrame, labels: Sequence[str], path_png, video: str 
         df = df[keep]
     if df is None or len(df) == 0:
         raise ValueError("plot_timeline: no timeline rows to plot" + (f" for video {video!r}" if video else ""))
-    groups = list(df.groupby(["video_path", "track_id"], sort=True))
+    panels = track_panels(df, durations)
     cmap = matplotlib.colormaps["tab10" if len(labels) <= 10 else "tab20"]
-    fig = Figure(figsize=(11, 1.0 + 2.4 * len(groups)), dpi=100, layout="constrained")
-    axes = fig.subplots(len(groups), 1, squeeze=False)[:, 0]
-    for ax, ((path, tid), g) in zip(axes, groups):
-        g = g.sort_values("start_s")
+    fig = Figure(figsize=(11, 1.0 + 2.4 * len(panels) + (0.4 if warning else 0)), dpi=100, layout="constrained")
+    if warning:
+        fig.suptitle(f"WARNING: {warning}", color="#c00000", fontsize=11, fontweight="bold")
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    for ax, (path, tid, g, xlim) in zip(axes, panels):
         start, end = g["start_s"].to_numpy(), g["end_s"].to_numpy()
         gap = np.r_[False, start[1:] > end[:-1]]  # [n] a segment after a hole in the track: break the line
         at = np.flatnonzero(gap)
@@ -238,11 +254,11 @@ def plot_timeline(df: pd.DataFrame, labels: Sequence[str], path_png, video: str 
             y = np.insert(g[col].to_numpy(np.float64), at, np.nan)
             ax.plot(x, y, marker="o", ms=3, lw=1.5, color=cmap(j % cmap.N), label=c)
         ax.set_ylim(0, 1)
-        ax.set_xlim(float(g["start_s"].min()), float(g["end_s"].max()))
+        ax.set_xlim(*xlim)
         ax.set_ylabel("probability")
         ax.set_title(f"{Path(path).name} - track {tid}", fontsize=10)
         ax.grid(alpha=0.3)
-    axes[-1].set_xlabel("time (s), segment centre")
+    axes[-1].set_xlabel("time in the video (s), segment centre")
     axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     path_png = Path(path_png)
     path_png.parent.mkdir(parents=True, exist_ok=True)

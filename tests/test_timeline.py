@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.timeline import (format_summary, is_complete, plot_timeline, read_timeline_meta, read_timelines,
-                               summarize, timeline_path, timeline_schema, timeline_table, write_timeline)
+                               summarize, timeline_path, timeline_schema, timeline_table, track_panels,
+                               write_timeline)
 from s2d_model.labels import LABEL_SETS
 
 DFEW = LABEL_SETS["dfew"]
@@ -176,3 +177,23 @@ def test_plot_timeline(tmp_path):
     with pytest.raises(ValueError, match="no timeline rows"):
         plot_timeline(df, DFEW, tmp_path / "none.png", video="b.mp4")
     assert not (tmp_path / "empty.png").exists()
+
+
+def test_plot_panels_span_the_whole_video_and_untrained_weights_are_flagged(tmp_path):
+    from matplotlib.image import imread
+
+    df = hand_made(tmp_path)
+    panels = track_panels(df)  # one per track; without durations, to the video's last segment end
+    assert [(p, t, xlim) for p, t, _, xlim in panels] == [("/v/a.mp4", 0, (0.0, 7.0)), ("/v/a.mp4", 3, (0.0, 7.0))]
+    assert all(g["start_s"].is_monotonic_increasing for _, _, g, _ in panels)
+    vid = df["video_id"].iloc[0]
+    assert [xlim for *_, xlim in track_panels(df, {vid: 12.5})] == [(0.0, 12.5)] * 2  # the manifest's duration
+
+    def red(png):  # share of strongly red pixels (the warning's colour) in the band above the first panel
+        img = imread(png)[:30, :, :3]
+        return float(((img[..., 0] > 0.6) & (img[..., 1] < 0.25) & (img[..., 2] < 0.25)).mean())
+
+    plain = plot_timeline(df, DFEW, tmp_path / "plain.png", durations={vid: 12.5})
+    warned = plot_timeline(df, DFEW, tmp_path / "warned.png", durations={vid: 12.5}, warning="untrained weights")
+    assert red(plain) == 0 and red(warned) > 0.005
+    assert imread(warned).shape[0] > imread(plain).shape[0]
