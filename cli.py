@@ -292,7 +292,8 @@ def annotate_cmd(
 @app.command("timeline")
 def timeline_cmd(
     out: str = typer.Argument(..., help="an `s2d annotate --out` folder (local or a URI)"),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="also draw the timelines to this PNG file: one panel per track over the whole video, untrained weights flagged"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="also draw the timelines to this PNG file: one panel "
+                                        "per track over the whole video, untrained weights flagged"),
     video: Optional[str] = typer.Option(None, help="only this video (file name or video_id)"),
 ):
     """Summarise timelines: per video and track, the dominant emotion and the share of time per emotion."""
