@@ -299,8 +299,7 @@ def read_csv(data, split: str, labels: str | None = None) -> Split:
     samples = []
     for line, (rel, label) in rows:
         where = f"{anno}:{line}"
-        absolute = storage.is_uri(rel) or Path(rel).is_absolute()
-        path = storage.location(rel) if absolute else join(storage.parent(anno), rel)
+        path = storage.beside(anno, rel)
         samples.append({"path": str(_need(path, where, "file or frame folder")), "kind": kind_of(path),
                         "label": parse_label(label, names, 0, where)})
     label_set = labels.lower() if labels and labels.lower() in LABEL_SETS else None
@@ -311,7 +310,7 @@ def load_split(data: str | Path, format: str, split: str = "train", fold: int | 
                labels: str | None = None) -> Split:
     """Read one split (``train`` or ``test``; ``val`` for formats that ship one) of a dataset."""
     # absolute sample paths (Ray workers run in other directories), or URIs
-    root = storage.location(data) if storage.is_uri(data) else Path(data).expanduser().resolve()
+    root = storage.absolute(data)
     if not exists(root):
         raise DatasetError(f"dataset not found: {root}")
     fmt = format.lower()

@@ -47,7 +47,7 @@ SPLITS = ("train", "val", "test")
 def read_videos_csv(path: str | Path, labels: str | None = None) -> list[dict]:
     """``path,label[,split]`` rows -> [{"path": absolute str, "label": str, "split": str, "line": int}].
     A bad label or split stops here, naming the row; a missing or unreadable video becomes an error row later."""
-    path = storage.location(path) if storage.is_uri(path) else Path(path).expanduser().resolve()
+    path = storage.absolute(path)
     if not storage.is_file(path):
         raise DatasetError(f"videos CSV not found: {path} (expected columns path,label and optionally split)")
     names = _csv_names(labels)
@@ -58,16 +58,12 @@ def read_videos_csv(path: str | Path, labels: str | None = None) -> list[dict]:
     for line, values in _read_table(path, columns):
         rel, label = values[:2]
         where = f"{path}:{line}"
-        if storage.is_uri(rel) or Path(rel).is_absolute():
-            video = storage.location(rel)
-        else:
-            video = storage.join(storage.parent(path), rel)
+        video = storage.absolute(storage.beside(path, rel))
         if names is not None:
             parse_label(label, names, 0, where)  # unknown class names and out-of-range ints stop here
         split = (values[2] if len(values) > 2 and values[2] else "train").lower()
         if split not in SPLITS:
             raise DatasetError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
-        video = video if storage.is_uri(video) else video.resolve()
         rows.append({"path": str(video), "label": label, "split": split, "line": line})
     if not rows:
         raise DatasetError(f"{path}: no videos listed")
@@ -158,7 +154,7 @@ def prepare(videos_csv: str | Path, out: str | Path, faces=None, labels: str | N
     t0 = time.perf_counter()
     faces = faces or FaceSettings()
     rows = read_videos_csv(videos_csv, labels)  # a bad row stops here, before any work
-    out = storage.location(out) if storage.is_uri(out) else Path(out).expanduser().resolve()
+    out = storage.absolute(out)
     storage.check_output(out)
     if not storage.is_uri(out):
         (out / "clips").mkdir(parents=True, exist_ok=True)
@@ -202,8 +198,7 @@ def prepare(videos_csv: str | Path, out: str | Path, faces=None, labels: str | N
         w.writerows([v["clip"], v["label"]] for v in ok)
         storage.write(target, text.getvalue())
         csvs[split] = {"file": str(target), "clips": len(ok)}
-    listed = videos_csv if storage.is_uri(videos_csv) else Path(videos_csv).resolve()
-    manifest = {"videos_csv": str(listed), "out": str(out), "labels": labels,
+    manifest = {"videos_csv": str(storage.absolute(videos_csv)), "out": str(out), "labels": labels,
                 "faces": asdict(faces), "faces_settings_hash": result.settings_hash, "csv": csvs,
                 "clips_written": written, "clips_kept": kept, "faces_from_cache": result.cached,
                 "wall_seconds": round(time.perf_counter() - t0, 2), "videos": videos}

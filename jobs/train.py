@@ -105,7 +105,7 @@ def _run(stage: str, data, format: str, out, **options) -> dict:
     if unknown:
         raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(DEFAULTS))}")
     o = {**DEFAULTS, **options}
-    out = storage.location(out) if storage.is_uri(out) else Path(out).expanduser().resolve()
+    out = storage.absolute(out)
     storage.check_output(out)
 
     # Everything that can be checked before Ray starts is checked here. Paths absolute: workers run elsewhere;
@@ -141,7 +141,7 @@ def _run(stage: str, data, format: str, out, **options) -> dict:
         sdl_k=int(o["sdl_k"]), sdl_queue=int(o["sdl_queue"]), landmark_weights=landmark, init=init,
         trust=bool(o["trust"]), seed=int(o["seed"]), cpus_per_worker=float(o["cpus_per_worker"]),
         has_val=bool(val), n_val=len(val), run_dir=str(out), fail_once=o["fail_once"],
-        data=str(data if storage.is_uri(data) else Path(data).expanduser().resolve()), format=format, fold=o["fold"],
+        data=str(storage.absolute(data)), format=format, fold=o["fold"],
     )
     print(f"{stage} stage: {format} {split.source}: {len(train)} train / {len(val)} val samples, "
           f"{split.num_classes} classes, {workers} worker(s) x batch {bs}, {steps} steps/epoch, "

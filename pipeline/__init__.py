@@ -39,13 +39,14 @@ def annotate(paths, out, cache=None, *, device: str = "auto", address: str | Non
     from . import storage
     from .annotate_run import run_annotate
     from .settings import AnnotateSettings, FaceSettings
+    from .timeline import read_timeline_files
 
     face_settings, settings = _settings(options, FaceSettings, AnnotateSettings)
     if settings.s2d_landmark_weights is None and face_settings.landmarks == "mobilefacenet":  # as the CLI does:
         settings = replace(settings, s2d_landmark_weights=face_settings.landmark_weights)  # one MobileFaceNet file
     result = run_annotate(_paths(paths), out, cache, face_settings, settings, device=device, address=address, force=force,
                           progress=progress, trust=trust)
-    df = _timelines([v["timeline"] for v in result.videos if v.get("timeline")])
+    df = read_timeline_files([v["timeline"] for v in result.videos if v.get("timeline")])
     df.attrs["manifest"] = json.loads(storage.read_text(storage.join(out, "manifest.json")))
     return df
 
@@ -79,13 +80,3 @@ def read_faces(cache, settings_hash: str | None = None, video_ids: list[str] | N
 
     return read(cache, settings_hash, video_ids)
 
-
-def _timelines(files: list):
-    import pandas as pd
-
-    from . import storage
-    from .timeline import timeline_schema
-
-    frames = [storage.read_table(f).to_pandas() for f in files]
-    frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else timeline_schema([]).empty_table().to_pandas()

@@ -209,11 +209,11 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
                         break
                     why = watch.lost
                 except Exception as exc:
-                    if not lost(exc):  # the chain itself broke: what is left failed; what is written stays
+                    why = lost(exc)
+                    if why is None:  # the chain itself broke: what is left failed; what is written stays
                         status, message = "error", f"pipeline: {type(exc).__name__}: {exc}"
                         traceback.print_exc()
                         break
-                    why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 status, message = "error", f"pipeline: {why} ({attempt} passes); run again"  # work was lost
                 if attempt < PASSES:
                     bar.note(f"{why}: {sum(v not in done for v in todo)} videos again, on the nodes left")

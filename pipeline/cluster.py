@@ -215,15 +215,17 @@ class NodeLost(KeyboardInterrupt):
     """A node of the cluster died while a chain ran on it: raised in the driver's main thread by ``NodeWatch``."""
 
 
-def lost(exc: BaseException) -> bool:
-    """The chain broke because Ray lost a node, a worker process or objects on them (not because of our code): its
-    work can be done again on what is left."""
+def lost(exc: BaseException) -> str | None:
+    """When the chain broke because Ray lost a node, a worker process or objects on them (not because of our code),
+    so its work can be done again on what is left: the error's first line; else None."""
     from ray.exceptions import (LocalRayletDiedError, NodeDiedError, ObjectLostError, RayActorError,
                                 WorkerCrashedError)
 
     if isinstance(exc, RayActorError):
-        return not exc.actor_init_failed
-    return isinstance(exc, (LocalRayletDiedError, NodeDiedError, ObjectLostError, WorkerCrashedError))
+        ray_lost = not exc.actor_init_failed
+    else:
+        ray_lost = isinstance(exc, (LocalRayletDiedError, NodeDiedError, ObjectLostError, WorkerCrashedError))
+    return (str(exc).splitlines()[0] if str(exc) else type(exc).__name__) if ray_lost else None
 
 
 PASSES = 3  # a chain runs again on the nodes left after a node dies, at most this many times in all

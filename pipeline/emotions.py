@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import storage
+
 RANDOM_TINY = "random-tiny"
 UNTRAINED_WARNING = "weights 'random-tiny' (an s2d_tiny with random weights) are untrained: labels are meaningless"
 
@@ -94,7 +96,7 @@ def build_model(c: Classifier):
     else:
         from s2d_model.weights import resolve
 
-        path = resolve(c.weights) if "://" in c.weights else c.path  # an object: this node's own copy
+        path = resolve(c.weights) if storage.is_uri(c.weights) else c.path  # an object: this node's own copy
         model, _ = S.load_model(path, c.landmark_path, c.trust, kind="video")
         if model.num_classes != len(c.class_names):
             raise ValueError(f"{c.path}: {model.num_classes} classes, but label set '{c.labels}' has "

@@ -187,11 +187,11 @@ def run_faces(paths, cache_dir: str | Path, settings: FaceSettings = FaceSetting
                         raise
                     why = watch.lost
                 except Exception as exc:
-                    if not lost(exc):  # the chain itself broke: record what is left as failed, keep what is done
+                    why = lost(exc)
+                    if why is None:  # the chain itself broke: record what is left as failed, keep what is done
                         message = f"pipeline: {type(exc).__name__}: {exc}"
                         traceback.print_exc()
                         break
-                    why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 message = f"pipeline: {why} ({attempt} passes); run again"  # work was lost
                 if attempt < PASSES:
                     bar.note(f"{why}: {sum(v not in done for v in todo)} videos again, on the nodes left")

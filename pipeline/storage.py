@@ -42,6 +42,17 @@ def location(path) -> Path | str:
     return str(path) if is_uri(path) else Path(path)
 
 
+def absolute(path) -> Path | str:
+    """A URI as it is; a local path expanded (``~``) and resolved, so a worker elsewhere can use it."""
+    return str(path) if is_uri(path) else Path(path).expanduser().resolve()
+
+
+def beside(path, rel: str) -> Path | str:
+    """A path written in the file at ``path`` (a CSV row): a URI or an absolute path as it is, else relative to that
+    file's folder."""
+    return location(rel) if is_uri(rel) or Path(rel).is_absolute() else join(parent(path), rel)
+
+
 def join(base, *names: str) -> Path | str:
     """``base/name/...``: a Path for a local ``base``, a URI for a URI."""
     if is_uri(base):

@@ -154,7 +154,12 @@ def timeline_files(out_dir) -> list[Path | str]:
 def read_timelines(out_dir) -> pd.DataFrame:
     """All finished timeline files under out_dir (not recursive), concatenated (bbox: a numpy array per row).
     Files of different label sets give the union of their p_ columns (NaN where a file has no such class)."""
-    frames = [storage.read_table(p).to_pandas() for p in timeline_files(out_dir) if read_timeline_meta(p) is not None]
+    return read_timeline_files([p for p in timeline_files(out_dir) if read_timeline_meta(p) is not None])
+
+
+def read_timeline_files(paths) -> pd.DataFrame:
+    """These timeline files (local paths or URIs), concatenated as ``read_timelines`` does."""
+    frames = [storage.read_table(p).to_pandas() for p in paths]
     frames = [f for f in frames if len(f)]
     if not frames:
         return timeline_schema([]).empty_table().to_pandas()

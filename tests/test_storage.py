@@ -29,6 +29,10 @@ def upload(folder: Path, uri: str) -> list[str]:
 
 def test_storage_on_s3(s3, tmp_path, fixtures_dir):
     root = s3.bucket("unit")
+    assert storage.beside(f"{root}/d/v.csv", "clips/a") == f"{root}/d/clips/a"  # a CSV row's path
+    assert storage.beside(f"{root}/d/v.csv", "/abs/a.mp4") == Path("/abs/a.mp4")
+    assert storage.beside(tmp_path / "v.csv", "a.mp4") == tmp_path / "a.mp4"
+    assert storage.absolute(f"{root}/x") == f"{root}/x" and storage.absolute("~") == Path.home().resolve()
     assert storage.write(f"{root}/a/b.txt", "hello") == f"{root}/a/b.txt"
     assert storage.read_bytes(f"{root}/a/b.txt") == b"hello" and storage.is_file(f"{root}/a/b.txt")
     assert storage.is_dir(f"{root}/a") and storage.folders(root) == ["a"] and not storage.exists(f"{root}/x")
