@@ -46,6 +46,16 @@ def test_storage_on_s3(s3, tmp_path, fixtures_dir):
     storage.write(f"{root}/file", b"x")
     with pytest.raises(NotADirectoryError):
         storage.check_output(f"{root}/file")
+    from jobs.datasets import DatasetError, load_split
+    from jobs.prepare import read_videos_csv
+
+    with pytest.raises(DatasetError, match=f"videos CSV not found: {root}/none.csv"):  # before any work
+        read_videos_csv(f"{root}/none.csv")
+    with pytest.raises(DatasetError, match=f"dataset not found: {root}/no-data"):
+        load_split(f"{root}/no-data", "csv")
+    storage.write(f"{root}/data/train.csv", "path,label\nclips/gone,1\n")
+    with pytest.raises(DatasetError, match=f"train.csv:2: file or frame folder not found: {root}/data/clips/gone"):
+        load_split(f"{root}/data", "csv")
     # videos: listed by extension under a prefix (hidden names skipped), probed and decoded through pyarrow
     upload(fixtures_dir / "videos", f"{root}/videos")
     storage.write(f"{root}/videos/.hidden.mp4", b"x")
