@@ -8,7 +8,8 @@
 Frames never leave the face actor that decoded them: what travels is uint8 clips and face rows. A video's clips
 are classified while its later shards and the next videos are still being decoded. A video whose timeline is
 complete for the same settings is skipped; one whose landmark-cache entry is complete is not detected again (its
-clips are cut from the entry and a second decode).
+clips are cut from the entry and a second decode). A still image is a unit of one frame whose faces go to S2D's
+static image model (``--image-weights``): its timeline has one row per face (segment 0, start_s = end_s = 0).
 """
 from __future__ import annotations
 
@@ -25,10 +26,11 @@ from s2d_model.weights import resolve_all
 
 from . import cache, storage
 from .cluster import PASSES, NodeWatch, chain_context, init_ray, lost, pick_device, plan_actors, resources
-from .emotions import S2DWorker, resolve_classifier
+from .emotions import Classifier, S2DWorker, resolve_classifier
 from .face_actor import FaceWorker
 from .faces_run import FacesResult, Progress, Video, error_meta, unit_rows, write_units
 from .settings import AnnotateSettings, FacePlan, FaceSettings, plan_faces, timeline_record
+from .images import is_image
 from .sources import Source, check_paths, find_videos
 from .timeline import is_complete, read_timeline_meta, timeline_path, windows_table, write_timeline
 from .units import Clip, UnitFaces
@@ -38,6 +40,7 @@ from .units import Clip, UnitFaces
 class AnnotateResult:
     out_dir: Path | str  # a local folder, or a URI (s3://...)
     settings_hash: str
+    cache_dir: Path | str | None = None  # the landmark cache it used
     videos: list[dict] = field(default_factory=list)  # per video: status, error, n_tracks, n_segments, timeline
     skipped: int = 0  # videos whose complete timeline was kept
     clips: int = 0  # clips classified in this run
@@ -48,6 +51,8 @@ class AnnotateResult:
     faces: FacesResult | None = None  # the face stage's part (its wall_seconds: when the last video's faces were in)
     warning: str | None = None
     interrupted: bool = False  # Ctrl-C / SIGTERM: the videos not done are marked "interrupted"
+    report: Path | str | None = None  # OUT/report.html, once written
+    report_error: str | None = None  # why the report could not be written (the run's outputs stand)
 
     def count(self, status: str) -> int:
         return sum(v["status"] == status for v in self.videos)
@@ -57,6 +62,28 @@ class AnnotateResult:
         return (f"videos: {self.count('ok')} ok, {self.count('no_faces')} no faces, {self.count('error')} failed{stop} "
                 f"({self.skipped} already done); segments: {sum(v['n_segments'] for v in self.videos)}; "
                 f"clips classified: {self.clips} in {self.wall_seconds:.1f} s")
+
+
+@dataclass(frozen=True)
+class Labelling:
+    """How one kind of input (videos, or still images) is labelled: its classifier, the model name its timeline
+    rows carry, and the settings record whose hash marks its timelines complete."""
+
+    classifier: Classifier
+    model: str
+    record: dict
+    key: str
+
+
+def labelling(classifier: Classifier, weights: str, face_key: str, settings: AnnotateSettings) -> Labelling:
+    path = classifier.path
+    model = weights if path is None or Path(weights).name != path.name else path.name
+    record = timeline_record(face_key, classifier.fingerprint, settings)
+    return Labelling(classifier, model, record, cache.settings_hash(record))
+
+
+def kind(src: Source) -> str:
+    return "image" if is_image(src.path) else "video"
 
 
 def video_segment(s, tracks: dict[int, int], offset: int):
@@ -74,10 +101,10 @@ class Timelines:
     are in, writes the video's cache entry (unless it came from the cache) and its timeline, and returns its record.
     Items of a video already finished (a retried task sends them again) are ignored."""
 
-    def __init__(self, sources: dict[str, Source], plan: FacePlan, cache_dir: Path, out_dir: Path, key: str,
-                 class_names, model_name: str, entries: dict[str, dict]):
-        self.sources, self.plan, self.cache_dir, self.out_dir, self.key = sources, plan, cache_dir, out_dir, key
-        self.class_names, self.model_name, self.entries = class_names, model_name, entries
+    def __init__(self, sources: dict[str, Source], plan: FacePlan, cache_dir: Path, out_dir: Path,
+                 labellings: dict[str, Labelling | None], entries: dict[str, dict]):
+        self.sources, self.plan, self.cache_dir, self.out_dir = sources, plan, cache_dir, out_dir
+        self.labellings, self.entries = labellings, entries
         self.units: dict[str, dict[int, UnitFaces]] = {}
         self.clips: dict[str, dict[tuple, Clip]] = {}
         self.face_metas: dict[str, dict] = {}
@@ -116,7 +143,8 @@ class Timelines:
         else:
             meta, maps = write_units(self.cache_dir, self.plan, src, units)
         self.face_metas[vid] = meta
-        record = {"video_id": vid, "video_path": src.path, "status": meta["status"], "error": meta["error"],
+        record = {"video_id": vid, "video_path": src.path, "kind": kind(src), "status": meta["status"],
+                  "error": meta["error"],
                   "duration_s": meta.get("duration_s"), "timeline": None, "n_segments": 0, "n_tracks": 0,
                   "nodes": {"faces": sorted({u.node for u in units} - {""}),  # Ray node ids that did its work
                             "s2d": sorted({c.node for c in clips} - {""})}}
@@ -126,7 +154,8 @@ class Timelines:
         if bad:  # never a timeline row without a real probability
             return {**record, "status": "error", "error": f"S2D: {len(bad)} of {len(clips)} clips were not classified"}
         segments = [(c.segment if maps is None else video_segment(c.segment, *maps[c.unit]), c.probs) for c in clips]
-        table = windows_table(vid, src.path, segments, self.class_names, self.model_name, self.key,
+        lab = self.labellings[kind(src)]
+        table = windows_table(vid, src.path, segments, lab.classifier.class_names, lab.model, lab.key,
                               "ok" if segments else meta["status"])
         path = write_timeline(table, timeline_path(self.out_dir, vid, src.path))
         return {**record, "status": "ok" if segments else meta["status"], "timeline": str(path),
@@ -136,33 +165,37 @@ class Timelines:
 def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None,
                  faces: FaceSettings = FaceSettings(), settings: AnnotateSettings = AnnotateSettings(),
                  device: str = "auto", address: str | None = None, force: bool = False,
-                 progress: bool = True, trust: bool = False) -> AnnotateResult:
-    """Videos -> one emotion timeline Parquet per video under ``out_dir`` (+ ``manifest.json``). ``trust``: the
-    S2D weights file may hold pickled code (only for a file you made or trust)."""
+                 progress: bool = True, trust: bool = False, report: bool = True,
+                 overlay: bool = False) -> AnnotateResult:
+    """Videos -> one emotion timeline Parquet per video under ``out_dir`` (+ ``manifest.json``), then
+    ``report.html`` (``report``) and, with ``overlay``, an overlay video per video with faces (``overlays/``).
+    ``trust``: the S2D weights file may hold pickled code (only for a file you made or trust)."""
     t0 = time.perf_counter()
     out_dir = storage.location(out_dir)
     cache_dir = storage.location(cache_dir) if cache_dir else storage.join(out_dir, "cache")
     # 0. everything that can fail for lack of a file fails now, before any work (every missing file at once)
     check_paths(paths, out_dir, cache_dir)
+    sources = find_videos(paths)
+    kinds = {kind(s) for s in sources}  # the weights of a kind the run has none of are not needed
+    weights = {"video": settings.weights, "image": settings.image_weights}
     resolve_all(list(dict.fromkeys([
         faces.detector_weights or faces.detector,
         (faces.landmark_weights or "mobilefacenet") if faces.landmarks == "mobilefacenet" else None,
         settings.s2d_landmark_weights or "mobilefacenet",
-        None if settings.weights == "random-tiny" else settings.weights])))
+        *[weights[k] for k in sorted(kinds) if weights[k] != "random-tiny"]])))
     plan = plan_faces(faces)
-    classifier = resolve_classifier(settings.weights, settings.labels, settings.s2d_landmark_weights, trust)
-    model_name = settings.weights if classifier.path is None or Path(settings.weights).name != classifier.path.name \
-        else classifier.path.name
-    record = timeline_record(plan.key, classifier.fingerprint, settings)
-    key = cache.settings_hash(record)
-    result = AnnotateResult(out_dir, key, warning=classifier.warning)
-    sources = find_videos(paths)
+    labellings = {k: labelling(resolve_classifier(weights[k], settings.labels if k == "video" else None,
+                                                  settings.s2d_landmark_weights, trust, kind=k),
+                               weights[k], plan.key, settings) if k in kinds else None for k in ("video", "image")}
+    main = labellings["video"] or labellings["image"]
+    warning = "; ".join(lab.classifier.warning for lab in labellings.values() if lab and lab.classifier.warning)
+    result = AnnotateResult(out_dir, main.key, cache_dir, warning=warning or None)
     done: dict[str, dict] = {}
     for s in sources:  # 1. complete timelines of the same settings are kept (unless --force)
         path = timeline_path(out_dir, s.video_id, s.path)
-        if not force and is_complete(path, key):
+        if not force and is_complete(path, labellings[kind(s)].key):
             table = storage.read_table(path, columns=["track_id"])
-            done[s.video_id] = {"video_id": s.video_id, "video_path": s.path, "error": None,
+            done[s.video_id] = {"video_id": s.video_id, "video_path": s.path, "kind": kind(s), "error": None,
                                 "status": read_timeline_meta(path)["status"], "timeline": str(path),
                                 "n_segments": table.num_rows,
                                 "n_tracks": len(set(table.column("track_id").to_pylist())), "skipped": True}
@@ -176,8 +209,7 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
         ray_up = time.time()
         device = pick_device(device)
         stop_on_sigterm()
-        timelines = Timelines(todo, plan, cache_dir, out_dir, key, classifier.class_names, model_name,
-                              {vid: e[1] for vid, e in entries.items()})
+        timelines = Timelines(todo, plan, cache_dir, out_dir, labellings, {vid: e[1] for vid, e in entries.items()})
         result.faces = FacesResult(cache_dir, plan.key, cached=len(entries))
         with Progress(len(todo), "videos", progress) as bar:
             for attempt in range(1, PASSES + 1):  # again on the nodes left, when a node dies
@@ -185,7 +217,7 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
                 left = {vid: s for vid, s in todo.items() if vid not in done}
                 timelines.forget(left)  # what a broken pass left half-way is done again
                 videos = [Video(vid, s.path, entries[vid][0] if vid in entries else None) for vid, s in left.items()]
-                ds = chain(videos, plan, faces, settings, classifier, device)
+                ds = chain(videos, plan, faces, settings, labellings, device)
                 watch = NodeWatch()
                 try:
                     with watch:
@@ -219,18 +251,46 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
                     bar.note(f"{why}: {sum(v not in done for v in todo)} videos again, on the nodes left")
         for vid, s in todo.items():
             if vid not in done:
-                done[vid] = {"video_id": vid, "video_path": s.path, "status": status, "error": message,
+                done[vid] = {"video_id": vid, "video_path": s.path, "kind": kind(s), "status": status, "error": message,
                              "timeline": None, "n_segments": 0, "n_tracks": 0}
         result.faces.videos = [timelines.face_metas.get(vid) or error_meta(s, plan.record, message)
                                for vid, s in todo.items()]
     result.videos = [done[s.video_id] for s in sources]
     result.wall_seconds = time.perf_counter() - t0
-    write_manifest(result, record, settings, faces, classifier)
+    write_manifest(result, plan.key, settings, faces, labellings)
+    if overlay:  # from the outputs just written (the cache, the timelines, the manifest)
+        write_overlays(result, progress)
+        write_manifest(result, plan.key, settings, faces, labellings)  # with each video's overlay
+    if report:
+        from .report import write_report
+
+        try:
+            result.report = write_report(out_dir)
+        except Exception as exc:  # the run's outputs are written and stand; the CLI says why the page is missing
+            result.report_error = f"report: {type(exc).__name__}: {exc}"
     return result
 
 
-def chain(videos: list[Video], plan: FacePlan, faces: FaceSettings, settings: AnnotateSettings, classifier,
-          device: str):
+def write_overlays(result: AnnotateResult, progress: bool) -> None:
+    """``s2d overlay`` for every video of the run with faces, into ``OUT/overlays/``; one that is newer than its
+    timeline is kept. Each record gets ``overlay`` (its path) or ``overlay_error`` (why not)."""
+    from .overlay import overlay_path, write_overlay
+
+    todo = [v for v in result.videos if v.get("kind") == "video" and v["status"] == "ok"]
+    with Progress(len(todo), "overlays", progress) as bar:
+        for v in todo:
+            path = overlay_path(result.out_dir, v["video_id"], v["video_path"])
+            try:
+                if not (storage.is_file(path) and storage.info(path).mtime >= storage.info(v["timeline"]).mtime):
+                    write_overlay(result.out_dir, v["video_id"], path)
+                v["overlay"], status = str(path), "ok"
+            except Exception as exc:  # one video's overlay failing loses nothing else
+                v["overlay_error"], status = f"overlay: {type(exc).__name__}: {exc}", "error"
+            bar.done(storage.name(v["video_path"]), status, v.get("duration_s"))
+
+
+def chain(videos: list[Video], plan: FacePlan, faces: FaceSettings, settings: AnnotateSettings,
+          labellings: dict[str, Labelling | None], device: str):
     """The Ray Data chain over ``videos``, its actor pools planned on the nodes alive now."""
     cpus, gpus, nodes = resources()
     pools = plan_actors(cpus, gpus if device == "cuda" else 0, nodes, emotions=True)
@@ -243,7 +303,9 @@ def chain(videos: list[Video], plan: FacePlan, faces: FaceSettings, settings: An
     # 3. S2D actors: probabilities, batch clips per forward
     batch = settings.batch_size or (8 if device == "cuda" else 1)
     return ds.map_batches(S2DWorker, batch_size=max(8, batch), **pools["s2d"].args(),  # >= 8 rows per task
-                          fn_constructor_kwargs=dict(classifier=classifier, device=device, batch_size=batch,
+                          fn_constructor_kwargs=dict(classifier=labellings["video"] and labellings["video"].classifier,
+                                                     image=labellings["image"] and labellings["image"].classifier,
+                                                     device=device, batch_size=batch,
                                                      threads=pools["s2d"].threads))
 
 
@@ -271,12 +333,18 @@ def stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, interrupt)
 
 
-def write_manifest(result: AnnotateResult, record: dict, settings: AnnotateSettings, faces: FaceSettings,
-                   classifier) -> Path | str:
-    """``<out>/manifest.json``: settings, weights, versions, per-video status and timings (atomic)."""
+def write_manifest(result: AnnotateResult, face_key: str, settings: AnnotateSettings, faces: FaceSettings,
+                   labellings: dict[str, Labelling | None]) -> Path | str:
+    """``<out>/manifest.json``: settings, weights, versions, per-input status and timings (atomic). ``weights``,
+    ``labels``: the video model's (the image model's when the run has no video); ``image_*``: the image model's,
+    when the run has images."""
+    main, image = labellings["video"] or labellings["image"], labellings["image"]
     manifest = {"settings_hash": result.settings_hash, "settings": asdict(settings), "face_settings": asdict(faces),
-                "face_settings_hash": record["faces"], "weights": classifier.fingerprint,
-                "labels": list(classifier.class_names), "warning": result.warning,
+                "face_settings_hash": face_key, "cache_dir": str(result.cache_dir),
+                "weights": main.classifier.fingerprint, "labels": list(main.classifier.class_names),
+                "image_weights": image.classifier.fingerprint if image else None,
+                "image_labels": list(image.classifier.class_names) if image else None,
+                "image_settings_hash": image.key if image else None, "warning": result.warning,
                 "versions": cache.library_versions(), "wall_seconds": result.wall_seconds,
                 "clips_classified": result.clips, "s2d_seconds": result.s2d_seconds, "skipped": result.skipped,
                 "videos": result.videos,

@@ -156,7 +156,8 @@ def _video_stream(container, path):
         raise NotAVideoError(f"{path}: no video stream (streams: {', '.join(kinds) or 'none'})")
     if fmt in _IMAGE_FORMATS or fmt.endswith("_pipe"):
         container.close()
-        raise NotAVideoError(f"{path}: still image ({fmt}), not a video")
+        raise NotAVideoError(f"{path}: still image ({fmt}) of a kind not read here: images must be JPEG, PNG, "
+                             "WebP or BMP")
     return container, container.streams.video[0]
 
 

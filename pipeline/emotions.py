@@ -1,4 +1,7 @@
-"""The S2D actor: batches of aligned uint8 clips -> class probabilities; which weights and labels a run uses."""
+"""The S2D actor: batches of aligned uint8 clips -> class probabilities; which weights and labels a run uses.
+
+Videos' 16-frame clips go to the video model (S2DVideo); a still image's faces come as one-frame clips and go to
+the static image model (S2DImage, the first training stage's model), when the run has images."""
 from __future__ import annotations
 
 import time
@@ -11,6 +14,7 @@ from . import storage
 
 RANDOM_TINY = "random-tiny"
 UNTRAINED_WARNING = "weights 'random-tiny' (an s2d_tiny with random weights) are untrained: labels are meaningless"
+IMAGE_WARNING = "image weights 'random-tiny' (an s2d_tiny with random weights) are untrained: labels are meaningless"
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,7 @@ class Classifier:
     warning: str | None = None
     trust: bool = False  # the file may hold pickled code (the user said they trust it)
     config: str = "s2d_tiny"  # the model configuration (s2d_model.CONFIGS)
+    kind: str = "video"  # S2DVideo (16-frame clips), or "image": S2DImage (one aligned face)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -39,40 +44,46 @@ class Classifier:
                 "labels": self.labels, "landmark_file": file_fingerprint(self.landmark_path)}
 
 
-DEFAULT_LABELS_BY_CLASSES = {7: "dfew", 11: "mafw"}
+DEFAULT_LABELS_BY_CLASSES = {"video": {7: "dfew", 11: "mafw"}, "image": {7: "affectnet7", 8: "affectnet8"}}
+HEAD = {"video": "head.fc_cls.weight", "image": "head.weight"}  # the classifier's weight in each kind's state dict
 
 
 def resolve_classifier(weights: str = "s2d-dfew", labels: str | None = None,
-                       landmark_weights: str | None = None, trust: bool = False) -> Classifier:
+                       landmark_weights: str | None = None, trust: bool = False, kind: str = "video") -> Classifier:
     """Resolve the classifier and landmark weights (WeightsNotFound with instructions if missing), open the
-    checkpoint and check it (a CheckpointError or ValueError now, not inside an actor), and choose the label set:
-    ``labels`` if given (a label-set name or class names ``a,b,c``), else the registry's entry, else what our own
-    checkpoint records (its label set, or its class names), else by class count."""
+    checkpoint and check it is of ``kind`` (a CheckpointError or ValueError now, not inside an actor), and choose
+    the label set: ``labels`` if given (a label-set name or class names ``a,b,c``), else the registry's entry, else
+    what our own checkpoint records (its label set, or its class names), else by class count."""
     from s2d_model.labels import LABEL_SETS
     from s2d_model.weights import KNOWN, resolve
 
     landmark_path = resolve(landmark_weights or "mobilefacenet")
     if weights == RANDOM_TINY:
-        return Classifier(weights, None, labels or "dfew", landmark_path, UNTRAINED_WARNING, config="s2d_tiny")
+        warning, default = (UNTRAINED_WARNING, "dfew") if kind == "video" else (IMAGE_WARNING, "affectnet7")
+        return Classifier(weights, None, labels or default, landmark_path, warning, config="s2d_tiny", kind=kind)
     path = resolve(weights)
     from s2d_model.checkpoints import CheckpointError, infer_config, read_file, split_file  # torch: to read it
 
     fmt, sd, meta = split_file(read_file(path, trust), path)
-    if fmt == "image" or "head.fc_cls.weight" not in sd:
-        raise CheckpointError(f"{path}: not an S2D video model checkpoint ({fmt} layout, no 'head.fc_cls.weight'); "
-                              "annotate needs the dynamic stage's weights")
-    n = sd["head.fc_cls.weight"].shape[0]
+    found = meta.get("kind") or ("image" if fmt == "image" else "video")
+    if found != kind or HEAD[kind] not in sd:
+        need = "the dynamic stage's weights (--weights)" if kind == "video" else \
+            "the static stage's image-model weights (--image-weights)"
+        raise CheckpointError(f"{path}: not an S2D {kind} model checkpoint ({fmt} layout, no '{HEAD[kind]}'); "
+                              f"annotate needs {need}")
+    n = sd[HEAD[kind]].shape[0]
     if labels is None:
         spec = KNOWN.get(weights)
         custom = ",".join(meta.get("label_names") or [])  # our checkpoint of a model trained on own classes
         labels = (spec.labels if spec is not None and spec.labels else None) or meta.get("labels") or custom or \
-            DEFAULT_LABELS_BY_CLASSES.get(n)
+            DEFAULT_LABELS_BY_CLASSES[kind].get(n)
         if not labels:
             raise ValueError(f"{path}: {n} classes; pass the label set (--labels) explicitly")
     if labels not in LABEL_SETS and "," not in labels:
         raise ValueError(f"unknown label set '{labels}': choose one of {', '.join(LABEL_SETS)}, or name the classes "
                          "in order, separated by commas")
-    c = Classifier(weights, path, labels, landmark_path, trust=trust, config=meta.get("config") or infer_config(sd))
+    c = Classifier(weights, path, labels, landmark_path, trust=trust, config=meta.get("config") or infer_config(sd),
+                   kind=kind)
     if len(c.class_names) != n:
         raise ValueError(f"{path}: the checkpoint has {n} classes, but label set '{labels}' has "
                          f"{len(c.class_names)}")
@@ -80,7 +91,7 @@ def resolve_classifier(weights: str = "s2d-dfew", labels: str | None = None,
 
 
 def build_model(c: Classifier):
-    """The S2DVideo for a resolved classifier, landmark branch loaded, in eval mode, for inference: the frozen
+    """The S2DVideo (or S2DImage, by ``c.kind``) for a resolved classifier, landmark branch loaded, in eval mode, for inference: the frozen
     landmark branch has its BatchNorms folded into the convolutions and runs channels_last (the same outputs up to
     float rounding; a tiny clip's 16 landmark passes on 2 cores 101 -> 69 ms, most of a tiny clip's time)."""
     import torch
@@ -91,13 +102,14 @@ def build_model(c: Classifier):
 
     if c.path is None:
         torch.manual_seed(0)
-        model = S.create_model("s2d_tiny", len(c.class_names))
+        create = S.create_model if c.kind == "video" else S.create_image_model
+        model = create("s2d_tiny", len(c.class_names))
         S.load_landmark_weights(model, c.landmark_path)
     else:
         from s2d_model.weights import resolve
 
         path = resolve(c.weights) if storage.is_uri(c.weights) else c.path  # an object: this node's own copy
-        model, _ = S.load_model(path, c.landmark_path, c.trust, kind="video")
+        model, _ = S.load_model(path, c.landmark_path, c.trust, kind=c.kind)
         if model.num_classes != len(c.class_names):
             raise ValueError(f"{c.path}: {model.num_classes} classes, but label set '{c.labels}' has "
                              f"{len(c.class_names)}")
@@ -142,38 +154,53 @@ class S2DWorker:
     """Ray Data callable: rows {"item": Clip | UnitFaces} -> the same rows, each clip's ``probs`` (float32 [C]) set
     and its pixels dropped; other items pass through. The batch's clips go through the model ``batch_size`` at a
     time, normalised (ImageNet mean/std) on the device; bf16 autocast on CUDA. ``threads``: torch's CPU threads
-    (the node's cores: the actor reserves one CPU but uses every core the face actors leave idle)."""
+    (the node's cores: the actor reserves one CPU but uses every core the face actors leave idle). One-frame clips
+    (a still image's faces) go to the ``image`` classifier's model; each model is loaded with its first clips (a
+    run of videos only never loads the image model; either classifier may be None when the run has none of it)."""
 
-    def __init__(self, classifier: Classifier, device: str = "cpu", batch_size: int = 8, threads: int = 1):
-        self.classifier, self.device_name, self.batch_size, self.threads = classifier, device, batch_size, threads
-        self.model = None  # loaded with the first clips: at start-up the face actors get the cores first
+    def __init__(self, classifier: Classifier | None, device: str = "cpu", batch_size: int = 8, threads: int = 1,
+                 image: Classifier | None = None):
+        self.classifiers = {"video": classifier, "image": image}
+        self.device_name, self.batch_size, self.threads = device, batch_size, threads
+        self.device, self.models = None, {}  # at start-up the face actors get the cores first
 
-    def load(self) -> None:
+    def load(self, kind: str):
+        """The model of ``kind`` ("video" or "image"), built on first use (torch set up before its first import)."""
+        if kind in self.models:
+            return self.models[kind]
+        c = self.classifiers[kind]
+        if c is None:
+            raise ValueError(f"a clip for the {kind} model, but the run has no {kind} weights")
         from .cluster import torch_threads
 
-        torch = torch_threads(self.threads, sleep=self.classifier.config == "s2d_tiny")
-        from s2d_model import IMAGENET_MEAN, IMAGENET_STD
+        torch = torch_threads(self.threads, sleep=c.config == "s2d_tiny")
+        if self.device is None:
+            from s2d_model import IMAGENET_MEAN, IMAGENET_STD
 
-        self.device = torch.device(self.device_name)
-        self.model = build_model(self.classifier).to(self.device)
-        self.landmarks = LandmarkCache(self.model)
-        self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1, 1)
+            self.device = torch.device(self.device_name)
+            self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1, 1)
+            self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1, 1)
+        model = self.models[kind] = build_model(c).to(self.device)
+        if kind == "video":
+            self.landmarks = LandmarkCache(model)
+        return model
 
     def probabilities(self, clips: np.ndarray) -> np.ndarray:
-        """uint8 [B, T, H, W, 3] -> float32 [B, C]."""
-        if self.model is None:
-            self.load()  # first: torch_threads must come before anything imports torch
+        """uint8 [B, T, H, W, 3] -> float32 [B, C]; T = 1: the image model's."""
+        b, t = clips.shape[:2]
+        model = self.load("image" if t == 1 else "video")  # first: torch_threads before anything imports torch
         import torch
 
         clips = np.ascontiguousarray(clips)
-        b, t = clips.shape[:2]
         x = torch.from_numpy(clips).to(self.device, non_blocking=True)
         x = x.permute(0, 4, 1, 2, 3).float().div_(255.0)  # [B, 3, T, H, W] in [0, 1]
         x = (x - self.mean) / self.std
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            landmark = self.landmarks(clips.reshape(b * t, *clips.shape[2:]), x)
-            logits = self.model.forward_head(self.model.forward_features(x, landmark))[0]
+            if t == 1:
+                logits = model(x[:, :, 0])
+            else:
+                landmark = self.landmarks(clips.reshape(b * t, *clips.shape[2:]), x)
+                logits = model.forward_head(model.forward_features(x, landmark))[0]
         return logits.float().softmax(-1).cpu().numpy()
 
     def __call__(self, batch: dict) -> dict:
@@ -181,12 +208,15 @@ class S2DWorker:
         from .units import Clip
 
         clips = [c for c in batch["item"] if isinstance(c, Clip) and c.pixels is not None]
-        if clips and self.model is None:
-            self.load()  # not counted in s2d_seconds
-        for i in range(0, len(clips), self.batch_size):
-            part, t = clips[i:i + self.batch_size], time.perf_counter()
-            probs = self.probabilities(np.stack([c.pixels for c in part]))
-            for c, pr in zip(part, probs):
-                c.probs, c.pixels, c.s2d_seconds = pr, None, (time.perf_counter() - t) / len(part)
-                c.node = node_id()
+        groups: dict[int, list] = {}  # by frame count: images' one-frame clips apart from the videos'
+        for c in clips:
+            groups.setdefault(len(c.pixels), []).append(c)
+        for frames, same in sorted(groups.items()):
+            self.load("image" if frames == 1 else "video")  # not counted in s2d_seconds
+            for i in range(0, len(same), self.batch_size):
+                part, t = same[i:i + self.batch_size], time.perf_counter()
+                probs = self.probabilities(np.stack([c.pixels for c in part]))
+                for c, pr in zip(part, probs):
+                    c.probs, c.pixels, c.s2d_seconds = pr, None, (time.perf_counter() - t) / len(part)
+                    c.node = node_id()
         return batch

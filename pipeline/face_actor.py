@@ -8,6 +8,7 @@ Data callable around it, which loads the detector and landmark network once, on 
 all cached never loads them). Out come ``Clip`` items as windows close and, last, one ``UnitFaces`` per unit.
 A unit whose video has a complete landmark-cache entry (``Unit.cached``) takes its faces and track ids from the
 entry (matched by frame time) instead of the detector: the clips are cut from a second decode, nothing else runs.
+A still image is a unit of one frame (frame 0 at time 0): each of its faces leaves as a one-frame clip.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import numpy as np
 
 from .align import align_face
 from .decode import DecodeError, get_decoder, sampling_step
-from .segments import OnlineWindows
+from .images import image_frames
+from .segments import OnlineWindows, Segment
 from .settings import DETECTORS, AnnotateSettings, FacePlan, FaceSettings
 from .track import OnlineTracker
 from .units import Clip, Unit, UnitFaces, empty_faces, items
@@ -129,10 +131,11 @@ def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
     counted)."""
     started = time.perf_counter()
     info = unit.info or {}
+    image = bool(info.get("image"))
     step = sampling_step(s.fps, info.get("native_fps"))
     tracker = OnlineTracker(step, s.max_gap_s)
     windows = OnlineWindows(step, info.get("duration_s"), a.segment_s, a.stride_s, a.min_face_frames, a.views,
-                            own_start_s=unit.own_start_s, own_end_s=unit.own_end_s) if a else None
+                            own_start_s=unit.own_start_s, own_end_s=unit.own_end_s) if a and not image else None
     done = UnitFaces(unit.video_id, unit.index, unit.count, info=unit.info,
                      from_start=unit.start_s <= 0 or s.decoder == "decord")
     parts: list[dict] = []
@@ -141,8 +144,8 @@ def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
     try:
         if unit.error:
             raise DecodeError(unit.error)
-        frames = Frames(decoder.iter_frames(unit.path, s.fps, unit.start_s, unit.end_s), s.batch_frames,
-                        FRAME_BYTES // workers)
+        source = image_frames(unit.path) if image else decoder.iter_frames(unit.path, s.fps, unit.start_s, unit.end_s)
+        frames = Frames(source, s.batch_frames, FRAME_BYTES // workers)
         for batch, results in analysed(analyse, frames, workers):
             for (index, t, frame), (det, marks, ids) in zip(batch, results):
                 if ids is None:
@@ -160,6 +163,10 @@ def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
                               "bbox": np.asarray(det["bbox"], np.float32).reshape(k, 4),
                               "kps5": np.asarray(det["kps5"], np.float32).reshape(k, 10),
                               "landmarks68": np.asarray(marks, np.float32).reshape(k, 136), "own": np.full(k, own)})
+                if image and a is not None:
+                    for clip in image_clips(unit, parts[-1], frame):
+                        done.n_clips += 1
+                        yield clip
                 if windows is not None:
                     crops = [align_face(frame, kps) for kps in parts[-1]["kps5"]]
                     for seg, slots in windows.add(t, index, ids, parts[-1]["kps5"], parts[-1]["bbox"], crops):
@@ -183,6 +190,14 @@ def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
     done.decode_seconds = frames.seconds if frames else 0.0
     done.seconds = time.perf_counter() - started
     yield done
+
+
+def image_clips(unit: Unit, faces: dict, frame: np.ndarray) -> list[Clip]:
+    """A still image's faces (its face columns) -> one one-frame clip each: segment 0 at time 0, its aligned face."""
+    return [Clip(unit.video_id, unit.index,
+                 Segment(int(tid), 0, 0.0, 0.0, np.zeros(1, np.int64), np.zeros(1), kps[None], box[None], 1),
+                 align_face(frame, kps)[None])
+            for tid, kps, box in zip(faces["track_id"], faces["kps5"], faces["bbox"])]
 
 
 class FaceWorker:

@@ -34,6 +34,7 @@ class FaceSettings:
 @dataclass(frozen=True)
 class AnnotateSettings:
     weights: str = "s2d-dfew"  # weights name, path, or "random-tiny" (untrained, for smoke tests)
+    image_weights: str = "s2d-affectnet7-image"  # still images: the static image model's weights (or "random-tiny")
     labels: str | None = None  # label set; default: what the weights were trained on
     s2d_landmark_weights: str | None = None  # S2D's landmark branch (MobileFaceNet); default: "mobilefacenet"
     segment_s: float = 2.0
@@ -74,7 +75,8 @@ DETECTORS = {"retinaface-mobilenet": "mobilenet0.25", "retinaface-resnet50": "re
 LANDMARKS = ("mobilefacenet", "fan")
 DECODERS = ("pyav", "decord")
 NOT_IN_FACE_KEY = ("batch_frames", "shard_s", "detector_weights", "landmark_weights")  # speed or file names only
-NOT_IN_TIMELINE_KEY = ("batch_size", "weights", "labels", "s2d_landmark_weights")  # the classifier's fingerprint
+NOT_IN_TIMELINE_KEY = ("batch_size", "weights", "image_weights", "labels",  # the classifier's fingerprint
+                       "s2d_landmark_weights")
 
 
 def resolve_face_weights(s: FaceSettings) -> tuple[Path, Path | None]:

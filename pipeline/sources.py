@@ -1,6 +1,7 @@
-"""Finding input videos and probing them.
+"""Finding input videos (and still images) and probing them.
 
-* :func:`list_videos` turns files/folders into a sorted, de-duplicated list of :class:`Source`.
+* :func:`list_videos` turns files/folders into a sorted, de-duplicated list of :class:`Source`: videos and images
+  (JPEG, PNG, WebP, BMP; ``pipeline.images``), each one input with its own id.
 * :func:`probe` reads a video's header (and its first frame, for the rotation) into :class:`VideoInfo`,
   raising :class:`~pipeline.decode.DecodeError` with a clear reason for anything that is not a video.
 """
@@ -17,6 +18,7 @@ from pyarrow.fs import FileType
 
 from . import storage
 from .decode import DecodeError, display_rotation, native_fps, open_video
+from .images import IMAGE_EXTENSIONS, is_image
 
 __all__ = ["Source", "VideoInfo", "VIDEO_EXTENSIONS", "list_videos", "find_videos", "check_paths", "make_source",
            "probe", "is_video", "DecodeError"]
@@ -106,14 +108,15 @@ def is_video(path: str | os.PathLike) -> bool:
 
 
 def list_videos(paths: Sequence[str | os.PathLike], recursive: bool = True) -> list[Source]:
-    """Videos among ``paths`` (files and/or folders), sorted by path and de-duplicated by resolved path.
+    """Videos and images among ``paths`` (files and/or folders), sorted by path and de-duplicated by resolved path.
 
     Folders are scanned (recursively by default; symlinked folders are not followed); hidden files and
-    hidden folders are skipped and each file is content-probed with :func:`is_video` (so audio-only files such as
-    ``.m4a`` and still images are not videos, while a broken ``.mp4`` is); a broken symbolic link with a video
-    extension is included (it becomes an error row). Files named explicitly are always included, even if
+    hidden folders are skipped; images are chosen by their extension (``IMAGE_EXTENSIONS``; a broken one becomes
+    an error row) and every other file is content-probed with :func:`is_video` (so audio-only files such as
+    ``.m4a`` and TIFF images are not videos, while a broken ``.mp4`` is; FFmpeg reads a GIF as a video); a broken symbolic link with a video
+    or image extension is included (it becomes an error row). Files named explicitly are always included, even if
     unreadable or not videos: the decode stage reports them. Under a URI folder (``s3://bucket/videos/``) the
-    objects are chosen by their extension (``VIDEO_EXTENSIONS``), without opening each over the network.
+    objects are chosen by their extension, without opening each over the network.
     """
     found: dict[str, Source] = {}
 
@@ -131,7 +134,7 @@ def list_videos(paths: Sequence[str | os.PathLike], recursive: bool = True) -> l
                 rel = f.path[len(base) + 1:] if f.path.startswith(base + "/") else storage.name(f.path)
                 if any(part.startswith(".") for part in rel.split("/")):
                     continue
-                if Path(rel).suffix.lower() in VIDEO_EXTENSIONS:
+                if Path(rel).suffix.lower() in VIDEO_EXTENSIONS | IMAGE_EXTENSIONS:
                     add(f.path)
             continue
         root = Path(arg).expanduser()
@@ -144,10 +147,10 @@ def list_videos(paths: Sequence[str | os.PathLike], recursive: bool = True) -> l
                 f = Path(dirpath) / name
                 if name.startswith("."):
                     continue
-                if f.is_symlink() and not f.exists():  # broken link: a row (error) if its name says video
-                    if f.suffix.lower() in VIDEO_EXTENSIONS:
+                if f.is_symlink() and not f.exists():  # broken link: a row (error) if its name says video/image
+                    if f.suffix.lower() in VIDEO_EXTENSIONS | IMAGE_EXTENSIONS:
                         add(f)
-                elif f.is_file() and is_video(f):
+                elif f.is_file() and (is_image(f) or is_video(f)):
                     add(f)
     return [found[k] for k in sorted(found)]
 
@@ -172,7 +175,7 @@ def find_videos(paths) -> list[Source]:
     """``list_videos``, or FileNotFoundError when there is none."""
     sources = list_videos(paths)
     if not sources:
-        raise FileNotFoundError(f"no videos found in {', '.join(map(str, paths))}")
+        raise FileNotFoundError(f"no videos or images found in {', '.join(map(str, paths))}")
     return sources
 
 

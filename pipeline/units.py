@@ -81,9 +81,12 @@ def plan_units(video_id: str, path: str, fps: float, shard_s: float | None, segm
     """A video -> its units: one, or time shards when it is longer than ``shard_s`` plus the overlap. ``shard_s``
     None: ``SHARD_S``, but no more shards than ``face_actors`` (when given) can share, since each shard also decodes
     and detects its overlap (on 2 CPUs, one face actor: a 300 s video in one unit, ~4% faster than five shards).
-    A file that cannot be probed gives one unit carrying the error."""
+    A file that cannot be probed gives one unit carrying the error. A still image is one unit (its ``info`` says
+    ``image``)."""
+    from .images import image_info, is_image, read_image
+
     try:
-        info = asdict(probe(path))
+        info = image_info(read_image(path)) if is_image(path) else asdict(probe(path))
     except Exception as exc:
         from .decode import DecodeError
 

@@ -67,9 +67,11 @@ def _clip(vid: str, seg: Segment, p: np.ndarray, unit: int = 0) -> Clip:
 def timelines(tmp_path, detector_weights, landmark_weights):
     plan = plan_faces(FaceSettings(detector_weights=str(detector_weights), landmark_weights=str(landmark_weights)))
     sources = {v: Source(f"/videos/{v}.mp4", v, 1, 0.0) for v in ("a", "b", "c")}
-    from s2d_model import labels
+    from pipeline.annotate_run import Labelling
+    from pipeline.emotions import resolve_classifier
 
-    return Timelines(sources, plan, tmp_path / "cache", tmp_path / "out", "hash", labels("dfew"), "random-tiny", {})
+    video = Labelling(resolve_classifier("random-tiny", None, str(landmark_weights)), "random-tiny", {}, "hash")
+    return Timelines(sources, plan, tmp_path / "cache", tmp_path / "out", {"video": video, "image": None}, {})
 
 
 def test_clips_may_arrive_before_their_unit(timelines):
@@ -139,7 +141,7 @@ def test_the_s2d_actor_computes_a_shared_frame_once_and_gives_the_model_s_own_pr
     from pipeline.emotions import S2DWorker, resolve_classifier
 
     worker = S2DWorker(resolve_classifier("random-tiny", None, str(landmark_weights)), threads=1)
-    worker.load()
+    worker.load("video")
     frames = np.random.default_rng(0).integers(0, 256, (40, 224, 224, 3), dtype=np.uint8)
     clips = [frames[i:i + 16] for i in (0, 8, 16, 24)]  # 2 s windows at a 1 s stride, 8 fps
     got = np.concatenate([worker.probabilities(c[None]) for c in clips[:2]] + [worker.probabilities(np.stack(clips[2:]))])
@@ -155,3 +157,32 @@ def test_the_s2d_actor_computes_a_shared_frame_once_and_gives_the_model_s_own_pr
         want = model.eval()(x).softmax(-1).numpy()
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     assert not np.allclose(want[0], want[1])  # the clips differ: a reuse of the wrong frames would show
+
+
+def test_the_s2d_actor_gives_a_still_images_faces_to_the_image_model(landmark_weights):
+    """One-frame clips (an image's faces) go to the static model, 16-frame clips of the same batch to the video model;
+    the image model's probabilities are S2DImage's own forward on the aligned face."""
+    import torch
+
+    import s2d_model as S
+    from pipeline.emotions import S2DWorker, resolve_classifier
+    from pipeline.units import Clip
+
+    video = resolve_classifier("random-tiny", None, str(landmark_weights))
+    image = resolve_classifier("random-tiny", None, str(landmark_weights), kind="image")
+    worker = S2DWorker(video, threads=1, image=image)
+    faces = np.random.default_rng(1).integers(0, 256, (3, 1, 224, 224, 3), dtype=np.uint8)
+    clip = np.random.default_rng(2).integers(0, 256, (16, 224, 224, 3), dtype=np.uint8)
+    items = [Clip("img", 0, _segment(i, 0), faces[i]) for i in range(3)] + [Clip("vid", 0, _segment(0, 0), clip)]
+    worker({"item": items})
+    assert [c.probs.shape for c in items] == [(7,)] * 4 and all(c.pixels is None for c in items)
+    torch.manual_seed(0)
+    model = S.create_image_model("s2d_tiny", 7)
+    S.load_landmark_weights(model, landmark_weights)
+    x = (torch.from_numpy(faces[:, 0]).permute(0, 3, 1, 2).float() / 255 - worker.mean[:, :, 0]) / worker.std[:, :, 0]
+    with torch.inference_mode():
+        want = model.eval()(x).softmax(-1).numpy()
+    np.testing.assert_allclose(np.stack([c.probs for c in items[:3]]), want, atol=1e-5, rtol=0)
+    assert set(worker.models) == {"video", "image"}
+    with pytest.raises(ValueError, match="no image weights"):
+        S2DWorker(video, threads=1).probabilities(faces[:1])

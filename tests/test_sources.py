@@ -69,8 +69,8 @@ def test_list_videos_folder(tree):
     got = list_videos([tree])
     rel = [os.path.relpath(s.path, tree.resolve()) for s in got]
     assert rel == sorted(
-        ["a.mp4", "clip.dat", "zero.mov", "nested/b.MOV", "nested/corrupt.mp4", "nested/deeper/c.mkv"]
-    )
+        ["a.mp4", "clip.dat", "photo.jpg", "zero.mov", "nested/b.MOV", "nested/corrupt.mp4", "nested/deeper/c.mkv"]
+    )  # the still image is an input too (issue 13); the text, junk, hidden and audio-only files are not
     assert all(isinstance(s, Source) and os.path.isabs(s.path) for s in got)
     sizes = {r: s.size for r, s in zip(rel, got)}
     assert sizes["zero.mov"] == 0 and sizes["a.mp4"] == 208_428
@@ -78,7 +78,7 @@ def test_list_videos_folder(tree):
 
 def test_list_videos_not_recursive(tree):
     rel = [os.path.relpath(s.path, tree.resolve()) for s in list_videos([tree], recursive=False)]
-    assert rel == ["a.mp4", "clip.dat", "zero.mov"]
+    assert rel == ["a.mp4", "clip.dat", "photo.jpg", "zero.mov"]
 
 
 def test_list_videos_explicit_files_and_dedup(tree, tmp_path):
@@ -92,7 +92,7 @@ def test_list_videos_explicit_files_and_dedup(tree, tmp_path):
     assert sum(p.endswith("/a.mp4") for p in paths) == 1  # folder + file + symlink + str: one entry
     gone = by_name["gone.mp4"]
     assert gone.size == -1 and re.fullmatch(r"[0-9a-f]{16}", gone.video_id)
-    assert ".hidden.mp4" not in by_name and "photo.jpg" not in by_name
+    assert ".hidden.mp4" not in by_name and "photo.jpg" in by_name
 
 
 def test_video_id_stable_and_changes(tmp_path, fixtures_dir):

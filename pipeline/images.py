@@ -1,0 +1,75 @@
+"""Still images as inputs: which files are images, and reading one upright as RGB. Pure functions (Pillow).
+
+An image is a one-frame input: frame 0 at time 0. EXIF orientation is applied (a phone's portrait photo is
+upright, its face boxes in the upright pixels), grayscale, palette, CMYK and RGBA images become RGB (alpha
+dropped over black, as the detector would see a transparent background).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .decode import DecodeError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+IMAGE_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "MPO"})  # Pillow's names (MPO: a camera's JPEG)
+
+
+def is_image(path: str | os.PathLike) -> bool:
+    """By its name: JPEG, PNG, WebP or BMP (what the content is, ``read_image`` finds out)."""
+    return Path(str(path)).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """The image upright (EXIF orientation applied), uint8 RGB [H, W, 3]; DecodeError with the reason for a file
+    that is missing, empty, not an image, of another format, or truncated. A URI is read through pyarrow."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    from . import storage
+
+    try:
+        with storage.open_input(path) as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise DecodeError(f"{path}: file not found") from None
+    except PermissionError:
+        raise DecodeError(f"{path}: permission denied (file is not readable)") from None
+    except IsADirectoryError:
+        raise DecodeError(f"{path}: is a directory, not an image file") from None
+    except OSError as exc:
+        raise DecodeError(f"{path}: cannot read file ({exc})") from None
+    if not data:
+        raise DecodeError(f"{path}: empty file (0 bytes)")
+    import io
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format not in IMAGE_FORMATS:
+                raise DecodeError(f"{path}: {img.format} image; images must be JPEG, PNG, WebP or BMP")
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                img = img.convert("RGBA")
+                black = Image.new("RGBA", img.size, (0, 0, 0, 255))
+                img = Image.alpha_composite(black, img)
+            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except DecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise DecodeError(f"{path}: not an image file, or a corrupt one") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated data, a broken header
+        raise DecodeError(f"{path}: cannot decode the image: {exc}") from None
+
+
+def image_info(image: np.ndarray) -> dict:
+    """The probe of an image, in VideoInfo's fields (one frame, no duration, no rate)."""
+    h, w = image.shape[:2]
+    return {"width": int(w), "height": int(h), "rotation": 0, "native_fps": None, "duration_s": 0.0,
+            "header_frames": 1, "codec": "image", "has_audio": False, "image": True}
+
+
+def image_frames(path):
+    """A decoder's ``iter_frames`` for an image: (0, 0.0, RGB frame) once; returns 1 (frames decoded)."""
+    yield 0, 0.0, read_image(path)
+    return 1
