@@ -165,13 +165,15 @@ def _fail(message: str, code: int = 1):
 def _report_failures(videos: list[dict], path_key: str) -> None:
     for v in videos:
         if v["status"] == "error":
-            typer.echo(f"failed: {v[path_key]}: {v['error']}", err=True)
+            path, reason = str(v[path_key]), str(v["error"])
+            reason = reason.removeprefix(f"{path}: ")  # most reasons start with the path already
+            typer.echo(f"failed: {path}: {reason}", err=True)
 
 
 @app.command("faces")
 def faces_cmd(
-    paths: list[str] = typer.Argument(..., metavar="PATHS...", help="video files or folders (searched "
-                                      "recursively), local or URIs (s3://bucket/videos/)"),
+    paths: list[str] = typer.Argument(..., metavar="PATHS...", help="video and image files (JPEG, PNG, WebP, BMP) or "
+                                      "folders (searched recursively), local or URIs (s3://bucket/videos/)"),
     cache: str = typer.Option(..., "--cache", help="landmark cache folder (Parquet, one entry per video), local or a "
                               "URI"),
     fps: float = typer.Option(8.0, callback=positive, help="analysis rate: frames sampled per second, by timestamp"),
@@ -214,12 +216,15 @@ def faces_cmd(
 
 @app.command("annotate")
 def annotate_cmd(
-    paths: list[str] = typer.Argument(..., metavar="PATHS...", help="video files or folders (searched "
-                                      "recursively), local or URIs (s3://bucket/videos/)"),
-    out: str = typer.Option(..., "--out", help="output folder: one timeline Parquet per video + manifest.json; "
-                            "local or a URI (s3://bucket/run/)"),
+    paths: list[str] = typer.Argument(..., metavar="PATHS...", help="video and image files (JPEG, PNG, WebP, BMP) or "
+                                      "folders (searched recursively), local or URIs (s3://bucket/videos/)"),
+    out: str = typer.Option(..., "--out", help="output folder: one timeline Parquet per video or image + "
+                            "manifest.json; local or a URI (s3://bucket/run/)"),
     weights: str = typer.Option("s2d-dfew", envvar="S2D_WEIGHTS", help="S2D weights: a name from `s2d weights "
                                 "list`, a file, or random-tiny (untrained, smoke tests only)"),
+    image_weights: str = typer.Option("s2d-affectnet7-image", envvar="S2D_IMAGE_WEIGHTS",
+                                      help="still images: S2D's static image model (the first training stage): a "
+                                      "name, a file, or random-tiny; needed only when there are images"),
     labels: Optional[str] = typer.Option(None, help="label set (dfew, ferv39k, mafw, ...) or class names a,b,c; "
                                          "default: the weights'"),
     segment: float = typer.Option(2.0, callback=positive, help="segment length in seconds"),
@@ -235,6 +240,10 @@ def annotate_cmd(
     cache: Optional[str] = typer.Option(None, "--cache", help="landmark cache folder, local or a URI "
                                         "[default: OUT/cache]"),
     force: bool = typer.Option(False, "--force", help="redo videos whose timeline already exists"),
+    report: bool = typer.Option(True, "--report/--no-report", help="write OUT/report.html at the end (see `s2d "
+                                "report`)"),
+    overlay: bool = typer.Option(False, "--overlay", help="also write an overlay video per video with faces into "
+                                 "OUT/overlays/ (see `s2d overlay`)"),
     fps: float = typer.Option(8.0, callback=positive, help="analysis rate of the face stage (frames per second)"),
     detector: Detector = typer.Option(Detector("retinaface-mobilenet"), help="face detector"),
     detector_weights: Optional[str] = typer.Option(None, envvar="S2D_DETECTOR_WEIGHTS",
@@ -254,7 +263,8 @@ def annotate_cmd(
     trust: bool = typer.Option(False, "--trust", help="load a --weights file that holds pickled Python code (only "
                                "a file you made or trust: loading it runs that code)"),
 ):
-    """Write a per-track, per-segment emotion timeline (Parquet) for every face in every video."""
+    """Write a per-track, per-segment emotion timeline (Parquet) for every face in every video, and the faces of
+    every still image (one row each)."""
     _ray_output(verbose)
     from pipeline.annotate_run import run_annotate
     from pipeline.settings import AnnotateSettings, FaceSettings
@@ -266,7 +276,8 @@ def annotate_cmd(
                                  score_threshold=score_threshold, nms_threshold=nms_threshold, long_side=long_side,
                                  decoder=decoder.value, shard_s=shard)
     s2d_landmarks = landmark_weights if landmarks.value == "mobilefacenet" else None
-    settings = AnnotateSettings(weights=weights, labels=labels, s2d_landmark_weights=s2d_landmarks,
+    settings = AnnotateSettings(weights=weights, image_weights=image_weights, labels=labels,
+                                s2d_landmark_weights=s2d_landmarks,
                                 segment_s=segment, stride_s=stride, min_face_frames=min_face_frames, views=views,
                                 batch_size=batch_size)
     if weights == "random-tiny":
@@ -275,12 +286,21 @@ def annotate_cmd(
         typer.echo(f"WARNING: {UNTRAINED_WARNING}", err=True)
     try:
         result = run_annotate([str(p) for p in paths], out, cache, face_settings, settings, device=device.value,
-                              address=address, force=force, trust=trust)
+                              address=address, force=force, trust=trust, report=report, overlay=overlay)
     except (WeightsNotFound, FileNotFoundError, NotADirectoryError, ValueError, CheckpointError, ClusterError) as e:
         _fail(str(e))
     _report_failures(result.videos, "video_path")
     typer.echo(result.summary())
     typer.echo(f"timelines: {out}  (manifest: {storage.join(out, 'manifest.json')}; summary: s2d timeline {out})")
+    for v in result.videos:
+        if v.get("overlay_error"):
+            typer.echo(f"failed: {v['video_path']}: {v['overlay_error']}", err=True)
+    if overlay:
+        typer.echo(f"overlays: {sum(bool(v.get('overlay')) for v in result.videos)} in {storage.join(out, 'overlays')}")
+    if result.report:
+        typer.echo(f"report: {result.report}")
+    elif result.report_error:
+        typer.echo(f"failed: {result.report_error}", err=True)
     if result.interrupted:
         _fail("interrupted: the videos not done are marked 'interrupted' in the manifest; run again to finish", 130)
     if result.warning:
@@ -297,18 +317,24 @@ def timeline_cmd(
     video: Optional[str] = typer.Option(None, help="only this video (file name or video_id)"),
 ):
     """Summarise timelines: per video and track, the dominant emotion and the share of time per emotion."""
-    from pipeline.timeline import (format_summary, plot_timeline, read_timeline_meta, read_timelines, summarize,
-                                   timeline_files)
+    from pipeline.timeline import by_label_set, format_summary, plot_timeline, read_timelines, summarize
 
     df = read_timelines(out)
     if video is not None:
         df = df[(df.video_id == video) | (df.video_path.map(storage.name) == video)]
     if df.empty:
         _fail(f"no timeline rows in {out}" + (f" for {video}" if video else ""))
-    meta = next((read_timeline_meta(p) for p in timeline_files(out)), None)
-    labels = meta["labels"] if meta else [c[2:] for c in df.columns if c.startswith("p_")]
-    typer.echo(format_summary(summarize(df, labels)))
+    groups = by_label_set(out, df)  # videos and images may be labelled with different label sets
+    for labels, rows in groups:
+        if len(groups) > 1:
+            typer.echo(f"label set: {', '.join(labels)}")
+        typer.echo(format_summary(summarize(rows, labels)))
     if plot is not None:
+        moving = df.groupby("video_id")["end_s"].transform("max") > 0  # still images have no time axis
+        labels, df = next(((labels, rows[moving[rows.index]]) for labels, rows in groups if moving[rows.index].any()),
+                          ([], None))
+        if df is None:
+            _fail(f"no video timelines to plot in {out} (still images have no time axis)")
         import json
 
         from pipeline.emotions import UNTRAINED_WARNING
@@ -319,6 +345,43 @@ def timeline_cmd(
         plot_timeline(df, labels, plot, durations={v["video_id"]: v.get("duration_s") for v in m.get("videos", [])},
                       warning=warning)
         typer.echo(f"plot: {plot}")
+
+
+@app.command("overlay")
+def overlay_cmd(
+    out: str = typer.Argument(..., help="an `s2d annotate --out` folder (local or a URI)"),
+    video: str = typer.Argument(..., help="a video of that run: its file name, path or video_id"),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="the MP4 file to write (local or a URI; a "
+                                         "folder gets the default name in it) [default: "
+                                         "OUT/overlays/<stem>.<video_id>.overlay.mp4]"),
+):
+    """Draw the run's face boxes, track ids and emotions onto a video: H.264 MP4 at the video's own frame rate and
+    size, its audio copied. Reads only the landmark cache and the timeline (no model runs)."""
+    from pipeline.decode import DecodeError
+    from pipeline.overlay import write_overlay
+
+    try:
+        path = write_overlay(out, video, output)
+    except (DecodeError, OSError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"overlay: {path}")
+
+
+@app.command("report")
+def report_cmd(
+    out: str = typer.Argument(..., help="an `s2d annotate --out` folder (local or a URI)"),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="where to write the page, a path or URI "
+                                         "[default: OUT/report.html]"),
+):
+    """Write one self-contained HTML page of a run (no network: opens from disk in any browser): settings,
+    errors, and per track a face thumbnail, its emotion timeline over the whole video and the share per emotion."""
+    from pipeline.report import write_report
+
+    try:
+        path = write_report(out, output)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"report: {path}")
 
 
 # ------------------------------------------------------------------------------------------ training jobs

@@ -31,23 +31,21 @@ def _settings(options: dict, *kinds) -> list:
 
 
 def annotate(paths, out, cache=None, *, device: str = "auto", address: str | None = None, force: bool = False,
-             progress: bool = True, trust: bool = False, **options):
-    """Videos (files, folders or URIs) -> their emotion timelines under ``out`` (as ``s2d annotate`` writes them),
-    returned as one DataFrame of the timeline rows of these videos; ``df.attrs["manifest"]`` is the manifest."""
-    import json
-
-    from . import storage
+             progress: bool = True, trust: bool = False, report: bool = True, overlay: bool = False, **options):
+    """Videos and images (files, folders or URIs) -> their emotion timelines under ``out`` (as ``s2d annotate``
+    writes them, ``report.html`` and, with ``overlay``, the overlay videos too), returned as one DataFrame of the
+    timeline rows of these inputs; ``df.attrs["manifest"]`` is the manifest."""
     from .annotate_run import run_annotate
     from .settings import AnnotateSettings, FaceSettings
-    from .timeline import read_timeline_files
+    from .timeline import read_manifest, read_timeline_files
 
     face_settings, settings = _settings(options, FaceSettings, AnnotateSettings)
     if settings.s2d_landmark_weights is None and face_settings.landmarks == "mobilefacenet":  # as the CLI does:
         settings = replace(settings, s2d_landmark_weights=face_settings.landmark_weights)  # one MobileFaceNet file
     result = run_annotate(_paths(paths), out, cache, face_settings, settings, device=device, address=address, force=force,
-                          progress=progress, trust=trust)
+                          progress=progress, trust=trust, report=report, overlay=overlay)
     df = read_timeline_files([v["timeline"] for v in result.videos if v.get("timeline")])
-    df.attrs["manifest"] = json.loads(storage.read_text(storage.join(out, "manifest.json")))
+    df.attrs["manifest"] = read_manifest(out)
     return df
 
 

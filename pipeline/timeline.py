@@ -145,6 +145,17 @@ def is_complete(path, settings_hash: str) -> bool:
     return meta is not None and meta["settings_hash"] == settings_hash
 
 
+def read_manifest(out_dir) -> dict:
+    """An ``s2d annotate --out`` folder's ``manifest.json``; FileNotFoundError / ValueError in one line."""
+    path = storage.join(out_dir, "manifest.json")
+    if not storage.is_file(path):
+        raise FileNotFoundError(f"{path} not found: pass an `s2d annotate --out` folder")
+    try:
+        return json.loads(storage.read_text(path))
+    except ValueError as e:
+        raise ValueError(f"{path} is not a manifest: {e}") from None
+
+
 def timeline_files(out_dir) -> list[Path | str]:
     """The ``*.timeline.parquet`` files directly under ``out_dir`` (local paths or URIs), sorted."""
     return [storage.location(f.path) for f in storage.files(out_dir, recursive=False)
@@ -164,6 +175,18 @@ def read_timeline_files(paths) -> pd.DataFrame:
     if not frames:
         return timeline_schema([]).empty_table().to_pandas()
     return pd.concat(frames, ignore_index=True)
+
+
+def by_label_set(out_dir, df: pd.DataFrame) -> list[tuple[list[str], pd.DataFrame]]:
+    """``df``'s rows split by their file's label set (a run's videos and still images may be labelled by models of
+    different label sets), in the order the sets first appear in ``out_dir``'s files: [(labels, rows)]."""
+    groups: dict[tuple, set] = {}
+    for p in timeline_files(out_dir):
+        meta = read_timeline_meta(p)
+        if meta is not None:  # <stem>.<video_id>.timeline.parquet: the stem has no dots
+            groups.setdefault(tuple(meta["labels"]), set()).add(storage.name(p).split(".")[1])
+    found = [(list(labels), df[df["video_id"].isin(ids)]) for labels, ids in groups.items()]
+    return [(labels, rows) for labels, rows in found if len(rows)]
 
 
 def _covered_seconds(start: np.ndarray, end: np.ndarray) -> float:

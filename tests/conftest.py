@@ -73,3 +73,60 @@ def s3():
     finally:
         restore(old)
         server.stop()
+
+
+IMAGES = {  # the mixed run's still images: name -> (fixture image, how it is stored)
+    "single_face.jpg": ("single_face.jpg", "copy"), "multi_face.jpg": ("multi_face.jpg", "copy"),
+    "mountain.jpg": ("free-mountain-vector-01.jpg", "copy"),  # no face
+    "rotated.jpg": ("single_face.jpg", "exif"),  # stored turned 90 degrees, EXIF orientation 6 turns it back
+    "gray.png": ("0-f1-su-ph.jpg", "L"), "alpha.webp": ("0-f15-hao-ph.jpg", "RGBA"),
+    "angry.bmp": ("15-f13-anc-ph.jpg", "copy"), "broken.jpg": ("single_face.jpg", "truncated"),
+}
+
+
+def make_images(folder: Path) -> list[Path]:
+    """``IMAGES`` written into ``folder`` from the fixture images (Pillow)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (source, how) in IMAGES.items():
+        src, dest = FIXTURES / "images" / source, folder / name
+        if how == "truncated":
+            dest.write_bytes(src.read_bytes()[:2000])
+            continue
+        img = Image.open(src)
+        if how == "exif":
+            exif = Image.Exif()
+            exif[0x0112] = 6  # display: turn 90 degrees clockwise
+            img.transpose(Image.Transpose.ROTATE_90).save(dest, exif=exif, quality=95)
+        elif how == "RGBA":
+            rgba = img.convert("RGBA")
+            rgba.putalpha(Image.new("L", img.size, 255))
+            rgba.save(dest, lossless=True)
+        else:
+            (img.convert("L") if how == "L" else img).save(dest)
+    return [folder / n for n in IMAGES]
+
+
+@pytest.fixture(scope="session")
+def annotated_run(tmp_path_factory, _ray_session, detector_weights, landmark_weights):
+    """One real ``annotate`` run through the Python API (random-tiny S2D video and image models, the fixture
+    detector and landmarks, overlay videos and the report) over the golden copy's input videos and, in
+    ``images/``, ``IMAGES``: (its ``--out``, the DataFrame it returned). Shared by the tests that read a run's outputs (API rows, images, overlay, report)."""
+    from golden.make_golden import inputs
+
+    from pipeline import annotate
+
+    ensure_ray(2)
+    base = tmp_path_factory.mktemp("annotated")
+    inputs(base / "inputs")
+    make_images(base / "inputs" / "images")
+    df = annotate(base / "inputs", out=base / "out", weights="random-tiny", image_weights="random-tiny",
+                  overlay=True, progress=False, detector_weights=str(detector_weights), landmark_weights=str(landmark_weights))
+    return base / "out", df
+
+
+@pytest.fixture(scope="session")
+def annotated(annotated_run) -> Path:
+    """The ``--out`` of ``annotated_run``."""
+    return annotated_run[0]

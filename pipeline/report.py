@@ -1,0 +1,276 @@
+"""`s2d report OUT`: one self-contained HTML page for an ``s2d annotate --out`` folder, ``OUT/report.html``.
+
+Everything comes from the run folder: ``manifest.json`` (settings, weights, warning, per-video records), each
+video's timeline Parquet and its landmark cache entry (for a face thumbnail per track). The page has no scripts and
+loads nothing: the thumbnails are ``data:`` JPEGs, the timelines inline SVG, and a Content-Security-Policy that
+allows only those, so it opens from disk in any browser and a stray reference shows up as a console error.
+
+Sections: the run (warning in red, counts by status, wall time, weights, settings, versions), the files without a
+timeline and why, then per video (status, duration; per track: the aligned face crop of its best-scored detection,
+the emotion probabilities stacked over the whole video, the dominant emotion and the share of time per emotion)
+and per image (each face with its label). A file that is gone or a cache entry that is missing costs its thumbnail
+(a placeholder and a note), never the report.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections import Counter
+from html import escape
+
+import numpy as np
+import pandas as pd
+
+from . import storage
+from .timeline import prob_columns, read_manifest, read_timeline_meta, summarize, timeline_path, track_panels
+
+THUMB_PX = 96
+SVG_W, SVG_H, PAD_L, PAD_R, PAD_T, PAD_B = 720, 110, 34, 8, 6, 20  # timeline plot, px
+COLOURS = {"happy": "#f2c14e", "happiness": "#f2c14e", "sad": "#3b6fb6", "sadness": "#3b6fb6",
+           "neutral": "#9e9e9e", "angry": "#d62728", "anger": "#d62728", "surprise": "#ff7f0e",
+           "disgust": "#2ca02c", "fear": "#9467bd", "contempt": "#8c564b", "anxiety": "#e377c2",
+           "helplessness": "#17becf", "disappointment": "#bcbd22"}
+OTHER = ["#1f77b4", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d"]
+STATUS_ORDER = ("ok", "no_faces", "error", "interrupted")
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+STYLE = """body{font:14px/1.4 system-ui,sans-serif;margin:1.5em auto;max-width:1100px;color:#222}
+h2{border-bottom:1px solid #ccc;margin-top:1.6em}table{border-collapse:collapse;margin:.4em 0}
+td,th{border:1px solid #ddd;padding:2px 8px;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+th{background:#f4f4f4}.warning{color:#c00000;font-weight:bold;border:2px solid #c00000;padding:.5em}.note{color:#a05000}
+.track{display:flex;gap:12px;align-items:flex-start;margin:.8em 0}.thumb{width:96px;height:96px;flex:none}
+.ph{background:#ddd;color:#555;font-size:11px;display:flex;align-items:center;justify-content:center}
+.legend span{display:inline-block;margin-right:10px}.legend i{display:inline-block;width:11px;height:11px;
+margin-right:3px;vertical-align:-1px}.small{font-size:12px;color:#555}.faces{display:flex;flex-wrap:wrap;gap:12px}"""
+
+
+def colour(name: str, i: int) -> str:
+    """A class's fixed colour: by its name (the same emotion has one colour in every label set), else by index."""
+    return COLOURS.get(name.strip().lower(), OTHER[i % len(OTHER)])
+
+
+def _table(rows, head=None) -> str:
+    h = "<tr>" + "".join(f"<th>{escape(str(c))}</th>" for c in head) + "</tr>" if head else ""
+    return "<table>" + h + "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in r) + "</tr>"
+                                   for r in rows) + "</table>"
+
+
+def _pairs(items, per_row: int = 2) -> str:
+    """(key, value) pairs as a compact table, ``per_row`` pairs side by side."""
+    rows = [sum(([k, v] for k, v in items[i:i + per_row]), []) for i in range(0, len(items), per_row)]
+    return _table(rows)
+
+
+def _value(v) -> str:
+    return json.dumps(v, default=str) if isinstance(v, (dict, list)) else "none" if v is None else str(v)
+
+
+def columns(g: pd.DataFrame) -> list[tuple[float, float, int]]:
+    """A track's segments (rows sorted by start) -> the [t0, t1) each is drawn over, with its row position. The
+    windows overlap (2 s windows, 1 s stride): each moment is drawn with the segment whose centre is nearest, so a
+    boundary sits half-way between two centres (kept inside their overlap); a run of overlapping segments spans
+    from its first start to its last end, and a hole in the track (a start after the previous end) stays empty."""
+    start, end = g["start_s"].to_numpy(np.float64), g["end_s"].to_numpy(np.float64)
+    out = []
+    for i in range(len(g)):
+        t0 = start[i] if i == 0 or start[i] > end[i - 1] else out[-1][1]
+        if i + 1 < len(g) and start[i + 1] <= end[i]:
+            mid = (start[i] + end[i] + start[i + 1] + end[i + 1]) / 4  # half-way between the two centres
+            t1 = min(max(mid, start[i + 1], t0), end[i])
+        else:
+            t1 = end[i]
+        out.append((float(t0), float(t1), i))
+    return out
+
+
+def _ticks(duration: float) -> list[float]:
+    step = next(s for s in (0.25, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600, 1e9)
+                if duration / s <= 8)
+    return [k * step for k in range(int(duration / step + 1e-9) + 1)]
+
+
+def timeline_svg(g: pd.DataFrame, labels, duration_s: float) -> str:
+    """Inline SVG of one track: class probabilities stacked (label-set order from the bottom) over ``columns``,
+    x from 0 to the video's duration (the whole video, not where the face starts), ticks in seconds."""
+    g = g.sort_values(["start_s", "end_s"])
+    duration = max(float(duration_s or 0), float(g["end_s"].max()) if len(g) else 0.0, 1e-3)
+    pw, ph = SVG_W - PAD_L - PAD_R, SVG_H - PAD_T - PAD_B
+    x = lambda t: PAD_L + pw * t / duration  # noqa: E731
+    probs = g[prob_columns(labels)].to_numpy(np.float64)  # [n,C]
+    parts = [f'<svg width="{SVG_W}" height="{SVG_H}" '
+             f'data-duration="{duration:g}" role="img"><rect x="{PAD_L}" y="{PAD_T}" width="{pw}" height="{ph}" '
+             'fill="#f6f6f6" stroke="#bbb"/>']
+    for t0, t1, i in columns(g):
+        bottom = PAD_T + ph
+        parts.append(f'<g class="seg" data-t0="{t0:.3f}" data-t1="{t1:.3f}">')
+        for j, c in enumerate(labels):
+            h = ph * probs[i, j]
+            parts.append(f'<rect x="{x(t0):.2f}" y="{bottom - h:.2f}" width="{max(x(t1) - x(t0), 0):.2f}" '
+                         f'height="{h:.2f}" fill="{colour(c, j)}"/>')
+            bottom -= h
+        row = g.iloc[i]
+        parts.append(f'<title>{row.start_s:.1f}-{row.end_s:.1f} s: {escape(str(row.label))} '
+                     f'{row.confidence:.2f}</title></g>')
+    for t in _ticks(duration):
+        parts.append(f'<line x1="{x(t):.2f}" x2="{x(t):.2f}" y1="{PAD_T + ph}" y2="{PAD_T + ph + 4}" stroke="#555"/>'
+                     f'<text x="{x(t):.2f}" y="{SVG_H - 4}" font-size="10" text-anchor="middle">{t:g}</text>')
+    parts.append(f'<text x="{PAD_L - 4}" y="{PAD_T + 8}" font-size="10" text-anchor="end">1</text>'
+                 f'<text x="{PAD_L - 4}" y="{PAD_T + ph}" font-size="10" text-anchor="end">0</text>'
+                 f'<text x="{PAD_L - 8}" y="{SVG_H - 4}" font-size="10" text-anchor="end">s</text></svg>')
+    return "".join(parts)
+
+
+def legend(labels) -> str:
+    return '<div class="legend">' + "".join(f'<span><i style="background:{colour(c, j)}"></i>{escape(c)}</span>'
+                                            for j, c in enumerate(labels)) + "</div>"
+
+
+def _jpeg_uri(rgb: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).resize((THUMB_PX, THUMB_PX), Image.LANCZOS).save(buf, "JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def thumbnails(record: dict, faces) -> dict[int, str]:
+    """track_id -> data: URI of the aligned crop of its highest-score face row (faces: the cache entry's table).
+    A video is decoded once, for all its tracks' frames; an image is read upright (EXIF applied)."""
+    from .align import align_face
+
+    df = faces.select(["frame_index", "time_s", "track_id", "score", "kps5"]).to_pandas()
+    if df.empty:
+        return {}
+    best = df.loc[df.groupby("track_id")["score"].idxmax()]
+    if record.get("kind") == "image":
+        from .images import read_image
+
+        image = read_image(record["video_path"])
+        frames = {int(i): image for i in best["frame_index"]}
+    else:
+        from .decode import get_decoder
+
+        want = best.drop_duplicates("frame_index")
+        got = get_decoder("pyav").read_frames(record["video_path"], want["frame_index"].to_numpy(),
+                                              want["time_s"].to_numpy())
+        frames = dict(zip(got["frame_index"].tolist(), got["frames"]))
+    return {int(r.track_id): _jpeg_uri(align_face(frames[int(r.frame_index)], np.asarray(r.kps5)))
+            for r in best.itertuples()}
+
+
+def _thumb(uri: str | None, note: str) -> str:
+    if uri:
+        return f'<img class="thumb" src="{uri}" alt="face">'
+    return f'<div class="thumb ph" title="{escape(note)}">no thumbnail</div>'
+
+
+def _load_timeline(out_dir, record: dict, default_labels):
+    """(rows, label set) of a record's timeline: its path, else where the run folder has it (a moved folder)."""
+    for path in (record.get("timeline"), timeline_path(out_dir, record["video_id"], record["video_path"])):
+        if path and storage.is_file(path):
+            meta = read_timeline_meta(path) or {}
+            return storage.read_table(path).to_pandas(), list(meta.get("labels") or default_labels)
+    return None, list(default_labels)
+
+
+def _video_html(out_dir, m: dict, cache_dir, record: dict) -> str:
+    from .cache import read_entry
+
+    image = record.get("kind") == "image"
+    default = m.get("image_labels") if image and m.get("image_labels") else m.get("labels") or []
+    name, status = storage.name(record["video_path"]), record.get("status", "?")
+    notes, thumbs, duration = [], {}, record.get("duration_s")
+    df, labels = _load_timeline(out_dir, record, default) if status == "ok" else (None, list(default))
+    if status == "ok" and df is None:
+        notes.append("the timeline file is missing")
+    if df is not None and len(df):
+        try:
+            entry = read_entry(cache_dir, m.get("face_settings_hash", ""), record["video_id"])
+            if entry is None:
+                notes.append(f"no landmark cache entry in {cache_dir}: no thumbnails")
+            else:
+                duration = duration or entry[1].get("duration_s")
+                thumbs = thumbnails(record, entry[0])
+        except Exception as e:  # a file gone, a decode error: the page goes on without the faces
+            notes.append(f"no thumbnails: {type(e).__name__}: {e}")
+    head = [("status", status), ("file", record["video_path"])]
+    if not image:
+        head.append(("duration", f"{duration:.2f} s" if duration else "unknown"))
+    head += [("tracks", record.get("n_tracks", 0)), ("segments", record.get("n_segments", 0))]
+    if record.get("error"):
+        head.append(("reason", record["error"]))
+    parts = [f'<article class="video" id="v-{escape(record["video_id"])}"><h3>{escape(name)} '
+             f'<span class="small">({escape(status)})</span></h3>', _table(head)]
+    parts += [f'<p class="note">{escape(n)}</p>' for n in notes]
+    if df is None or not len(df):
+        return "".join(parts) + "</article>"
+    parts.append(legend(labels))
+    if image:
+        parts.append('<div class="faces">')
+        for r in df.sort_values("track_id").itertuples():
+            top = sorted(zip(labels, (getattr(r, c) for c in prob_columns(labels))), key=lambda p: -p[1])[:3]
+            parts.append(f'<figure>{_thumb(thumbs.get(int(r.track_id)), "no crop")}<figcaption>face {r.track_id}: '
+                         f'<b>{escape(str(r.label))}</b> {r.confidence:.2f}<br><span class="small">'
+                         + escape(", ".join(f"{c} {p:.2f}" for c, p in top)) + "</span></figcaption></figure>")
+        return "".join(parts) + "</div></article>"
+    summary = summarize(df, labels).set_index("track_id")
+    for _, tid, g, (_, end) in track_panels(df, {record["video_id"]: duration}):
+        s = summary.loc[tid]
+        shares = _table([["share of time"] + [f"{100 * s['share_' + p[2:]]:.0f}%" for p in prob_columns(labels)]],
+                        ["emotion"] + labels)
+        parts.append(f'<div class="track" id="t-{escape(record["video_id"])}-{tid}">'
+                     f'{_thumb(thumbs.get(tid), "; ".join(notes))}<div><b>track {tid}</b>: dominant '
+                     f'<b class="dominant">{escape(s.dominant)}</b>, {s.start_s:.1f}-{s.end_s:.1f} s '
+                     f'({s.seconds:.1f} s with the face, {int(s.n_segments)} segments, mean confidence '
+                     f'{s.mean_confidence:.2f})<br>{timeline_svg(g, labels, end)}{shares}</div></div>')
+    return "".join(parts) + "</article>"
+
+
+def build_report(out_dir) -> str:
+    """The page's HTML (see the module docstring)."""
+    out_dir = storage.location(out_dir)
+    m = read_manifest(out_dir)
+    cache_dir = m.get("cache_dir") if m.get("cache_dir") not in (None, "", "None") else storage.join(out_dir, "cache")
+    records = m.get("videos") or []
+    counts = Counter(r.get("status", "?") for r in records)
+    order = [s for s in STATUS_ORDER if s in counts] + sorted(set(counts) - set(STATUS_ORDER))
+    warnings = [w for w in (m.get("warning"), m.get("image_warning")) if w]
+    warnings = [w for i, w in enumerate(warnings) if not any(w in v for v in warnings[:i])]  # said once
+    weights = [(k, _value(v)) for k, v in (m.get("weights") or {}).items()]
+    weights += [(f"image {k}", _value(v)) for k, v in (m.get("image_weights") or {}).items()]
+    weights += [("classes", ", ".join(m.get("labels") or []))]
+    if m.get("image_labels"):
+        weights.append(("image classes", ", ".join(m["image_labels"])))
+    settings = [(k, _value(v)) for k, v in (m.get("settings") or {}).items()]
+    settings += [(f"faces.{k}", _value(v)) for k, v in (m.get("face_settings") or {}).items()]
+    settings += [("face settings hash", m.get("face_settings_hash", "")), ("cache", str(cache_dir))]
+    bad = [(storage.name(r["video_path"]), r.get("status"), r.get("error") or
+            ("no faces found" if r.get("status") == "no_faces" else "")) for r in records if r.get("status") != "ok"]
+    wall = m.get("wall_seconds")
+    run = [("output", str(out_dir)), ("files", len(records))] + [(s, counts[s]) for s in order] + [
+        ("kept from an earlier run", m.get("skipped", 0)), ("clips classified", m.get("clips_classified", 0)),
+        ("wall time", f"{wall:.1f} s" if isinstance(wall, (int, float)) else "unknown")]
+    videos = [r for r in records if r.get("kind", "video") != "image"]
+    images = [r for r in records if r.get("kind") == "image"]
+    body = [f'<h1>s2d report: {escape(storage.name(out_dir))}</h1>']
+    body += [f'<p class="warning">WARNING: {escape(w)}</p>' for w in warnings]
+    body += ['<section id="run"><h2>Run</h2>', _table(run), "<h3>Weights</h3>", _table(weights),
+             "<h3>Settings</h3>", _pairs(settings), "<h3>Versions</h3>",
+             _pairs([(k, _value(v)) for k, v in (m.get("versions") or {}).items()], 5), "</section>",
+             f'<section id="errors"><h2>Errors and files without a timeline ({len(bad)})</h2>',
+             _table(bad, ("file", "status", "reason")) if bad else "<p>none</p>", "</section>"]
+    for title, sid, recs in (("Videos", "videos", videos), ("Images", "images", images)):
+        if recs:
+            body += [f'<section id="{sid}"><h2>{title} ({len(recs)})</h2>']
+            body += [_video_html(out_dir, m, cache_dir, r) for r in recs] + ["</section>"]
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}"><title>s2d report: '
+            f'{escape(storage.name(out_dir))}</title><style>{STYLE}</style></head><body>\n'
+            + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_report(out_dir, path=None):
+    """Write the report of an ``s2d annotate --out`` folder to ``path`` (default ``OUT/report.html``, atomically;
+    local or a URI) and return where it went. FileNotFoundError when the folder has no manifest.json."""
+    html = build_report(out_dir)
+    return storage.write(path or storage.join(storage.location(out_dir), "report.html"), html)
