@@ -50,8 +50,8 @@ def annotate(paths, out, cache=None, *, device: str = "auto", address: str | Non
 
 
 def faces(paths, cache, *, device: str = "auto", address: str | None = None, progress: bool = True, **options):
-    """Videos -> their landmark-cache entries under ``cache`` (as ``s2d faces`` writes them), returned as one
-    DataFrame of the face rows of these videos (bbox, kps5, landmarks68: numpy arrays per row);
+    """Videos and images -> their landmark-cache entries under ``cache`` (as ``s2d faces`` writes them), returned
+    as one DataFrame of the face rows of these inputs (bbox, kps5, landmarks68: numpy arrays per row);
     ``df.attrs["videos"]`` is each video's status and error."""
     from . import cache as cache_files
     from .faces_run import run_faces

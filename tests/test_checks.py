@@ -125,13 +125,15 @@ def test_weights_holding_code_are_refused_in_one_line_unless_trusted(env, fixtur
 def test_a_clip_without_probabilities_fails_its_video_never_a_nan_row(tmp_path, detector_weights, landmark_weights):
     from test_run_parts import _clip, _segment, _unit
 
-    from pipeline.annotate_run import Timelines
+    from pipeline.annotate_run import Labelling, Timelines
+    from pipeline.emotions import resolve_classifier
     from pipeline.settings import plan_faces
     from pipeline.sources import Source
 
     plan = plan_faces(FaceSettings(detector_weights=str(detector_weights), landmark_weights=str(landmark_weights)))
-    t = Timelines({"a": Source("/v/a.mp4", "a", 1, 0.0)}, plan, tmp_path / "c", tmp_path / "o", "h",
-                  S.labels("dfew"), "m", {})
+    video = Labelling(resolve_classifier("random-tiny", None, str(landmark_weights)), "m", {}, "h")
+    t = Timelines({"a": Source("/v/a.mp4", "a", 1, 0.0)}, plan, tmp_path / "c", tmp_path / "o",
+                  {"video": video, "image": None}, {})
     t.add(_unit("a", n_clips=2, tracks=(0,)))
     t.add(_clip("a", _segment(0, 0), np.eye(7, dtype=np.float32)[0]))
     rec = t.add(_clip("a", _segment(0, 1), np.full(7, np.nan, np.float32)))

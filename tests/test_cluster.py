@@ -154,11 +154,18 @@ def job(cluster, working_dir: Path, *entrypoint) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
-def test_prepare_train_evaluate_faces_and_ray_jobs_on_the_cluster(cluster, videos, tmp_path):
-    data, run = tmp_path / "data", tmp_path / "run"
+@pytest.fixture(scope="module")
+def prepared(cluster, videos, tmp_path_factory) -> Path:
+    """``s2d prepare`` of the labelled videos on the cluster: the clip dataset both training tests read."""
+    data = tmp_path_factory.mktemp("cluster") / "data"
     done = s2d(cluster, "prepare", videos / "videos.csv", "--out", data, "--labels", "dfew", "--address",
                cluster.address)
     assert done.returncode == 0 and (data / "train.csv").is_file(), done.stdout + done.stderr
+    return data
+
+
+def test_prepare_train_evaluate_faces_and_ray_jobs_on_the_cluster(cluster, prepared, videos, tmp_path):
+    data, run = prepared, tmp_path / "run"
 
     # Ray Jobs: training with 2 workers on the 1 + 2 CPU cluster (the data pipeline keeps a CPU), then annotate
     done = job(cluster, data, "s2d", "train", "dynamic", "--data", ".", "--format", "csv", "--labels", "dfew",
@@ -181,15 +188,12 @@ def test_prepare_train_evaluate_faces_and_ray_jobs_on_the_cluster(cluster, video
     assert done.returncode == 0 and "1 ok" in done.stdout, done.stdout + done.stderr
 
 
-def test_training_resumes_from_its_checkpoint_when_a_node_dies_and_finishes_when_one_joins(cluster, videos,
+def test_training_resumes_from_its_checkpoint_when_a_node_dies_and_finishes_when_one_joins(cluster, prepared,
                                                                                          tmp_path):
     """``train dynamic --workers 2 --max-failures 1`` on the 1 + 2 CPU cluster; the worker node is killed after the
     first checkpoint: the run waits for CPUs, a new worker node joins, and the run goes on from its latest
     checkpoint to its last epoch."""
-    data, run = tmp_path / "data", tmp_path / "run"
-    done = s2d(cluster, "prepare", videos / "videos.csv", "--out", data, "--labels", "dfew", "--address",
-               cluster.address)
-    assert done.returncode == 0, done.stdout + done.stderr
+    data, run = prepared, tmp_path / "run"
     proc, lines, reader = s2d_background(cluster, "train", "dynamic", "--data", data, "--format", "csv", "--labels",
                                          "dfew", "--model", "s2d_tiny", "--epochs", "12", "--batch-size", "2",
                                          "--workers", "2", "--max-failures", "1", "--out", run, "--address",

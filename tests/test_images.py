@@ -148,15 +148,18 @@ def test_a_folder_of_images_and_videos(annotated_run, expectations):
 
 
 def test_a_rerun_skips_images_and_videos_done(annotated_run, tmp_path, detector_weights, landmark_weights):
-    from pipeline import annotate
-
     import shutil
+
+    from pipeline import annotate
 
     out, _ = annotated_run
     manifest = json.loads((out / "manifest.json").read_text())
     shutil.copytree(out, tmp_path / "out")  # its timelines and cache; the shared run stays as it is
-    again = annotate(out.parent / "inputs", out=tmp_path / "out", weights="random-tiny", image_weights="random-tiny", progress=False,
+    (tmp_path / "out" / "report.html").unlink()
+    again = annotate(out.parent / "inputs", out=tmp_path / "out", weights="random-tiny", image_weights="random-tiny",
+                     report=False, progress=False,  # as `s2d annotate --no-report`
                      detector_weights=str(detector_weights), landmark_weights=str(landmark_weights))
+    assert not (tmp_path / "out" / "report.html").exists()
     second = again.attrs["manifest"]
     failed = {v["video_path"] for v in manifest["videos"] if v["status"] == "error"}  # retried, and fail again
     assert second["skipped"] == len(manifest["videos"]) - len(failed)
