@@ -29,8 +29,8 @@ from .cluster import PASSES, NodeWatch, chain_context, init_ray, lost, pick_devi
 from .emotions import Classifier, S2DWorker, resolve_classifier
 from .face_actor import FaceWorker
 from .faces_run import FacesResult, Progress, Video, error_meta, unit_rows, write_units
-from .settings import AnnotateSettings, FacePlan, FaceSettings, plan_faces, timeline_record
 from .images import is_image
+from .settings import AnnotateSettings, FacePlan, FaceSettings, plan_faces, timeline_record
 from .sources import Source, check_paths, find_videos
 from .timeline import is_complete, read_timeline_meta, timeline_path, windows_table, write_timeline
 from .units import Clip, UnitFaces
@@ -67,19 +67,18 @@ class AnnotateResult:
 @dataclass(frozen=True)
 class Labelling:
     """How one kind of input (videos, or still images) is labelled: its classifier, the model name its timeline
-    rows carry, and the settings record whose hash marks its timelines complete."""
+    rows carry, and the settings hash that marks its timelines complete (of ``timeline_record``)."""
 
     classifier: Classifier
     model: str
-    record: dict
     key: str
 
 
 def labelling(classifier: Classifier, weights: str, face_key: str, settings: AnnotateSettings) -> Labelling:
     path = classifier.path
     model = weights if path is None or Path(weights).name != path.name else path.name
-    record = timeline_record(face_key, classifier.fingerprint, settings)
-    return Labelling(classifier, model, record, cache.settings_hash(record))
+    key = cache.settings_hash(timeline_record(face_key, classifier.fingerprint, settings))
+    return Labelling(classifier, model, key)
 
 
 def kind(src: Source) -> str:
@@ -251,8 +250,8 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
                     bar.note(f"{why}: {sum(v not in done for v in todo)} videos again, on the nodes left")
         for vid, s in todo.items():
             if vid not in done:
-                done[vid] = {"video_id": vid, "video_path": s.path, "kind": kind(s), "status": status, "error": message,
-                             "timeline": None, "n_segments": 0, "n_tracks": 0}
+                done[vid] = {"video_id": vid, "video_path": s.path, "kind": kind(s), "status": status,
+                             "error": message, "timeline": None, "n_segments": 0, "n_tracks": 0}
         result.faces.videos = [timelines.face_metas.get(vid) or error_meta(s, plan.record, message)
                                for vid, s in todo.items()]
     result.videos = [done[s.video_id] for s in sources]

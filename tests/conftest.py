@@ -112,7 +112,8 @@ def make_images(folder: Path) -> list[Path]:
 def annotated_run(tmp_path_factory, _ray_session, detector_weights, landmark_weights):
     """One real ``annotate`` run through the Python API (random-tiny S2D video and image models, the fixture
     detector and landmarks, overlay videos and the report) over the golden copy's input videos and, in
-    ``images/``, ``IMAGES``: (its ``--out``, the DataFrame it returned). Shared by the tests that read a run's outputs (API rows, images, overlay, report)."""
+    ``images/``, ``IMAGES``: (its ``--out``, the DataFrame it returned). Shared by the tests that read a run's
+    outputs (API rows, images, overlay, report)."""
     from golden.make_golden import inputs
 
     from pipeline import annotate
@@ -122,7 +123,8 @@ def annotated_run(tmp_path_factory, _ray_session, detector_weights, landmark_wei
     inputs(base / "inputs")
     make_images(base / "inputs" / "images")
     df = annotate(base / "inputs", out=base / "out", weights="random-tiny", image_weights="random-tiny",
-                  overlay=True, progress=False, detector_weights=str(detector_weights), landmark_weights=str(landmark_weights))
+                  overlay=True, progress=False, detector_weights=str(detector_weights),
+                  landmark_weights=str(landmark_weights))
     return base / "out", df
 
 

@@ -131,7 +131,7 @@ def test_a_clip_without_probabilities_fails_its_video_never_a_nan_row(tmp_path, 
     from pipeline.sources import Source
 
     plan = plan_faces(FaceSettings(detector_weights=str(detector_weights), landmark_weights=str(landmark_weights)))
-    video = Labelling(resolve_classifier("random-tiny", None, str(landmark_weights)), "m", {}, "h")
+    video = Labelling(resolve_classifier("random-tiny", None, str(landmark_weights)), "m", "h")
     t = Timelines({"a": Source("/v/a.mp4", "a", 1, 0.0)}, plan, tmp_path / "c", tmp_path / "o",
                   {"video": video, "image": None}, {})
     t.add(_unit("a", n_clips=2, tracks=(0,)))

@@ -120,9 +120,8 @@ def test_a_folder_of_images_and_videos(annotated_run, expectations):
     assert "image weights 'random-tiny'" in manifest["warning"] and manifest["image_settings_hash"]
 
     want = expectations["images"]
-    boxes = {"single_face.jpg": want["images/single_face.jpg"]["boxes"], "rotated.jpg": want["images/single_face.jpg"]["boxes"],
-             "multi_face.jpg": want["images/multi_face.jpg"]["boxes"], "gray.png": want["images/0-f1-su-ph.jpg"]["boxes"],
-             "alpha.webp": want["images/0-f15-hao-ph.jpg"]["boxes"], "angry.bmp": want["images/15-f13-anc-ph.jpg"]["boxes"]}
+    boxes = {name: want[f"images/{source}"]["boxes"] for name, (source, how) in IMAGES.items()
+             if how != "truncated" and want[f"images/{source}"]["faces"]}  # the boxes of the fixture it was made of
     for name, expected in boxes.items():
         v = images[name]
         table = pq.read_table(v["timeline"])
