@@ -115,10 +115,15 @@ class LoopbackCluster:
         self._start(cpus, head=True, dashboard=dashboard)
         return self
 
-    def add_worker(self, cpus: int = 1) -> Path:
-        before = len(self.alive_nodes())
+    def add_worker(self, cpus: int = 1, timeout: float = 60) -> Path:
+        """A new worker node, once the cluster lists it alive (by its own raylet port: a node killed just before
+        may still count as alive for a while, so a count of nodes could wait for the wrong one)."""
         node = self._start(cpus, head=False)
-        self.wait_for_nodes(before + 1)
+        end = time.time() + timeout
+        while self.manager_port[node] not in self.alive_nodes():
+            if time.time() > end:
+                raise TimeoutError(f"the worker node started in {node} never joined")
+            time.sleep(1)
         return node
 
     def alive_nodes(self) -> dict[int, str]:
@@ -135,13 +140,6 @@ class LoopbackCluster:
 
     def node_id(self, node: Path) -> str:
         return self.alive_nodes()[self.manager_port[node]]
-
-    def wait_for_nodes(self, n: int, timeout: float = 60) -> None:
-        end = time.time() + timeout
-        while len(self.alive_nodes()) < n:
-            if time.time() > end:
-                raise TimeoutError(f"fewer than {n} Ray nodes came up")
-            time.sleep(1)
 
     def pids(self, node: Path) -> list[int]:
         return _processes(str(node))
