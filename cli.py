@@ -317,7 +317,8 @@ def timeline_cmd(
     video: Optional[str] = typer.Option(None, help="only this video (file name or video_id)"),
 ):
     """Summarise timelines: per video and track, the dominant emotion and the share of time per emotion."""
-    from pipeline.timeline import by_label_set, format_summary, plot_timeline, read_timelines, summarize
+    from pipeline.timeline import (by_label_set, format_summary, plot_timeline, read_manifest, read_timelines,
+                                   summarize)
 
     df = read_timelines(out)
     if video is not None:
@@ -335,12 +336,12 @@ def timeline_cmd(
                           ([], None))
         if df is None:
             _fail(f"no video timelines to plot in {out} (still images have no time axis)")
-        import json
-
         from pipeline.emotions import UNTRAINED_WARNING
 
-        manifest = storage.join(out, "manifest.json")
-        m = json.loads(storage.read_text(manifest)) if storage.is_file(manifest) else {}
+        try:
+            m = read_manifest(out)
+        except FileNotFoundError:  # timeline files alone (copied out of their run): no durations, no warning
+            m = {}
         warning = m.get("warning") or (UNTRAINED_WARNING if (df["model"] == "random-tiny").any() else None)
         plot_timeline(df, labels, plot, durations={v["video_id"]: v.get("duration_s") for v in m.get("videos", [])},
                       warning=warning)

@@ -91,9 +91,10 @@ def resolve_classifier(weights: str = "s2d-dfew", labels: str | None = None,
 
 
 def build_model(c: Classifier):
-    """The S2DVideo (or S2DImage, by ``c.kind``) for a resolved classifier, landmark branch loaded, in eval mode, for inference: the frozen
-    landmark branch has its BatchNorms folded into the convolutions and runs channels_last (the same outputs up to
-    float rounding; a tiny clip's 16 landmark passes on 2 cores 101 -> 69 ms, most of a tiny clip's time)."""
+    """The S2DVideo (or S2DImage, by ``c.kind``) for a resolved classifier, landmark branch loaded, in eval mode,
+    for inference: the frozen landmark branch has its BatchNorms folded into the convolutions and runs channels_last
+    (the same outputs up to float rounding; a tiny clip's 16 landmark passes on 2 cores 101 -> 69 ms, most of a
+    tiny clip's time)."""
     import torch
 
     import s2d_model as S

@@ -28,7 +28,7 @@ import numpy as np
 from . import storage
 from .cache import read_entry
 from .decode import DecodeError, display_rotation, native_fps, open_video, rotate_upright, sampling_step
-from .timeline import _stem, prob_columns, read_manifest, read_timeline_meta
+from .timeline import _stem, prob_columns, read_manifest, read_timeline_meta, run_cache
 
 HOLD_STEPS = 1.5  # a sampled frame's boxes stay on screen for at most this many sampling steps
 TRACK_COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -151,7 +151,7 @@ def write_overlay(out_dir, video: str, dest=None) -> Path | str:
     if record.get("status") not in ("ok", "no_faces") or not record.get("timeline"):
         raise ValueError(f"{name} has no finished timeline in {out_dir} (status {record.get('status')}"
                          + (f": {record['error']}" if record.get("error") else "") + "); run s2d annotate again")
-    cache_dir = manifest.get("cache_dir") or storage.join(out_dir, "cache")
+    cache_dir = run_cache(out_dir, manifest)
     if not manifest.get("face_settings_hash"):
         raise ValueError(f"{out_dir}/manifest.json names no face settings: written by an older s2d; run s2d "
                          "annotate again")

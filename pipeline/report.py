@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from . import storage
-from .timeline import prob_columns, read_manifest, read_timeline_meta, summarize, timeline_path, track_panels
+from .timeline import (prob_columns, read_manifest, read_timeline_meta, run_cache, summarize, timeline_path,
+                       track_panels)
 
 THUMB_PX = 96
 SVG_W, SVG_H, PAD_L, PAD_R, PAD_T, PAD_B = 720, 110, 34, 8, 6, 20  # timeline plot, px
@@ -230,7 +231,7 @@ def build_report(out_dir) -> str:
     """The page's HTML (see the module docstring)."""
     out_dir = storage.location(out_dir)
     m = read_manifest(out_dir)
-    cache_dir = m.get("cache_dir") if m.get("cache_dir") not in (None, "", "None") else storage.join(out_dir, "cache")
+    cache_dir = run_cache(out_dir, m)
     records = m.get("videos") or []
     counts = Counter(r.get("status", "?") for r in records)
     order = [s for s in STATUS_ORDER if s in counts] + sorted(set(counts) - set(STATUS_ORDER))

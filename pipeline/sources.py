@@ -113,10 +113,10 @@ def list_videos(paths: Sequence[str | os.PathLike], recursive: bool = True) -> l
     Folders are scanned (recursively by default; symlinked folders are not followed); hidden files and
     hidden folders are skipped; images are chosen by their extension (``IMAGE_EXTENSIONS``; a broken one becomes
     an error row) and every other file is content-probed with :func:`is_video` (so audio-only files such as
-    ``.m4a`` and TIFF images are not videos, while a broken ``.mp4`` is; FFmpeg reads a GIF as a video); a broken symbolic link with a video
-    or image extension is included (it becomes an error row). Files named explicitly are always included, even if
-    unreadable or not videos: the decode stage reports them. Under a URI folder (``s3://bucket/videos/``) the
-    objects are chosen by their extension, without opening each over the network.
+    ``.m4a`` and TIFF images are not videos, while a broken ``.mp4`` is; FFmpeg reads a GIF as a video); a broken
+    symbolic link with a video or image extension is included (it becomes an error row). Files named explicitly
+    are always included, even if unreadable or not videos: the decode stage reports them. Under a URI folder
+    (``s3://bucket/videos/``) the objects are chosen by their extension, without opening each over the network.
     """
     found: dict[str, Source] = {}
 

@@ -156,6 +156,12 @@ def read_manifest(out_dir) -> dict:
         raise ValueError(f"{path} is not a manifest: {e}") from None
 
 
+def run_cache(out_dir, manifest: dict) -> Path | str:
+    """The landmark cache a run used: the manifest's ``cache_dir``, else (an older manifest) ``<out>/cache``."""
+    named = manifest.get("cache_dir")
+    return storage.location(named) if named not in (None, "", "None") else storage.join(out_dir, "cache")
+
+
 def timeline_files(out_dir) -> list[Path | str]:
     """The ``*.timeline.parquet`` files directly under ``out_dir`` (local paths or URIs), sorted."""
     return [storage.location(f.path) for f in storage.files(out_dir, recursive=False)
