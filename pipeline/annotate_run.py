@@ -1,6 +1,6 @@
 """``run_annotate``: videos -> one emotion timeline Parquet per video (+ ``manifest.json``), one chain top to bottom.
 
-    list -> [Ray tasks] probe, cut long videos into time shards
+    list, probe, cut long videos into time shards [driver]
          -> [face actors] decode -> detect -> landmarks -> track -> each window's aligned clip as the window closes
          -> [S2D actors] probabilities, ``batch_size`` clips at a time
          -> [driver] when a video's units and clips are all in: its cache entry, then its timeline (atomic)
@@ -293,7 +293,7 @@ def chain(videos: list[Video], plan: FacePlan, faces: FaceSettings, settings: An
     """The Ray Data chain over ``videos``, its actor pools planned on the nodes alive now."""
     cpus, gpus, nodes = resources()
     pools = plan_actors(cpus, gpus if device == "cuda" else 0, nodes, emotions=True)
-    # 1. units: probe each video, cut long ones into time shards
+    # 1. units: the driver probes each video and cuts long ones into time shards
     ds = unit_rows(videos, faces, settings.segment_s, pools["faces"].size)
     # 2. face actors: decode -> detect -> landmarks -> track -> aligned clips as windows close (or the cache)
     ds = ds.map_batches(FaceWorker, batch_size=1, **pools["faces"].args(tasks_per_actor=1),

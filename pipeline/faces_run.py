@@ -1,7 +1,7 @@
 """``run_faces``: videos -> the landmark cache, one chain top to bottom; and the face-stage steps that
 ``run_annotate`` shares (the unit rows, writing a video's cache entry from its units).
 
-    list -> [Ray tasks] probe, cut long videos into time shards -> [face actors] decode, detect, landmarks, track
+    list, probe, cut long videos into time shards [driver] -> [face actors] decode, detect, landmarks, track
          -> [driver] join a video's units (stitch shard tracks), write its cache entry atomically
 """
 from __future__ import annotations
@@ -17,7 +17,10 @@ from .cluster import PASSES, NodeWatch, chain_context, init_ray, lost, pick_devi
 from .face_actor import FaceWorker
 from .settings import FacePlan, FaceSettings, plan_faces
 from .sources import Source, check_paths, find_videos
-from .units import empty_faces, items, join_units, plan_units
+from .units import empty_faces, join_units, plan_units
+
+
+PROBE_THREADS = 8  # videos probed at once by the driver (PyAV and the storage reads release the GIL)
 
 
 @dataclass
@@ -83,18 +86,22 @@ class Progress:
 
 
 def unit_rows(videos: list[Video], s: FaceSettings, segment_s: float, face_actors: int):
-    """The chains' input: one row {"item": Unit} per unit. Probing and shard planning run as Ray tasks that
-    reserve no CPU (the actors hold them), one video each and one at a time, so the first unit starts at once and
-    the units reach the face actors in the order the videos were given (probing is far faster than the faces).
-    (The task's code refers to ``pipeline.units`` only: its worker never imports torch.)"""
+    """The chains' input: one row {"video_id", "item": Unit} per unit, each in a block of its own, in the order the
+    videos were given. The driver probes the videos and cuts long ones into time shards before the chain starts
+    (a header and a first frame read per video, ``PROBE_THREADS`` at a time; the driver lists and checks the same
+    files already). A Ray task for it, as before, booted one more worker process while the face actors started: on
+    2 CPUs that put the first face ~1 s later (``bench/annotate_speed.py``: first face found)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import ray
 
-    def plan(batch: dict) -> dict:
-        v = batch["item"][0]
-        return items(*plan_units(v.video_id, v.path, s.fps, s.shard_s, segment_s, v.cached, face_actors))
+    def plan(v: Video) -> list:
+        return plan_units(v.video_id, v.path, s.fps, s.shard_s, segment_s, v.cached, face_actors)
 
-    ds = ray.data.from_items(videos, override_num_blocks=len(videos))
-    return ds.map_batches(plan, batch_size=1, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=1))
+    with ThreadPoolExecutor(max_workers=min(PROBE_THREADS, len(videos)) or 1) as pool:
+        units = [u for planned in pool.map(plan, videos) for u in planned]
+    return ray.data.from_items([{"video_id": u.video_id, "item": u} for u in units],
+                               override_num_blocks=max(1, len(units)))
 
 
 def write_units(cache_dir: Path, plan: FacePlan, src: Source, units: list) -> tuple[dict, list[dict]]:
@@ -159,7 +166,7 @@ def run_faces(paths, cache_dir: str | Path, settings: FaceSettings = FaceSetting
                 left = [Video(vid, s.path) for vid, s in todo.items() if vid not in done]
                 cpus, gpus, nodes = resources()
                 pools = plan_actors(cpus, gpus if device == "cuda" else 0, nodes, emotions=False)
-                # 1. units: probe each video, cut long ones into time shards
+                # 1. units: the driver probes each video and cuts long ones into time shards
                 ds = unit_rows(left, settings, 2.0, pools["faces"].size)
                 # 2. face actors: decode -> detect -> 68 landmarks -> track, one unit per actor at a time
                 ds = ds.map_batches(FaceWorker, batch_size=1, **pools["faces"].args(tasks_per_actor=1),

@@ -162,7 +162,8 @@ def _worker_pids(name: str) -> list[int]:
 
 
 def _kill_when_busy(name: str, after_s: float, timeout: float = 180.0) -> list:
-    """A thread that SIGKILLs the actor process ``name`` once, when it has been working for ``after_s``."""
+    """A thread that SIGKILLs the actor process ``name`` once, when it has been seen working for ``after_s`` in all
+    (its tasks one after another: a unit each for the face actor)."""
     import signal
     import threading
     import time
@@ -170,11 +171,11 @@ def _kill_when_busy(name: str, after_s: float, timeout: float = 180.0) -> list:
     killed = []
 
     def watch():
-        end, since = time.time() + timeout, None
+        end, busy, last = time.time() + timeout, 0.0, time.time()
         while time.time() < end and not killed:
-            pids = _worker_pids(name)
-            since = (since or time.time()) if pids else None
-            if pids and time.time() - since >= after_s:
+            pids, now = _worker_pids(name), time.time()
+            busy, last = busy + (now - last if pids else 0.0), now
+            if pids and busy >= after_s:
                 os.kill(pids[0], signal.SIGKILL)
                 killed.append(pids[0])
             time.sleep(0.02)
