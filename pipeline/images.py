@@ -7,6 +7,7 @@ dropped over black, as the detector would see a transparent background).
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +23,12 @@ def is_image(path: str | os.PathLike) -> bool:
     return Path(str(path)).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """The image upright (EXIF orientation applied), uint8 RGB [H, W, 3]; DecodeError with the reason for a file
-    that is missing, empty, not an image, of another format, or truncated. A URI is read through pyarrow."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+@contextmanager
+def opened(path: str | os.PathLike):
+    """``with opened(path) as img``: the file opened by Pillow, its header read and its pixels not yet decoded.
+    DecodeError with the reason for a file that is missing, empty, not an image or of another format, and for any
+    failure while the block decodes it (truncated data). A URI is read through pyarrow."""
+    from PIL import Image, UnidentifiedImageError
 
     from . import storage
 
@@ -48,12 +51,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
             if img.format not in IMAGE_FORMATS:
                 raise DecodeError(f"{path}: {img.format} image; images must be JPEG, PNG, WebP or BMP")
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                img = img.convert("RGBA")
-                black = Image.new("RGBA", img.size, (0, 0, 0, 255))
-                img = Image.alpha_composite(black, img)
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+            yield img
     except DecodeError:
         raise
     except UnidentifiedImageError:
@@ -62,9 +60,27 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise DecodeError(f"{path}: cannot decode the image: {exc}") from None
 
 
-def image_info(image: np.ndarray) -> dict:
-    """The probe of an image, in VideoInfo's fields (one frame, no duration, no rate)."""
-    h, w = image.shape[:2]
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """The image upright (EXIF orientation applied), uint8 RGB [H, W, 3]; DecodeError as ``opened`` says."""
+    from PIL import Image, ImageOps
+
+    with opened(path) as img:
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            img = img.convert("RGBA")
+            black = Image.new("RGBA", img.size, (0, 0, 0, 255))
+            img = Image.alpha_composite(black, img)
+        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def image_info(path: str | os.PathLike) -> dict:
+    """The probe of an image, in VideoInfo's fields (one frame, no duration, no rate), from its header: the size
+    upright (EXIF orientations 5-8 turn it a quarter). The pixels are decoded once, by the face actor
+    (``image_frames``), where a truncated file fails."""
+    with opened(path) as img:
+        w, h = img.size
+        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+            w, h = h, w
     return {"width": int(w), "height": int(h), "rotation": 0, "native_fps": None, "duration_s": 0.0,
             "header_frames": 1, "codec": "image", "has_audio": False, "image": True}
 

@@ -82,11 +82,11 @@ def plan_units(video_id: str, path: str, fps: float, shard_s: float | None, segm
     None: ``SHARD_S``, but no more shards than ``face_actors`` (when given) can share, since each shard also decodes
     and detects its overlap (on 2 CPUs, one face actor: a 300 s video in one unit, ~4% faster than five shards).
     A file that cannot be probed gives one unit carrying the error. A still image is one unit (its ``info`` says
-    ``image``)."""
-    from .images import image_info, is_image, read_image
+    ``image``; probed from its header: a truncated one fails in the face actor, which decodes it)."""
+    from .images import image_info, is_image
 
     try:
-        info = image_info(read_image(path)) if is_image(path) else asdict(probe(path))
+        info = image_info(path) if is_image(path) else asdict(probe(path))
     except Exception as exc:
         from .decode import DecodeError
 

@@ -80,7 +80,8 @@ IMAGES = {  # the mixed run's still images: name -> (fixture image, how it is st
     "mountain.jpg": ("free-mountain-vector-01.jpg", "copy"),  # no face
     "rotated.jpg": ("single_face.jpg", "exif"),  # stored turned 90 degrees, EXIF orientation 6 turns it back
     "gray.png": ("0-f1-su-ph.jpg", "L"), "alpha.webp": ("0-f15-hao-ph.jpg", "RGBA"),
-    "angry.bmp": ("15-f13-anc-ph.jpg", "copy"), "broken.jpg": ("single_face.jpg", "truncated"),
+    "angry.bmp": ("15-f13-anc-ph.jpg", "copy"), "broken.jpg": ("single_face.jpg", "truncated"),  # cut in its header
+    "half.jpg": ("single_face.jpg", "half"),  # its header whole, half its pixels: fails where it is decoded
 }
 
 
@@ -91,8 +92,9 @@ def make_images(folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     for name, (source, how) in IMAGES.items():
         src, dest = FIXTURES / "images" / source, folder / name
-        if how == "truncated":
-            dest.write_bytes(src.read_bytes()[:2000])
+        if how in ("truncated", "half"):
+            data = src.read_bytes()
+            dest.write_bytes(data[:2000] if how == "truncated" else data[:len(data) // 2])
             continue
         img = Image.open(src)
         if how == "exif":

@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import FIXTURES, IMAGES
 from pipeline.decode import DecodeError
-from pipeline.images import read_image
+from pipeline.images import image_info, read_image
 from pipeline.sources import list_videos
 
 
@@ -35,6 +35,29 @@ def test_read_image_upright_rgb(tmp_path):
     assert read_image(tmp_path / "a.webp")[:2, :, 0].min() == 200 and read_image(tmp_path / "a.webp")[2:].max() == 0
     Image.open(face).save(tmp_path / "f.bmp")
     assert (read_image(tmp_path / "f.bmp") == upright).all()  # BMP is lossless
+
+
+def test_image_info_is_read_from_the_header(tmp_path):
+    """The driver's probe of an image: its upright size, from the header (a file cut after its header passes here
+    and fails where it is decoded, in the face actor; a header that cannot be read fails with read_image's
+    reason)."""
+    from conftest import make_images
+
+    make_images(tmp_path)
+    for name, (_, how) in IMAGES.items():
+        if how in ("truncated", "half"):
+            continue
+        h, w = read_image(tmp_path / name).shape[:2]
+        info = image_info(tmp_path / name)
+        assert (info["width"], info["height"], info["image"], info["header_frames"]) == (w, h, True, 1), name
+    with pytest.raises(DecodeError, match="cannot decode the image"):  # broken.jpg: cut inside its header
+        image_info(tmp_path / "broken.jpg")
+    assert (image_info(tmp_path / "half.jpg")["width"], image_info(tmp_path / "half.jpg")["height"]) == (572, 562)
+    with pytest.raises(DecodeError, match="cannot decode the image"):
+        read_image(tmp_path / "half.jpg")
+    (tmp_path / "e.jpg").write_bytes(b"")
+    with pytest.raises(DecodeError, match="empty file"):
+        image_info(tmp_path / "e.jpg")
 
 
 @pytest.mark.parametrize("data, reason", [
@@ -114,14 +137,15 @@ def test_a_folder_of_images_and_videos(annotated_run, expectations):
     images = {n: v for n, v in records.items() if v["kind"] == "image"}
     assert sorted(images) == sorted(IMAGES) and len(records) == len(IMAGES) + 4
     assert {n: v["status"] for n, v in images.items()} == {
-        **{n: "ok" for n in IMAGES}, "mountain.jpg": "no_faces", "broken.jpg": "error"}
-    assert "broken.jpg: cannot decode the image" in images["broken.jpg"]["error"]
+        **{n: "ok" for n in IMAGES}, "mountain.jpg": "no_faces", "broken.jpg": "error", "half.jpg": "error"}
+    for name in ("broken.jpg", "half.jpg"):  # one fails the driver's probe, the other the face actor's decode
+        assert f"{name}: cannot decode the image" in images[name]["error"]
     assert manifest["image_labels"] == ["Neutral", "Happiness", "Sadness", "Surprise", "Fear", "Disgust", "Anger"]
     assert "image weights 'random-tiny'" in manifest["warning"] and manifest["image_settings_hash"]
 
     want = expectations["images"]
     boxes = {name: want[f"images/{source}"]["boxes"] for name, (source, how) in IMAGES.items()
-             if how != "truncated" and want[f"images/{source}"]["faces"]}  # the boxes of the fixture it was made of
+             if how not in ("truncated", "half") and want[f"images/{source}"]["faces"]}  # the boxes of the fixture it was made of
     for name, expected in boxes.items():
         v = images[name]
         table = pq.read_table(v["timeline"])
