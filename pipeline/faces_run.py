@@ -20,7 +20,7 @@ from .sources import Source, check_paths, find_videos
 from .units import empty_faces, join_units, plan_units
 
 
-PROBE_THREADS = 8  # videos probed at once by the driver (PyAV and the storage reads release the GIL)
+PROBE_THREADS = 8  # videos probed at once by the driver (the time goes to file reads and FFmpeg)
 
 
 @dataclass
@@ -89,8 +89,8 @@ def unit_rows(videos: list[Video], s: FaceSettings, segment_s: float, face_actor
     """The chains' input: one row {"video_id", "item": Unit} per unit, each in a block of its own, in the order the
     videos were given. The driver probes the videos and cuts long ones into time shards before the chain starts
     (a header and a first frame read per video, ``PROBE_THREADS`` at a time; the driver lists and checks the same
-    files already). A Ray task for it, as before, booted one more worker process while the face actors started: on
-    2 CPUs that put the first face ~1 s later (``bench/annotate_speed.py``: first face found)."""
+    files already). Not a Ray task: that boots one more worker process while the face actors start, and on 2 CPUs
+    the first face came ~1 s later (``bench/annotate_speed.py``: first face found)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import ray
