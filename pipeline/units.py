@@ -82,7 +82,7 @@ def plan_units(video_id: str, path: str, fps: float, shard_s: float | None, segm
     None: ``SHARD_S``, but no more shards than ``face_actors`` (when given) can share, since each shard also decodes
     and detects its overlap (on 2 CPUs, one face actor: a 300 s video in one unit, ~4% faster than five shards).
     A file that cannot be probed gives one unit carrying the error. A still image is one unit (its ``info`` says
-    ``image``; probed from its header: a truncated one fails in the face actor, which decodes it)."""
+    ``image``; probed from its header: one cut after its header fails in the face actor, which decodes it)."""
     from .images import image_info, is_image
 
     try:

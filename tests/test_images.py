@@ -144,8 +144,8 @@ def test_a_folder_of_images_and_videos(annotated_run, expectations):
     assert "image weights 'random-tiny'" in manifest["warning"] and manifest["image_settings_hash"]
 
     want = expectations["images"]
-    boxes = {name: want[f"images/{source}"]["boxes"] for name, (source, how) in IMAGES.items()
-             if how not in ("truncated", "half") and want[f"images/{source}"]["faces"]}  # the boxes of the fixture it was made of
+    boxes = {name: want[f"images/{source}"]["boxes"] for name, (source, how) in IMAGES.items()  # its fixture's boxes
+             if how not in ("truncated", "half") and want[f"images/{source}"]["faces"]}
     for name, expected in boxes.items():
         v = images[name]
         table = pq.read_table(v["timeline"])
