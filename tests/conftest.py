@@ -83,6 +83,7 @@ IMAGES = {  # the mixed run's still images: name -> (fixture image, how it is st
     "angry.bmp": ("15-f13-anc-ph.jpg", "copy"), "broken.jpg": ("single_face.jpg", "truncated"),  # cut in its header
     "half.jpg": ("single_face.jpg", "half"),  # its header whole, half its pixels: fails where it is decoded
 }
+CUT = ("truncated", "half")  # the ways of storing in IMAGES that cut the file (no image is read from it)
 
 
 def make_images(folder: Path) -> list[Path]:
@@ -92,7 +93,7 @@ def make_images(folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     for name, (source, how) in IMAGES.items():
         src, dest = FIXTURES / "images" / source, folder / name
-        if how in ("truncated", "half"):
+        if how in CUT:
             data = src.read_bytes()
             dest.write_bytes(data[:2000] if how == "truncated" else data[:len(data) // 2])
             continue

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import FIXTURES, IMAGES
+from conftest import CUT, FIXTURES, IMAGES
 from pipeline.decode import DecodeError
 from pipeline.images import image_info, read_image
 from pipeline.sources import list_videos
@@ -45,7 +45,7 @@ def test_image_info_is_read_from_the_header(tmp_path):
 
     make_images(tmp_path)
     for name, (_, how) in IMAGES.items():
-        if how in ("truncated", "half"):
+        if how in CUT:
             continue
         h, w = read_image(tmp_path / name).shape[:2]
         info = image_info(tmp_path / name)
@@ -145,7 +145,7 @@ def test_a_folder_of_images_and_videos(annotated_run, expectations):
 
     want = expectations["images"]
     boxes = {name: want[f"images/{source}"]["boxes"] for name, (source, how) in IMAGES.items()  # its fixture's boxes
-             if how not in ("truncated", "half") and want[f"images/{source}"]["faces"]}
+             if how not in CUT and want[f"images/{source}"]["faces"]}
     for name, expected in boxes.items():
         v = images[name]
         table = pq.read_table(v["timeline"])
