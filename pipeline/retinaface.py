@@ -285,6 +285,35 @@ def onednn_pointwise(model: nn.Module) -> nn.Module:
     return model
 
 
+def onednn_activations(model: nn.Module) -> nn.Module:
+    """For CPU inference in channels_last: a Conv2d directly followed by its ReLU or LeakyReLU in an nn.Sequential
+    (BN folded into the conv first: ``fuse_conv_bn`` leaves an nn.Identity between them) becomes one oneDNN
+    convolution with the activation as its post-op (``torch.ops.mkldnn._convolution_pointwise``, the kernel
+    torch.compile fuses the same pair into). One pass over each feature map instead of two; bitwise the same outputs
+    (tests/test_retinaface.py). Other devices, dtypes and grad mode run the conv, then the activation. In place;
+    apply after ``onednn_pointwise``, whose 1x1 convolutions it takes over where an activation follows."""
+    import types
+
+    def forward(self, x):
+        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled():
+            return F.leaky_relu(self._conv_forward(x, self.weight, self.bias), self.slope)
+        return torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, list(self.padding),
+                                                       list(self.stride), list(self.dilation), self.groups,
+                                                       "leaky_relu", [self.slope], "")
+
+    for m in model.modules():
+        if not isinstance(m, nn.Sequential):
+            continue
+        for i in range(len(m)):
+            j = next((j for j in range(i + 1, len(m)) if not isinstance(m[j], nn.Identity)), None)
+            if (isinstance(m[i], nn.Conv2d) and m[i].padding_mode == "zeros" and isinstance(m[i].padding, tuple)
+                    and j is not None and isinstance(m[j], (nn.ReLU, nn.LeakyReLU))):
+                m[i].slope = float(getattr(m[j], "negative_slope", 0.0))
+                m[i].forward = types.MethodType(forward, m[i])
+                m[j] = nn.Identity()
+    return model
+
+
 def load_retinaface(path: str | Path, network: str | None = None) -> RetinaFace:
     """Build a RetinaFace and load a checkpoint strictly; `network` is inferred from the keys if None."""
     path = Path(path)
@@ -393,7 +422,7 @@ class FaceDetector:
         model = fuse_conv_bn(load_retinaface(weights, network).eval())
         first = model.body.stage1[0][0] if model.network == "mobilenet0.25" else model.body.conv1
         first.weight.data = first.weight.data.flip(1)
-        self.model = onednn_pointwise(model.to(self.device, memory_format=torch.channels_last))
+        self.model = onednn_activations(onednn_pointwise(model.to(self.device, memory_format=torch.channels_last)))
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.long_side = long_side
@@ -402,6 +431,7 @@ class FaceDetector:
         self.keep_top_k = keep_top_k
         self.mean = torch.tensor(BGR_MEAN[::-1], device=self.device).view(1, 3, 1, 1)  # RGB order
         self._priors: dict[tuple[int, int], torch.Tensor] = {}  # (h, w) of the network input -> [P,4]
+        self._means: dict[tuple[int, int], torch.Tensor] = {}  # (h, w) of the network input -> [h*w*3]
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) the frame is resized to: long side = self.long_side, aspect kept."""
@@ -414,6 +444,12 @@ class FaceDetector:
             self._priors[key] = make_priors(height, width).to(self.device)
         return self._priors[key]
 
+    def flat_mean(self, height: int, width: int) -> torch.Tensor:
+        """The RGB mean repeated over an [h,w,3] frame, flat: subtracting it is one contiguous pass."""
+        if (height, width) not in self._means:
+            self._means[height, width] = self.mean.view(3).repeat(height * width)
+        return self._means[height, width]
+
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 RGB [n,H,W,3] -> network input [n,3,h,w] (resized, minus the RGB mean, channels_last). Frames
         already of the network's size go as one batch (NHWC is channels_last: no copy but the float conversion);
@@ -422,8 +458,9 @@ class FaceDetector:
         to uint8)."""
         size = self.input_size(*frames.shape[1:3])
         if tuple(frames.shape[1:3]) == size:
-            x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
-            return x.permute(0, 3, 1, 2).float() - self.mean
+            x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).float()  # [n,h,w,3]
+            x = x.view(len(x), -1).sub_(self.flat_mean(*size)).view(x.shape)  # one flat pass: ~5x a [3] broadcast
+            return x.permute(0, 3, 1, 2)
         out = []
         for f in frames:
             if f.shape[:2] != size and f.size * 4 > FLOAT_FRAME_BYTES:
@@ -447,19 +484,19 @@ class FaceDetector:
                 x = self.preprocess(frames[start:start + self.batch_size])  # [b,3,h,w]
                 loc, conf, landms = self.model(x)  # [b,P,4], [b,P,2], [b,P,10]
                 priors = self.priors(*x.shape[-2:])
-                # Normalised coordinates times the source size = source pixels (per-axis resize undone).
-                boxes = decode_boxes(loc, priors) * loc.new_tensor([width, height] * 2)  # [b,P,4]
-                points = decode_landmarks(landms, priors) * loc.new_tensor([width, height] * 5)  # [b,P,10]
                 for i in range(x.shape[0]):
-                    results.append(self._select(boxes[i], conf[i, :, 1], points[i], height, width))
+                    results.append(self._select(loc[i], conf[i, :, 1], landms[i], priors, height, width))
         return results
 
-    def _select(self, boxes: torch.Tensor, scores: torch.Tensor, points: torch.Tensor,
+    def _select(self, loc: torch.Tensor, scores: torch.Tensor, landms: torch.Tensor, priors: torch.Tensor,
                 height: int, width: int) -> dict:
-        """Threshold, top_k, NMS, keep_top_k, clip boxes; one frame."""
+        """Threshold, top_k, decode (the priors kept only), NMS, keep_top_k, clip boxes; one frame."""
         keep = torch.nonzero(scores >= self.score_threshold).squeeze(1)
         keep = keep[scores[keep].argsort(descending=True)][: self.top_k]
-        boxes, scores, points = boxes[keep], scores[keep], points[keep]
+        # Normalised coordinates times the source size = source pixels (per-axis resize undone).
+        boxes = decode_boxes(loc[keep], priors[keep]) * loc.new_tensor([width, height] * 2)  # [k,4]
+        points = decode_landmarks(landms[keep], priors[keep]) * loc.new_tensor([width, height] * 5)  # [k,10]
+        scores = scores[keep]
         keep = nms(boxes, scores, self.nms_threshold)[: self.keep_top_k]  # sorted by score, descending
         boxes, scores, points = boxes[keep], scores[keep], points[keep]
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)

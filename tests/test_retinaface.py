@@ -155,21 +155,34 @@ def test_batch_equals_per_frame(detector_weights, fixtures_dir):
             np.testing.assert_allclose(b[key], s[key], atol=1e-3, rtol=0)
 
 
-def test_pointwise_convolutions_through_onednn_give_the_same_detections(detector_weights, fixtures_dir):
+def test_onednn_convolutions_give_the_same_numbers(detector_weights, fixtures_dir):
+    """The detector's network as FaceDetector runs it (1x1 convolutions through oneDNN, conv + activation pairs as
+    one oneDNN op) against the same BN-folded network run plainly: bitwise equal, on real frames."""
+    import copy
+
     frames = video_frames(fixtures_dir / "videos/face_noface.mov", [0, 20, 40, 71])
-    fast = FaceDetector(detector_weights)
-    plain = FaceDetector(detector_weights)
-    convs = [m for m in plain.model.modules() if isinstance(m, torch.nn.Conv2d) and "forward" in vars(m)]
-    assert len(convs) == 25  # every 1x1 convolution of mobilenet0.25's RetinaFace was swapped
-    for m in convs:
-        del m.forward  # back to nn.Conv2d's own
-    for a, b in zip(fast(frames), plain(frames)):
-        assert len(a["score"]) == len(b["score"])
-        for key in ("bbox", "score", "kps5"):
-            np.testing.assert_allclose(a[key], b[key], atol=1e-3, rtol=0)
+    plain = rf.fuse_conv_bn(load_retinaface(detector_weights)).to(memory_format=torch.channels_last)
+    fast = rf.onednn_activations(rf.onednn_pointwise(copy.deepcopy(plain)))
+    convs = [m for m in fast.modules() if isinstance(m, torch.nn.Conv2d) and "forward" in vars(m)]
+    acts = [m for m in plain.modules() if isinstance(m, torch.nn.LeakyReLU)]
+    assert len(acts) == 38 and not any(isinstance(m, torch.nn.LeakyReLU) for m in fast.modules())
+    # the 25 1x1 convolutions and the 38 followed by an activation; 16 are both (the pointwise halves of the 13
+    # depthwise-separable blocks, the FPN's 3 laterals)
+    assert len(convs) == 25 + 38 - 16
+    x = FaceDetector(detector_weights).preprocess(frames)  # real frames, minus the mean
+    with torch.inference_mode():
+        for a, b in zip(fast(x), plain(x)):
+            assert torch.equal(a, b)
+    with torch.no_grad():  # a batch of 16+ takes PyTorch's own oneDNN path for 1x1 convolutions too
+        for a, b in zip(fast(x.repeat(4, 1, 1, 1)), plain(x.repeat(4, 1, 1, 1))):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
     x = torch.randn(2, 8, 9, 11, requires_grad=True)
-    conv = rf.onednn_pointwise(torch.nn.Sequential(torch.nn.Conv2d(8, 4, 1)))[0]
-    conv(x).sum().backward()  # with gradients: the usual path, still differentiable
+    seq = rf.onednn_activations(rf.onednn_pointwise(torch.nn.Sequential(torch.nn.Conv2d(8, 4, 1),
+                                                                          torch.nn.LeakyReLU(0.1))))
+    y = seq(x)  # with gradients: the usual path (conv, then the activation), still differentiable
+    torch.testing.assert_close(y, torch.nn.functional.leaky_relu(seq[0]._conv_forward(x, seq[0].weight,
+                                                                                        seq[0].bias), 0.1))
+    y.sum().backward()
     assert x.grad is not None and x.grad.shape == x.shape
 
 
