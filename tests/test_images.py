@@ -173,19 +173,25 @@ def test_a_folder_of_images_and_videos(annotated_run, expectations):
 def test_a_rerun_skips_images_and_videos_done(annotated_run, tmp_path, detector_weights, landmark_weights):
     import shutil
 
-    from pipeline import annotate
+    from typer.testing import CliRunner
+
+    from cli import app
 
     out, _ = annotated_run
     manifest = json.loads((out / "manifest.json").read_text())
     shutil.copytree(out, tmp_path / "out")  # its timelines and cache; the shared run stays as it is
     (tmp_path / "out" / "report.html").unlink()
-    again = annotate(out.parent / "inputs", out=tmp_path / "out", weights="random-tiny", image_weights="random-tiny",
-                     report=False, progress=False,  # as `s2d annotate --no-report`
-                     detector_weights=str(detector_weights), landmark_weights=str(landmark_weights))
-    assert not (tmp_path / "out" / "report.html").exists()
-    second = again.attrs["manifest"]
+    res = CliRunner().invoke(app, ["annotate", str(out.parent / "inputs"), "--out", str(tmp_path / "out"),
+                                   "--weights", "random-tiny", "--image-weights", "random-tiny", "--no-report",
+                                   "--detector-weights", str(detector_weights),
+                                   "--landmark-weights", str(landmark_weights)])
+    assert res.exit_code == 0, res.output
+    assert "report:" not in res.output and not (tmp_path / "out" / "report.html").exists()
+    second = json.loads((tmp_path / "out" / "manifest.json").read_text())
     failed = {v["video_path"] for v in manifest["videos"] if v["status"] == "error"}  # retried, and fail again
     assert second["skipped"] == len(manifest["videos"]) - len(failed)
+    assert sorted(line.split(": ")[1] for line in res.output.splitlines() if line.startswith("failed: ")) == \
+        sorted(failed)
     assert {v["video_path"]: v["status"] for v in second["videos"]} == \
         {v["video_path"]: v["status"] for v in manifest["videos"]}
 
