@@ -275,7 +275,8 @@ class Decoder(Protocol):
 
 
 class PyAVDecoder:
-    """Default backend: PyAV with threaded decoding (``thread_type = "AUTO"``).
+    """Default backend: PyAV with threaded decoding (``thread_type = "AUTO"``; one thread for frames above 4K, whose
+    queue of frames in threads would hold hundreds of MB).
 
     Decodes frame by frame and holds at most one chunk of RGB frames, so memory stays bounded
     on long files. Frames without a PTS get the previous PTS + 1/native fps.
@@ -291,6 +292,8 @@ class PyAVDecoder:
         stream.thread_type = "AUTO"
         if self.threads:
             stream.codec_context.thread_count = self.threads
+        if stream.codec_context.width * stream.codec_context.height > 3840 * 2160:
+            stream.codec_context.thread_count = 1  # one 8K frame is 100 MB: no queue of frames in threads
         return container, stream
 
     def _frames(self, path, container, stream) -> Iterator[tuple[int, float, "av.VideoFrame"]]:
@@ -336,8 +339,6 @@ class PyAVDecoder:
         sampler = PtsSampler(fps, start_s)
         container, stream = self._open(path)
         try:
-            if stream.codec_context.width * stream.codec_context.height > 3840 * 2160:
-                stream.codec_context.thread_count = 1  # one 8K frame is 100 MB: no queue of frames in threads
             if start_s > 0:
                 try:
                     container.seek(int(math.floor(start_s / stream.time_base)), stream=stream, backward=True)
