@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np
 from s2d_model.weights import resolve_all
 
 from . import cache, storage
-from .cluster import PASSES, NodeWatch, chain_context, init_ray, lost, pick_device, plan_actors, resources
+from .cluster import chain_context, init_ray, pick_device, plan_actors, resources, run_passes
 from .emotions import Classifier, S2DWorker, resolve_classifier
 from .face_actor import FaceWorker
 from .faces_run import FacesResult, Progress, Video, error_meta, unit_rows, write_units
@@ -210,44 +209,30 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
         stop_on_sigterm()
         timelines = Timelines(todo, plan, cache_dir, out_dir, labellings, {vid: e[1] for vid, e in entries.items()})
         result.faces = FacesResult(cache_dir, plan.key, cached=len(entries))
+
+        def run() -> object:  # one pass: the chain over what is not done
+            left = {vid: s for vid, s in todo.items() if vid not in done}
+            timelines.forget(left)  # what a broken pass left half-way is done again
+            videos = [Video(vid, s.path, entries[vid][0] if vid in entries else None) for vid, s in left.items()]
+            return chain(videos, plan, faces, settings, labellings, device)
+
+        def take(item) -> None:
+            rec = collect(item, timelines, result, ray_up)
+            if rec is None:
+                return
+            done[rec["video_id"]] = rec
+            result.faces.decoded += rec["video_id"] not in entries
+            result.faces.wall_seconds = time.perf_counter() - t0
+            if rec["timeline"] and result.first_timeline_seconds is None:
+                result.first_timeline_seconds = time.perf_counter() - t0
+            meta = timelines.face_metas.get(rec["video_id"]) or {}
+            bar.done(storage.name(rec["video_path"]), rec["status"], meta.get("duration_s"))
+
         with Progress(len(todo), "videos", progress) as bar:
-            for attempt in range(1, PASSES + 1):  # again on the nodes left, when a node dies
-                status, message = "error", "pipeline: the video never completed; run again"
-                left = {vid: s for vid, s in todo.items() if vid not in done}
-                timelines.forget(left)  # what a broken pass left half-way is done again
-                videos = [Video(vid, s.path, entries[vid][0] if vid in entries else None) for vid, s in left.items()]
-                ds = chain(videos, plan, faces, settings, labellings, device)
-                watch = NodeWatch()
-                try:
-                    with watch:
-                        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                            for item in batch["item"]:
-                                rec = collect(item, timelines, result, ray_up)
-                                if rec is None:
-                                    continue
-                                done[rec["video_id"]] = rec
-                                result.faces.decoded += rec["video_id"] not in entries
-                                result.faces.wall_seconds = time.perf_counter() - t0
-                                if rec["timeline"] and result.first_timeline_seconds is None:
-                                    result.first_timeline_seconds = time.perf_counter() - t0
-                                meta = timelines.face_metas.get(rec["video_id"]) or {}
-                                bar.done(storage.name(rec["video_path"]), rec["status"], meta.get("duration_s"))
-                    break
-                except KeyboardInterrupt:
-                    if watch.lost is None:  # Ctrl-C or SIGTERM: what is done stays, the rest is marked
-                        status, message = "interrupted", "the run was interrupted before this video was done; run again"
-                        result.interrupted = True
-                        break
-                    why = watch.lost
-                except Exception as exc:
-                    why = lost(exc)
-                    if why is None:  # the chain itself broke: what is left failed; what is written stays
-                        status, message = "error", f"pipeline: {type(exc).__name__}: {exc}"
-                        traceback.print_exc()
-                        break
-                status, message = "error", f"pipeline: {why} ({attempt} passes); run again"  # work was lost
-                if attempt < PASSES:
-                    bar.note(f"{why}: {sum(v not in done for v in todo)} videos again, on the nodes left")
+            ended = run_passes(run, take, lambda why: bar.note(
+                f"{why}: {sum(v not in done for v in todo)} videos again, on the nodes left"))
+        status, message = ended or ("error", "pipeline: the video never completed; run again")
+        result.interrupted = status == "interrupted"
         for vid, s in todo.items():
             if vid not in done:
                 done[vid] = {"video_id": vid, "video_path": s.path, "kind": kind(s), "status": status,

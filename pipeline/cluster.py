@@ -1,4 +1,5 @@
-"""Ray: connecting, what the cluster has, and how many face and S2D actors a run gets (``plan_actors``)."""
+"""Ray: connecting, what the cluster has, how many face and S2D actors a run gets (``plan_actors``), and the
+drivers' loop over a chain's passes (``run_passes``: again on the nodes left when one dies)."""
 from __future__ import annotations
 
 import math
@@ -288,6 +289,36 @@ class NodeWatch:
             self.thread.join()
             signal.signal(signal.SIGUSR1, self.previous)
         return False
+
+
+def run_passes(chain, take, again) -> tuple[str, str] | None:
+    """The drivers' loop: run ``chain()`` (a Ray Data chain over the videos not done yet) and give each item it
+    yields to ``take``. When a node dies or Ray loses a worker or objects (``lost``), the chain is planned and run
+    again on the nodes left, ``PASSES`` times in all; ``again(why)`` is called before each new pass. None when a
+    pass ran to its end; else (status, message) for the videos not done: "interrupted" on Ctrl-C or SIGTERM, or
+    "error" when the chain itself broke (its traceback printed) or lost work in every pass."""
+    import traceback
+
+    for attempt in range(1, PASSES + 1):
+        watch = NodeWatch()
+        try:
+            with watch:
+                for batch in chain().iter_batches(batch_size=None, batch_format="numpy"):
+                    for item in batch["item"]:
+                        take(item)
+            return None
+        except KeyboardInterrupt:
+            if watch.lost is None:  # Ctrl-C or SIGTERM: what is done stays
+                return "interrupted", "the run was interrupted before this video was done; run again"
+            why = watch.lost
+        except Exception as exc:
+            why = lost(exc)
+            if why is None:  # our code or the input broke the chain: no pass would end otherwise
+                traceback.print_exc()
+                return "error", f"pipeline: {type(exc).__name__}: {exc}"
+        if attempt < PASSES:
+            again(why)
+    return "error", f"pipeline: {why} ({PASSES} passes); run again"  # work was lost in every pass
 
 
 def node_id() -> str:

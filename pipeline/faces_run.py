@@ -7,13 +7,12 @@
 from __future__ import annotations
 
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 
 from . import cache, storage
-from .cluster import PASSES, NodeWatch, chain_context, init_ray, lost, pick_device, plan_actors, resources
+from .cluster import chain_context, init_ray, pick_device, plan_actors, resources, run_passes
 from .face_actor import FaceWorker
 from .settings import FacePlan, FaceSettings, plan_faces
 from .sources import Source, check_paths, find_videos
@@ -160,48 +159,36 @@ def run_faces(paths, cache_dir: str | Path, settings: FaceSettings = FaceSetting
         init_ray(address)
         chain_context()
         device = pick_device(device)
+        parts: dict[str, dict] = {}  # video -> {unit index: its faces}, as they come
+
+        def run() -> object:  # one pass: the chain over what is not done
+            parts.clear()
+            left = [Video(vid, s.path) for vid, s in todo.items() if vid not in done]
+            cpus, gpus, nodes = resources()
+            pools = plan_actors(cpus, gpus if device == "cuda" else 0, nodes, emotions=False)
+            # 1. units: the driver probes each video and cuts long ones into time shards
+            ds = unit_rows(left, settings, 2.0, pools["faces"].size)
+            # 2. face actors: decode -> detect -> 68 landmarks -> track, one unit per actor at a time
+            return ds.map_batches(FaceWorker, batch_size=1, **pools["faces"].args(tasks_per_actor=1),
+                                  fn_constructor_kwargs=dict(plan=plan, device=device,
+                                                             threads=pools["faces"].threads))
+
+        def take(u) -> None:  # 3. the driver: a video's units joined into its cache entry
+            got = parts.setdefault(u.video_id, {})
+            got[u.index] = u
+            if len(got) < u.count or u.video_id in done:
+                return
+            meta, _ = write_units(cache_dir, plan, todo[u.video_id], [got[i] for i in range(u.count)])
+            done[u.video_id] = meta
+            result.decoded += 1
+            bar.done(storage.name(meta["source_path"]), meta["status"], meta.get("duration_s"))
+
         with Progress(len(todo), "faces", progress) as bar:
-            for attempt in range(1, PASSES + 1):  # again on the nodes left, when a node dies
-                message = "pipeline: the video never completed; run again"
-                left = [Video(vid, s.path) for vid, s in todo.items() if vid not in done]
-                cpus, gpus, nodes = resources()
-                pools = plan_actors(cpus, gpus if device == "cuda" else 0, nodes, emotions=False)
-                # 1. units: the driver probes each video and cuts long ones into time shards
-                ds = unit_rows(left, settings, 2.0, pools["faces"].size)
-                # 2. face actors: decode -> detect -> 68 landmarks -> track, one unit per actor at a time
-                ds = ds.map_batches(FaceWorker, batch_size=1, **pools["faces"].args(tasks_per_actor=1),
-                                    fn_constructor_kwargs=dict(plan=plan, device=device,
-                                                               threads=pools["faces"].threads))
-                # 3. the driver: a video's units joined into its cache entry
-                parts: dict[str, dict] = {}
-                watch = NodeWatch()
-                try:
-                    with watch:
-                        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                            for u in batch["item"]:
-                                got = parts.setdefault(u.video_id, {})
-                                got[u.index] = u
-                                if len(got) < u.count or u.video_id in done:
-                                    continue
-                                meta, _ = write_units(cache_dir, plan, todo[u.video_id],
-                                                      [got[i] for i in range(u.count)])
-                                done[u.video_id] = meta
-                                result.decoded += 1
-                                bar.done(storage.name(meta["source_path"]), meta["status"], meta.get("duration_s"))
-                    break
-                except KeyboardInterrupt:
-                    if watch.lost is None:
-                        raise
-                    why = watch.lost
-                except Exception as exc:
-                    why = lost(exc)
-                    if why is None:  # the chain itself broke: record what is left as failed, keep what is done
-                        message = f"pipeline: {type(exc).__name__}: {exc}"
-                        traceback.print_exc()
-                        break
-                message = f"pipeline: {why} ({attempt} passes); run again"  # work was lost
-                if attempt < PASSES:
-                    bar.note(f"{why}: {sum(v not in done for v in todo)} videos again, on the nodes left")
+            ended = run_passes(run, take, lambda why: bar.note(
+                f"{why}: {sum(v not in done for v in todo)} videos again, on the nodes left"))
+        if ended and ended[0] == "interrupted":
+            raise KeyboardInterrupt
+        message = ended[1] if ended else "pipeline: the video never completed; run again"
         for vid, s in todo.items():
             if vid not in done:
                 cache.write_entry(cache_dir, plan.key, vid, {**empty_faces(), "video_id": vid, "width": 0,
