@@ -270,7 +270,7 @@ def onednn_pointwise(model: nn.Module) -> nn.Module:
     """For CPU inference in channels_last: every 1x1, stride-1 convolution goes through oneDNN. Below a batch of 16,
     PyTorch sends them to its im2col path instead (``torch._C._select_conv_backend``: Slow2d), ~1.4x slower on
     this model's maps (8 x 8 x 180 x 320 -> 16 channels, one thread: 10.3 -> 3.5 ms) and, as measured on them, the
-    same numbers. In place; other devices and dtypes take the usual path."""
+    same numbers up to float rounding (the detector's outputs within 6e-6). In place; other devices and dtypes take the usual path."""
     import types
 
     def forward(self, x):
@@ -290,7 +290,7 @@ def onednn_activations(model: nn.Module) -> nn.Module:
     (BN folded into the conv first: ``fuse_conv_bn`` leaves an nn.Identity between them) becomes one oneDNN
     convolution with the activation as its post-op (``torch.ops.mkldnn._convolution_pointwise``, the kernel
     torch.compile fuses the same pair into). One pass over each feature map instead of two; bitwise the same outputs
-    (tests/test_retinaface.py). Other devices, dtypes and grad mode run the conv, then the activation. In place;
+    as without it (tests/test_retinaface.py). Other devices, dtypes and grad mode run the conv, then the activation. In place;
     apply after ``onednn_pointwise``, whose 1x1 convolutions it takes over where an activation follows."""
     import types
 

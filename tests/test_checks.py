@@ -178,7 +178,11 @@ def test_an_interrupted_run_writes_its_manifest_and_marks_the_rest(sig, env, fix
     shutil.copy(long_video, tmp_path / "b.mp4")
     out = tmp_path / "out"
     verbose = ["-v"] if sig == "SIGTERM" else []  # -v: Ray's own messages are shown
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "annotate", str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4"),
+    # `python -m cli`, with Ctrl-C's handler set as in a terminal: a shell starts a background job (`pytest ... &`)
+    # with SIGINT ignored, and Python keeps a signal ignored that it started with
+    cli = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+           "runpy.run_module('cli', run_name='__main__', alter_sys=True)")
+    proc = subprocess.Popen([sys.executable, "-c", cli, "annotate", str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4"),
                              "--out", str(out), "--weights", "random-tiny", "--device", "cpu", *verbose], cwd=REPO,
                             env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     end = time.time() + 120

@@ -152,7 +152,8 @@ def test_the_s2d_actor_computes_a_shared_frame_once_and_gives_the_model_s_own_pr
     torch.manual_seed(0)
     model = S.create_model("s2d_tiny", 7)
     S.load_landmark_weights(model, landmark_weights)
-    x = (torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3).float() / 255 - worker.mean) / worker.std
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in (S.IMAGENET_MEAN, S.IMAGENET_STD))
+    x = (torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3).float() / 255 - mean) / std
     with torch.inference_mode():
         want = model.eval()(x).softmax(-1).numpy()
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
@@ -179,7 +180,8 @@ def test_the_s2d_actor_gives_a_still_images_faces_to_the_image_model(landmark_we
     torch.manual_seed(0)
     model = S.create_image_model("s2d_tiny", 7)
     S.load_landmark_weights(model, landmark_weights)
-    x = (torch.from_numpy(faces[:, 0]).permute(0, 3, 1, 2).float() / 255 - worker.mean[:, :, 0]) / worker.std[:, :, 0]
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (S.IMAGENET_MEAN, S.IMAGENET_STD))
+    x = (torch.from_numpy(faces[:, 0]).permute(0, 3, 1, 2).float() / 255 - mean) / std
     with torch.inference_mode():
         want = model.eval()(x).softmax(-1).numpy()
     np.testing.assert_allclose(np.stack([c.probs for c in items[:3]]), want, atol=1e-5, rtol=0)
