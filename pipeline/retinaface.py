@@ -291,8 +291,12 @@ def onednn_activations(model: nn.Module) -> nn.Module:
     convolution with the activation as its post-op (``torch.ops.mkldnn._convolution_pointwise``, the kernel
     torch.compile fuses the same pair into). One pass over each feature map instead of two; bitwise the same outputs
     as without it (tests/test_retinaface.py). Other devices, dtypes and grad mode run the conv, then the activation. In place;
-    apply after ``onednn_pointwise``, whose 1x1 convolutions it takes over where an activation follows."""
+    apply after ``onednn_pointwise``, whose 1x1 convolutions it takes over where an activation follows. A torch build
+    without oneDNN (or without that op) gets the model back as it was."""
     import types
+
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
+        return model
 
     def forward(self, x):
         if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled():
