@@ -268,7 +268,6 @@ def annotate_cmd(
     _ray_output(verbose)
     from pipeline.annotate_run import run_annotate
     from pipeline.settings import AnnotateSettings, FaceSettings
-    from s2d_model.checkpoints import CheckpointError
     from s2d_model.weights import WeightsNotFound
 
     face_settings = FaceSettings(fps=fps, detector=detector.value, detector_weights=detector_weights,
@@ -287,7 +286,7 @@ def annotate_cmd(
     try:
         result = run_annotate([str(p) for p in paths], out, cache, face_settings, settings, device=device.value,
                               address=address, force=force, trust=trust, report=report, overlay=overlay)
-    except (WeightsNotFound, FileNotFoundError, NotADirectoryError, ValueError, CheckpointError, ClusterError) as e:
+    except (WeightsNotFound, FileNotFoundError, NotADirectoryError, ValueError, ClusterError) as e:
         _fail(str(e))
     _report_failures(result.videos, "video_path")
     typer.echo(result.summary())
@@ -408,13 +407,12 @@ TRUST_INIT = typer.Option(False, help="allow arbitrary pickled objects in the --
 def _train(stage: str, data: Path, format: str, out: Path, **options) -> None:
     from jobs.datasets import DatasetError
     from jobs.train import train_dynamic, train_static
-    from s2d_model.checkpoints import CheckpointError
     from s2d_model.weights import WeightsNotFound
 
     options = {k: v for k, v in options.items() if v is not None}
     try:
         summary = (train_static if stage == "static" else train_dynamic)(data, format, out, **options)
-    except (WeightsNotFound, DatasetError, CheckpointError, FileNotFoundError, ValueError, ClusterError) as e:
+    except (WeightsNotFound, DatasetError, FileNotFoundError, ValueError, ClusterError) as e:
         _fail(str(e))
     best = summary.get("best_metrics") or {}
     score = (f" (val UAR {100 * best['val_uar']:.2f}, WAR {100 * best['val_war']:.2f}, epoch {best['epoch'] + 1})"
@@ -519,7 +517,6 @@ def evaluate_cmd(
     _ray_output(verbose)
     from jobs.datasets import DatasetError
     from jobs.evaluate import evaluate
-    from s2d_model.checkpoints import CheckpointError
     from s2d_model.weights import WeightsNotFound
 
     out = out or Path("eval") / f"{Path(checkpoint).stem}-{format}-{split}{'' if fold is None else f'-fold{fold}'}"
@@ -527,7 +524,7 @@ def evaluate_cmd(
         m = evaluate(data, format, checkpoint, out, fold=fold, batch_size=batch_size, landmark_weights=landmark_weights,
                      address=address, split=split, labels=labels, workers=workers, gpus_per_worker=gpus_per_worker,
                      trust=trust)
-    except (WeightsNotFound, DatasetError, CheckpointError, FileNotFoundError, ValueError, ClusterError) as e:
+    except (WeightsNotFound, DatasetError, FileNotFoundError, ValueError, ClusterError) as e:
         _fail(str(e))
     from pipeline import storage
 

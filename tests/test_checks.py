@@ -74,6 +74,23 @@ def test_missing_input_and_out_file_fail_before_ray(env, fixtures_dir, tmp_path)
     assert res.returncode == 1 and "is a file, not a folder" in res.stderr and seconds < 20
 
 
+def test_the_annotate_driver_needs_no_torch_before_ray_with_random_tiny(env, fixtures_dir, tmp_path):
+    """``s2d annotate --weights random-tiny`` checks its inputs, weights and settings without importing torch or
+    timm (the S2D actor reads the weights; importing them here cost every run ~4-8 s on 2 cores): with both
+    blocked, the run gets as far as starting Ray, which this child replaces by a one-line stop."""
+    code = ("import runpy, sys; sys.modules['torch'] = sys.modules['timm'] = None\n"
+            "import pipeline.annotate_run as A, pipeline.cluster as C\n"
+            "def stop(address=None): raise C.ClusterError('stopped where Ray would start')\n"
+            "A.init_ray = stop\n"
+            f"sys.argv = ['s2d', 'annotate', {str(fixtures_dir / 'videos')!r}, '--out', {str(tmp_path / 'o')!r}, "
+            "'--weights', 'random-tiny']\n"
+            "runpy.run_module('cli', run_name='__main__')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, **env}, timeout=120)
+    assert res.returncode == 1 and "error: stopped where Ray would start" in res.stderr, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+
+
 def test_every_missing_weights_file_is_named_at_once(fixtures_dir, tmp_path):
     res, seconds = s2d("annotate", fixtures_dir / "videos", "--out", tmp_path / "o",
                        env={"S2D_HOME": str(tmp_path / "home"), "S2D_WEIGHTS_DIR": str(tmp_path / "none")})
