@@ -76,8 +76,8 @@ def test_missing_input_and_out_file_fail_before_ray(env, fixtures_dir, tmp_path)
 
 def test_the_annotate_driver_needs_no_torch_before_ray_with_random_tiny(env, fixtures_dir, tmp_path):
     """``s2d annotate --weights random-tiny`` checks its inputs, weights and settings without importing torch or
-    timm (the S2D actor reads the weights; importing them here cost every run ~4-8 s on 2 cores): with both
-    blocked, the run gets as far as starting Ray, which this child replaces by a one-line stop."""
+    timm (the S2D actor reads the weights; importing them here made the README example 1.4-4.6 s slower on 2
+    cores): with both blocked, the run gets as far as starting Ray, which this child replaces by a one-line stop."""
     code = ("import runpy, sys; sys.modules['torch'] = sys.modules['timm'] = None\n"
             "import pipeline.annotate_run as A, pipeline.cluster as C\n"
             "def stop(address=None): raise C.ClusterError('stopped where Ray would start')\n"
