@@ -80,7 +80,6 @@ DEFAULTS = dict(
     landmark_weights="mobilefacenet", val_fraction=0.1, max_failures=0, num_to_keep=2, address=None,
     num_frames=16, warmup_epochs=2, min_lr=1e-6, weight_decay=0.05, mixup=None, label_smoothing=None,
     augment=True, sdl_schedule=DEFAULT_SCHEDULE, sdl_k=2, sdl_queue=16, decode_batch_size=4,
-    fail_once=None,  # tests only: {"epoch": e, "rank": r, "marker": path} -> that rank exits once in epoch e
 )
 
 
@@ -140,7 +139,7 @@ def _run(stage: str, data, format: str, out, **options) -> dict:
         head_dropout=0.0 if ferv else None, sdl=bool(o["sdl"]), sdl_schedule=[list(x) for x in o["sdl_schedule"]],
         sdl_k=int(o["sdl_k"]), sdl_queue=int(o["sdl_queue"]), landmark_weights=landmark, init=init,
         trust=bool(o["trust"]), seed=int(o["seed"]), cpus_per_worker=float(o["cpus_per_worker"]),
-        has_val=bool(val), n_val=len(val), run_dir=str(out), fail_once=o["fail_once"],
+        has_val=bool(val), n_val=len(val), run_dir=str(out),
         data=str(storage.absolute(data)), format=format, fold=o["fold"],
     )
     print(f"{stage} stage: {format} {split.source}: {len(train)} train / {len(val)} val samples, "
@@ -380,7 +379,6 @@ def _train_loop(cfg: dict) -> None:
             stats += torch.tensor([loss.item() * len(y), 0.0 if sdl_loss is None else sdl_loss.item(),
                                    0.0 if sdl_loss is None else 1.0,
                                    (logits.argmax(-1) == y).sum().item(), len(y)], dtype=torch.float64, device=device)
-            _maybe_fail(cfg, epoch, rank)
 
         confusion = torch.zeros(c, c, dtype=torch.float64, device=device)  # [true, predicted]
         if val_shard is not None:
@@ -423,11 +421,3 @@ def _train_loop(cfg: dict) -> None:
             print(f"epoch {epoch + 1}/{cfg['epochs']}  loss {metrics['train_loss']:.4f}  "
                   f"acc {100 * metrics['train_acc']:.1f}  lr {lr:.3g}{sdl}{val}  ({metrics['seconds']:.1f} s)",
                   flush=True)
-
-
-def _maybe_fail(cfg: dict, epoch: int, rank: int) -> None:
-    """Tests only: make one rank die once (a marker file stops it from happening again after the restart)."""
-    spec = cfg.get("fail_once")
-    if spec and epoch == spec["epoch"] and rank == spec["rank"] and not Path(spec["marker"]).exists():
-        Path(spec["marker"]).write_text(f"rank {rank} exited in epoch {epoch}\n")
-        os._exit(1)

@@ -6,14 +6,21 @@ their temp dir in the command line (never ``ray stop``, which would stop every R
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 RAY = str(Path(sys.executable).with_name("ray"))
+
+
+# The GCS asks each raylet every 3 s whether it lives and counts a node dead after 5 missed answers (Ray's
+# defaults): ~15 s before a killed node's work moves. These nodes are asked every second and are dead after 3.
+NODE_DEATH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
 
 
 def free_ports(n: int) -> list[int]:
@@ -68,7 +75,8 @@ class LoopbackCluster:
         self.root = Path(root)
         self.home = self.root / "home"
         self.home.mkdir(parents=True, exist_ok=True)
-        self.env = {**os.environ, "HOME": str(self.home), "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
+        self.env = {**os.environ, "HOME": str(self.home), "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1",
+                    **NODE_DEATH}
         for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
             self.env.pop(key, None)
         subprocess.run([RAY, "get-auth-token", "--generate"], env=self.env, check=True, capture_output=True)
@@ -174,10 +182,31 @@ class LoopbackCluster:
         _signal(pids, signal.SIGKILL)
         return pids
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 2.0) -> None:
+        """SIGTERM to every process of the nodes, SIGKILL to those left after ``grace`` seconds (Ray's agents ignore
+        SIGTERM while they wait for a GCS that is going: a longer wait only adds to every test module's time)."""
         pids = [pid for node in self.nodes for pid in self.pids(node)]
         _signal(pids, signal.SIGTERM)
-        end = time.time() + 10
+        end = time.time() + grace
         while time.time() < end and any(alive(p) for p in pids):
             time.sleep(0.2)
         _signal([p for p in pids if alive(p)], signal.SIGKILL)
+
+
+@contextmanager
+def running(name: str, env: dict, head_cpus: int, worker_cpus: int = 0, dashboard: bool = False):
+    """A ``LoopbackCluster`` with ``env`` added to its nodes' environment: a head of ``head_cpus`` and, if
+    ``worker_cpus``, one worker node; stopped and its folder removed at the end. Its folder is short (Ray's socket
+    paths must fit in 107 bytes): ``$S2D_TEST_RAY_ROOT/NAME<pid>``, /tmp by default."""
+    root = Path(os.environ.get("S2D_TEST_RAY_ROOT", "/tmp")) / f"{name}{os.getpid()}"
+    shutil.rmtree(root, ignore_errors=True)
+    cluster = LoopbackCluster(root)
+    cluster.env.update(env)
+    try:
+        cluster.start_head(cpus=head_cpus, dashboard=dashboard)
+        if worker_cpus:
+            cluster.add_worker(cpus=worker_cpus)
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -16,7 +16,7 @@ import pytest
 
 from golden.check import assert_timelines_equal_golden
 from golden.make_golden import inputs
-from loopback import LoopbackCluster
+from loopback import running
 from pipeline import storage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,19 +27,10 @@ RAY = str(Path(sys.executable).with_name("ray"))
 def cluster(tmp_path_factory, detector_weights, landmark_weights, s3):
     """A head (1 CPU, with its dashboard: the Ray Jobs server) and a worker node (2 CPUs); the nodes have the
     settings of the test S3 server (as a real cluster's nodes would have their credentials)."""
-    root = Path(os.environ.get("S2D_TEST_RAY_ROOT", "/tmp")) / f"s2d-lb{os.getpid()}"  # short socket paths
-    shutil.rmtree(root, ignore_errors=True)
-    c = LoopbackCluster(root)
-    c.env.update(s3.env)
-    c.env.update(S2D_DETECTOR_WEIGHTS=str(detector_weights), S2D_LANDMARK_WEIGHTS=str(landmark_weights),
-                 PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    try:
-        c.start_head(cpus=1, dashboard=True)
-        c.add_worker(cpus=2)
+    env = {**s3.env, "S2D_DETECTOR_WEIGHTS": str(detector_weights), "S2D_LANDMARK_WEIGHTS": str(landmark_weights),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with running("s2d-lb", env, head_cpus=1, worker_cpus=2, dashboard=True) as c:
         yield c
-    finally:
-        c.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def s2d(cluster, *args, timeout=600, **popen):
@@ -134,7 +125,8 @@ def test_a_worker_node_killed_mid_run_loses_nothing(cluster, tmp_path):
 
 
 def test_a_client_without_the_token_gets_one_line(cluster, tmp_path, fixtures_dir):
-    env = {**cluster.client_env(), "HOME": str(tmp_path)}  # another machine: no ~/.ray/auth_token
+    env = {**cluster.client_env(), "HOME": str(tmp_path),  # another machine: no ~/.ray/auth_token
+           "RAY_NUM_REDIS_GET_RETRIES": "3"}  # Ray tries to connect 3 times, a second apart, not 20
     video = fixtures_dir / "videos" / "single_face.mp4"
     run = subprocess.run([sys.executable, "-m", "cli", "faces", str(video), "--cache", str(tmp_path / "c"),
                           "--address", cluster.address], cwd=REPO, env=env, capture_output=True, text=True,
@@ -220,16 +212,8 @@ def test_training_resumes_from_its_checkpoint_when_a_node_dies_and_finishes_when
 def test_a_client_with_a_token_joins_a_cluster_without_authentication(tmp_path):
     """init_ray turns token mode on whenever this machine has a token: a head started without authentication
     must still accept the client."""
-    root = Path(os.environ.get("S2D_TEST_RAY_ROOT", "/tmp")) / f"s2d-lbo{os.getpid()}"
-    shutil.rmtree(root, ignore_errors=True)
-    open_head = LoopbackCluster(root)
-    open_head.env["RAY_AUTH_MODE"] = "disabled"
-    try:
-        open_head.start_head(cpus=1)
+    with running("s2d-lbo", {"RAY_AUTH_MODE": "disabled"}, head_cpus=1) as open_head:
         code = "from pipeline.cluster import init_ray, resources; init_ray(%r); print('cpus', resources()[0])"
         run = subprocess.run([sys.executable, "-c", code % open_head.address], cwd=REPO,
                              env=open_head.client_env(), capture_output=True, text=True, timeout=120)
         assert run.returncode == 0 and "cpus 1.0" in run.stdout, run.stderr
-    finally:
-        open_head.stop()
-        shutil.rmtree(open_head.root, ignore_errors=True)

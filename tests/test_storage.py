@@ -5,7 +5,6 @@ and results there."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 from golden.check import assert_timelines_equal_golden
 from golden.make_golden import inputs
+from loopback import running
 from pipeline import storage
 from pipeline.sources import list_videos, probe
 
@@ -83,18 +83,18 @@ def test_a_checkpoint_uri_is_copied_once_and_again_when_it_changes(s3, tmp_path,
         W.resolve(f"{s3.bucket('weights')}/run/nothing.pth")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def s2d(s3, detector_weights, landmark_weights):
-    """``s2d ARGS`` in a shell with the S3 settings and the fixture weights (its own local Ray)."""
-    env = {**os.environ, **s3.env, "S2D_DETECTOR_WEIGHTS": str(detector_weights),
-           "S2D_LANDMARK_WEIGHTS": str(landmark_weights)}
-    env.pop("RAY_ADDRESS", None)
+    """``s2d ARGS`` in a shell with the S3 settings and the fixture weights, joining (``RAY_ADDRESS``) one Ray node
+    of 2 CPUs, like CI, that every command here shares: started once (tests/loopback.py) with the S3 settings, as
+    a cluster's nodes have their credentials, instead of a local Ray started and stopped by each command."""
+    env = {**s3.env, "S2D_DETECTOR_WEIGHTS": str(detector_weights), "S2D_LANDMARK_WEIGHTS": str(landmark_weights)}
+    with running("s2d-st", env, head_cpus=2) as head:
+        def run(*args):
+            return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], cwd=REPO, text=True,
+                                  env=head.client_env(RAY_ADDRESS=head.address), capture_output=True, timeout=900)
 
-    def run(*args):
-        return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=900)
-
-    return run
+        yield run
 
 
 def test_annotate_reads_from_and_writes_to_s3_as_it_does_locally(s3, s2d, tmp_path):
