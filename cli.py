@@ -210,6 +210,8 @@ def faces_cmd(
     _report_failures(result.videos, "source_path")
     typer.echo(result.summary())
     typer.echo(f"cache: {storage.join(cache, 'faces', result.settings_hash)}")
+    if result.interrupted:
+        _fail("interrupted: the videos not done have no cache entry yet; run again to finish", 130)
     if result.count("error") == len(result.videos):
         _fail(f"every input failed ({len(result.videos)} of {len(result.videos)})")
 
@@ -571,6 +573,8 @@ def prepare_cmd(
         m = prepare(videos_csv, out, faces, labels=labels, device=device.value, address=address, force=force)
     except (WeightsNotFound, DatasetError, FileNotFoundError, ValueError, ClusterError) as e:
         _fail(str(e))
+    except KeyboardInterrupt:
+        _fail("interrupted: the face cache under OUT/cache keeps the videos done; run again to finish", 130)
     bad = [v for v in m["videos"] if v["status"] != "ok"]
     for v in bad:
         typer.echo(f"left out: {v['path']}: {v['status']}" + (f": {v['error']}" if v["error"] else ""), err=True)

@@ -161,6 +161,8 @@ def prepare(videos_csv: str | Path, out: str | Path, faces=None, labels: str | N
     sources = [make_source(r["path"]) for r in rows]
     result = run_faces(list({s.video_id: s for s in sources}.values()), storage.join(out, "cache"), faces,
                        device=device, address=address, progress=progress)
+    if result.interrupted:  # Ctrl-C or SIGTERM: no clips or CSVs from part of the videos
+        raise KeyboardInterrupt("the face stage was interrupted")
     metas = {m["video_id"]: m for m in result.videos}
 
     videos, written, kept = [], 0, 0

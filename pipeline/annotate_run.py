@@ -24,7 +24,7 @@ import numpy as np
 from s2d_model.weights import resolve_all
 
 from . import cache, storage
-from .cluster import chain_context, init_ray, pick_device, plan_actors, resources, run_passes
+from .cluster import chain_context, init_ray, pick_device, plan_actors, resources, run_passes, stop_on_sigterm
 from .emotions import Classifier, S2DWorker, resolve_classifier
 from .face_actor import FaceWorker
 from .faces_run import FacesResult, Progress, Video, error_meta, unit_rows, write_units
@@ -303,18 +303,6 @@ def collect(item: Clip | UnitFaces, timelines: Timelines, result: AnnotateResult
         first = item.first_face_at - ray_up
         result.first_face_seconds = min(first, result.first_face_seconds or first)
     return timelines.add(item)
-
-
-def stop_on_sigterm() -> None:
-    """SIGTERM (e.g. a job scheduler ending the run) stops the driver loop like Ctrl-C does (main thread only)."""
-    import signal
-    import threading
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)
 
 
 def write_manifest(result: AnnotateResult, face_key: str, settings: AnnotateSettings, faces: FaceSettings,

@@ -321,6 +321,18 @@ def run_passes(chain, take, again) -> tuple[str, str] | None:
     return "error", f"pipeline: {why} ({PASSES} passes); run again"  # work was lost in every pass
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (e.g. a job scheduler ending the run) stops the driver loop like Ctrl-C does (main thread only)."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def node_id() -> str:
     """This process's Ray node id ("" outside Ray: ``get_runtime_context`` alone would start a local Ray)."""
     import ray

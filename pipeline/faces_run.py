@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 from . import cache, storage
-from .cluster import chain_context, init_ray, pick_device, plan_actors, resources, run_passes
+from .cluster import chain_context, init_ray, pick_device, plan_actors, resources, run_passes, stop_on_sigterm
 from .face_actor import FaceWorker
 from .settings import FacePlan, FaceSettings, plan_faces
 from .sources import Source, check_paths, find_videos
@@ -39,6 +39,7 @@ class FacesResult:
     decoded: int = 0  # videos that went through the decoder in this run
     cached: int = 0  # videos whose complete cache entry was reused (no detector)
     wall_seconds: float = 0.0  # in an annotate run: when the last video's faces were complete (the chain goes on)
+    interrupted: bool = False  # Ctrl-C / SIGTERM: the videos not done have no cache entry, and "interrupted" here
 
     def count(self, status: str) -> int:
         return sum(v["status"] == status for v in self.videos)
@@ -48,7 +49,8 @@ class FacesResult:
         tracks = sum(v["n_tracks"] for v in self.videos)
         seconds = sum(v["duration_s"] or 0.0 for v in self.videos if v["status"] != "error")
         speed = seconds / self.wall_seconds if self.wall_seconds > 0 else float("nan")
-        return (f"videos: {self.count('ok')} ok, {self.count('no_faces')} no faces, {self.count('error')} failed "
+        stop = f", {self.count('interrupted')} interrupted" if self.interrupted else ""
+        return (f"videos: {self.count('ok')} ok, {self.count('no_faces')} no faces, {self.count('error')} failed{stop} "
                 f"({self.cached} from cache); faces: {faces}; tracks: {tracks}; "
                 f"{seconds:.1f} s of video in {self.wall_seconds:.1f} s ({speed:.2f} video-s per wall-s)")
 
@@ -159,6 +161,7 @@ def run_faces(paths, cache_dir: str | Path, settings: FaceSettings = FaceSetting
         init_ray(address)
         chain_context()
         device = pick_device(device)
+        stop_on_sigterm()
         parts: dict[str, dict] = {}  # video -> {unit index: its faces}, as they come
 
         def run() -> object:  # one pass: the chain over what is not done
@@ -186,11 +189,14 @@ def run_faces(paths, cache_dir: str | Path, settings: FaceSettings = FaceSetting
         with Progress(len(todo), "faces", progress) as bar:
             ended = run_passes(run, take, lambda why: bar.note(
                 f"{why}: {sum(v not in done for v in todo)} videos again, on the nodes left"))
-        if ended and ended[0] == "interrupted":
-            raise KeyboardInterrupt
-        message = ended[1] if ended else "pipeline: the video never completed; run again"
+        status, message = ended or ("error", "pipeline: the video never completed; run again")
+        result.interrupted = status == "interrupted"
         for vid, s in todo.items():
-            if vid not in done:
+            if vid in done:
+                continue
+            if result.interrupted:  # no cache entry: a re-run does it
+                done[vid] = {**error_meta(s, plan.record, message), "status": "interrupted"}
+            else:
                 cache.write_entry(cache_dir, plan.key, vid, {**empty_faces(), "video_id": vid, "width": 0,
                                                              "height": 0}, error_meta(s, plan.record, message))
                 done[vid] = cache.read_meta(cache_dir, plan.key, vid)

@@ -186,34 +186,48 @@ def long_video(fixtures_dir, tmp_path_factory) -> Path:
     return write_video(tmp_path_factory.mktemp("long") / "b.mp4", (frames + frames[::-1]) * 20, fps=30)
 
 
-@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
-def test_an_interrupted_run_writes_its_manifest_and_marks_the_rest(sig, env, fixtures_dir, long_video, tmp_path):
+@pytest.mark.parametrize("command, sig", [("annotate", "SIGTERM"), ("faces", "SIGINT")])
+def test_an_interrupted_run_keeps_what_is_done_and_marks_the_rest(command, sig, env, fixtures_dir, long_video,
+                                                                  tmp_path):
+    """a.mp4 (short) and b.mp4 (long); the signal once a.mp4 is done: exit 130 within seconds, a.mp4 kept, b.mp4
+    counted "interrupted". annotate (SIGTERM, as a job scheduler sends it): the manifest says so; faces (Ctrl-C):
+    a.mp4's cache entry only, and a re-run would do b.mp4. Both signals reach the same loop in both commands."""
     import json
     import signal
 
     shutil.copy(fixtures_dir / "videos" / "single_face.mp4", tmp_path / "a.mp4")
     shutil.copy(long_video, tmp_path / "b.mp4")
     out = tmp_path / "out"
-    verbose = ["-v"] if sig == "SIGTERM" else []  # -v: Ray's own messages are shown
+    if command == "annotate":  # -v: Ray's own messages are shown
+        args = ["--out", str(out), "--weights", "random-tiny", "-v"]
+        done = lambda: list(out.glob("a.*.timeline.parquet"))  # noqa: E731
+    else:
+        args = ["--cache", str(out)]
+        done = lambda: list(out.glob("faces/*/*.meta.parquet"))  # noqa: E731
     # `python -m cli`, with Ctrl-C's handler set as in a terminal: a shell starts a background job (`pytest ... &`)
     # with SIGINT ignored, and Python keeps a signal ignored that it started with
     cli = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
            "runpy.run_module('cli', run_name='__main__', alter_sys=True)")
-    proc = subprocess.Popen([sys.executable, "-c", cli, "annotate", str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4"),
-                             "--out", str(out), "--weights", "random-tiny", "--device", "cpu", *verbose], cwd=REPO,
-                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", cli, command, str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4"),
+                             *args, "--device", "cpu"], cwd=REPO, env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     end = time.time() + 120
-    while time.time() < end and not list(out.glob("a.*.timeline.parquet")):
+    while time.time() < end and not done() and proc.poll() is None:
         time.sleep(0.2)
-    assert list(out.glob("a.*.timeline.parquet")), "a.mp4 was never finished"
+    assert done(), "a.mp4 was never finished"
     proc.send_signal(getattr(signal, sig))
     t = time.time()
     stdout, stderr = proc.communicate(timeout=60)
     assert time.time() - t < 30 and proc.returncode == 130, stderr[-2000:]
-    manifest = json.loads((out / "manifest.json").read_text())
-    status = {Path(v["video_path"]).name: v["status"] for v in manifest["videos"]}
-    assert status == {"a.mp4": "ok", "b.mp4": "interrupted"} and "1 interrupted" in stdout
-    assert ("Started a local Ray" in stderr) == bool(verbose), stderr[-2000:]
+    assert "1 interrupted" in stdout and "interrupted: " in stderr and "Traceback" not in stderr, stderr[-2000:]
+    if command == "annotate":
+        manifest = json.loads((out / "manifest.json").read_text())
+        status = {Path(v["video_path"]).name: v["status"] for v in manifest["videos"]}
+        assert status == {"a.mp4": "ok", "b.mp4": "interrupted"}
+        assert "Started a local Ray" in stderr, stderr[-2000:]
+    else:
+        assert len(done()) == 1 and "videos: 1 ok" in stdout, stdout  # b.mp4 has no entry: a re-run does it
+        assert "Started a local Ray" not in stderr, stderr[-2000:]
 
 
 def _tree(root: int) -> dict[int, str]:
