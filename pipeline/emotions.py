@@ -157,9 +157,9 @@ class S2DWorker:
     and its pixels dropped; other items pass through. The batch's clips go through the model ``batch_size`` at a
     time, normalised (ImageNet mean/std) on the device; bf16 autocast on CUDA. ``threads``: torch's CPU threads
     (the node's cores: the actor reserves one CPU but uses every core the face actors leave idle). One-frame clips
-    (a still image's faces) go to the ``image`` classifier's model. The first model (the video one if the run has it) starts
-    loading in a background thread when the actor starts; the other loads with its first clips (a run of videos
-    only never loads the image model; either classifier may be None when the run has none of it)."""
+    (a still image's faces) go to the ``image`` classifier's model. The first model (the video one if the run has
+    it) starts loading in a background thread when the actor starts; the other loads with its first clips (a run of
+    videos only never loads the image model; either classifier may be None when the run has none of it)."""
 
     def __init__(self, classifier: Classifier | None, device: str = "cpu", batch_size: int = 8, threads: int = 1,
                  image: Classifier | None = None):
@@ -171,9 +171,11 @@ class S2DWorker:
             threading.Thread(target=self.preload, args=(first,), daemon=True, name="s2d-load").start()
 
     def preload(self, kind: str) -> None:
-        """``load(kind)`` in the background from the start. Measured on 2 cores (single_face.mp4, random-tiny, 2 runs
-        each): the first timeline 8.2-9.2 s after the call instead of 9.7-10.8 s; the first face 3.7 s after Ray is up
-        instead of 3.4-3.5 s (the two share the cores). If it fails, the first clip loads again and raises."""
+        """``load(kind)`` in the background from the start. Measured on 2 cores (single_face.mp4, random-tiny, 3 runs
+        each, alternating with the model loaded by the first clip): the first timeline 8.0-9.2 s after the call
+        instead of 9.4-10.8 s; the first face 3.7-3.9 s after Ray is up instead of 3.3-3.5 s (the two share the
+        cores); the README example 12.0-12.4 s instead of 13.8-15.1 s. If it fails, the first clip loads again and
+        raises."""
         try:
             self.load(kind)
         except Exception:
