@@ -199,11 +199,13 @@ def test_an_interrupted_run_keeps_what_is_done_and_marks_the_rest(command, sig, 
     shutil.copy(long_video, tmp_path / "b.mp4")
     out = tmp_path / "out"
     if command == "annotate":  # -v: Ray's own messages are shown
-        args = ["--out", str(out), "--weights", "random-tiny", "-v"]
-        done = lambda: list(out.glob("a.*.timeline.parquet"))  # noqa: E731
+        args, finished = ["--out", str(out), "--weights", "random-tiny", "-v"], "a.*.timeline.parquet"
     else:
-        args = ["--cache", str(out)]
-        done = lambda: list(out.glob("faces/*/*.meta.parquet"))  # noqa: E731
+        args, finished = ["--cache", str(out)], "faces/*/*.meta.parquet"
+
+    def done() -> list:
+        return list(out.glob(finished))
+
     # `python -m cli`, with Ctrl-C's handler set as in a terminal: a shell starts a background job (`pytest ... &`)
     # with SIGINT ignored, and Python keeps a signal ignored that it started with
     cli = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "

@@ -146,15 +146,19 @@ def kill_a_worker_after_epoch_0(run_dir: Path, timeout: float = 300.0) -> dict:
 
 
 @pytest.fixture(scope="module")
-def dynamic_run(datasets, dynamic_opts):
+def killed(datasets) -> dict:
+    """What ``kill_a_worker_after_epoch_0`` killed in ``dynamic_run``."""
+    return kill_a_worker_after_epoch_0(datasets["root"] / "dynamic")
+
+
+@pytest.fixture(scope="module")
+def dynamic_run(datasets, dynamic_opts, killed):
     """Two epochs, 2 workers; one worker is killed (from here, as a machine would lose it) once epoch 0 is done:
-    the run restarts from epoch 0's checkpoint (``max_failures=1``) -> (its result, what was killed)."""
-    killed = kill_a_worker_after_epoch_0(datasets["root"] / "dynamic")
-    return train_dynamic(datasets["dfew"], "dfew", datasets["root"] / "dynamic", epochs=2, **dynamic_opts), killed
+    the run restarts from epoch 0's checkpoint (``max_failures=1``)."""
+    return train_dynamic(datasets["dfew"], "dfew", datasets["root"] / "dynamic", epochs=2, **dynamic_opts)
 
 
-def test_dynamic_stage_survives_a_killed_worker(dynamic_run, dynamic_opts):
-    dynamic_run, killed = dynamic_run
+def test_dynamic_stage_survives_a_killed_worker(dynamic_run, dynamic_opts, killed):
     assert killed and killed["rows"] == 1, killed  # a worker died in epoch 1
     history = dynamic_run["history"]
     assert [r["epoch"] for r in history] == [0, 1]
@@ -167,7 +171,6 @@ def test_dynamic_stage_survives_a_killed_worker(dynamic_run, dynamic_opts):
 
 
 def test_rerun_resumes_and_continues_the_epoch_counter(datasets, dynamic_run, dynamic_opts):
-    dynamic_run = dynamic_run[0]
     before = read_metrics(dynamic_run["run_dir"])
     again = train_dynamic(datasets["dfew"], "dfew", datasets["root"] / "dynamic", epochs=3, **dynamic_opts)
     history = again["history"]
@@ -178,7 +181,6 @@ def test_rerun_resumes_and_continues_the_epoch_counter(datasets, dynamic_run, dy
 
 
 def test_evaluate_checkpoint_on_test_splits(datasets, dynamic_run, landmark_weights, tmp_path):
-    dynamic_run = dynamic_run[0]
     result = evaluate(datasets["dfew"], "dfew", dynamic_run["best_checkpoint"], tmp_path / "dfew", fold=1,
                       batch_size=2, landmark_weights=str(landmark_weights))
     assert result["n"] == 3 and 0 <= result["uar"] <= 1 and np.asarray(result["confusion"]).sum() == 3
