@@ -32,7 +32,7 @@ from .images import is_image
 from .settings import AnnotateSettings, FacePlan, FaceSettings, plan_faces, timeline_record
 from .sources import Source, check_paths, find_videos
 from .timeline import is_complete, read_timeline_meta, timeline_path, windows_table, write_timeline
-from .units import Clip, UnitFaces
+from .units import Clip, UnitFaces, video_thumbnails
 
 
 @dataclass
@@ -154,7 +154,8 @@ class Timelines:
         segments = [(c.segment if maps is None else video_segment(c.segment, *maps[c.unit]), c.probs) for c in clips]
         lab = self.labellings[kind(src)]
         table = windows_table(vid, src.path, segments, lab.classifier.class_names, lab.model, lab.key,
-                              "ok" if segments else meta["status"])
+                              "ok" if segments else meta["status"],
+                              video_thumbnails(units, None if maps is None else [m for m, _ in maps]))
         path = write_timeline(table, timeline_path(self.out_dir, vid, src.path))
         return {**record, "status": "ok" if segments else meta["status"], "timeline": str(path),
                 "n_segments": table.num_rows, "n_tracks": len(set(table.column("track_id").to_pylist()))}

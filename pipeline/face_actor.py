@@ -2,6 +2,7 @@
 
     decode (sampled by PTS) -> detect (RetinaFace, frames batched) -> 68 landmarks -> track online
         -> align every face (5-point similarity, 224 px) -> each window's 16-frame clip as soon as it closes
+                                                       -> each track's highest-score face, its report thumbnail
 
 ``run_unit`` is that loop as a plain generator over its parts (tested without Ray); ``FaceWorker`` is the Ray
 Data callable around it, which loads the detector and landmark network once, on first use (a run whose videos are
@@ -23,6 +24,7 @@ import numpy as np
 from .align import align_face
 from .decode import DecodeError, get_decoder, sampling_step
 from .images import image_frames
+from .report import thumbnail_uri
 from .segments import OnlineWindows, Segment
 from .settings import DETECTORS, AnnotateSettings, FacePlan, FaceSettings
 from .track import OnlineTracker
@@ -140,6 +142,7 @@ def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
                      from_start=unit.start_s <= 0 or s.decoder == "decord")
     parts: list[dict] = []
     sampled: list[tuple[int, float]] = []
+    best: dict[int, tuple[float, np.ndarray]] = {}  # each track's highest-score aligned face: its thumbnail
     frames = None
     try:
         if unit.error:
@@ -164,11 +167,15 @@ def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
                               "kps5": np.asarray(det["kps5"], np.float32).reshape(k, 10),
                               "landmarks68": np.asarray(marks, np.float32).reshape(k, 136), "own": np.full(k, own)})
                 if image and a is not None:
-                    for clip in image_clips(unit, parts[-1], frame):
+                    clips = image_clips(unit, parts[-1], frame)
+                    keep_best(best, parts[-1]["track_id"], parts[-1]["score"], [c.frames[0] for c in clips])
+                    for clip in clips:
                         done.n_clips += 1
                         yield clip
                 if windows is not None:
                     crops = [align_face(frame, kps) for kps in parts[-1]["kps5"]]
+                    if own:
+                        keep_best(best, ids, parts[-1]["score"], crops)
                     for seg, slots in windows.add(t, index, ids, parts[-1]["kps5"], parts[-1]["bbox"], crops):
                         done.n_clips += 1
                         yield Clip(unit.video_id, unit.index, seg, np.stack(slots))
@@ -180,6 +187,7 @@ def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
             raise ValueError(f"{len(analyse.unmatched)} frame times of the landmark cache entry were not decoded "
                              "(the video or the decoder changed?); run with --force on a fresh cache")
         done.frame_count = frames.count
+        done.thumbs = {tid: (score, thumbnail_uri(crop)) for tid, (score, crop) in best.items()}
     except Exception as exc:  # a bad file fails its own video, never the run
         done.status, done.error = "error", error_text("faces", exc)
     faces = empty_faces()
@@ -190,6 +198,15 @@ def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
     done.decode_seconds = frames.seconds if frames else 0.0
     done.seconds = time.perf_counter() - started
     yield done
+
+
+def keep_best(best: dict, ids, scores, crops) -> None:
+    """best {track: (score, crop)} <- a frame's faces: a track's face is kept when its score is higher than the
+    one kept (the first of equal scores stays, as ``idxmax`` over the face rows picks)."""
+    for tid, score, crop in zip(ids, scores, crops):
+        tid, score = int(tid), float(score)
+        if tid not in best or score > best[tid][0]:
+            best[tid] = (score, crop)
 
 
 def image_clips(unit: Unit, faces: dict, frame: np.ndarray) -> list[Clip]:

@@ -24,7 +24,7 @@ import pandas as pd
 
 from . import storage
 from .timeline import (prob_columns, read_manifest, read_timeline_meta, run_cache, summarize, timeline_path,
-                       track_panels)
+                       timeline_thumbnails, track_panels)
 
 THUMB_PX = 96
 SVG_W, SVG_H, PAD_L, PAD_R, PAD_T, PAD_B = 720, 110, 34, 8, 6, 20  # timeline plot, px
@@ -126,11 +126,13 @@ def legend(labels) -> str:
                                             for j, c in enumerate(labels)) + "</div>"
 
 
-def _jpeg_uri(rgb: np.ndarray) -> str:
+def thumbnail_uri(crop: np.ndarray) -> str:
+    """An aligned face crop (uint8 RGB) -> the data: URI of its THUMB_PX JPEG (the face actor makes them as it
+    aligns faces; ``thumbnails`` makes them again from the video for a timeline without them)."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(rgb).resize((THUMB_PX, THUMB_PX), Image.LANCZOS).save(buf, "JPEG", quality=85)
+    Image.fromarray(crop).resize((THUMB_PX, THUMB_PX), Image.LANCZOS).save(buf, "JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -155,7 +157,7 @@ def thumbnails(record: dict, faces) -> dict[int, str]:
         got = get_decoder("pyav").read_frames(record["video_path"], want["frame_index"].to_numpy(),
                                               want["time_s"].to_numpy())
         frames = dict(zip(got["frame_index"].tolist(), got["frames"]))
-    return {int(r.track_id): _jpeg_uri(align_face(frames[int(r.frame_index)], np.asarray(r.kps5)))
+    return {int(r.track_id): thumbnail_uri(align_face(frames[int(r.frame_index)], np.asarray(r.kps5)))
             for r in best.itertuples()}
 
 
@@ -166,12 +168,14 @@ def _thumb(uri: str | None, note: str) -> str:
 
 
 def _load_timeline(out_dir, record: dict, default_labels):
-    """(rows, label set) of a record's timeline: its path, else where the run folder has it (a moved folder)."""
+    """(rows, label set, its stored thumbnails or None) of a record's timeline: its path, else where the run
+    folder has it (a moved folder)."""
     for path in (record.get("timeline"), timeline_path(out_dir, record["video_id"], record["video_path"])):
         if path and storage.is_file(path):
             meta = read_timeline_meta(path) or {}
-            return storage.read_table(path).to_pandas(), list(meta.get("labels") or default_labels)
-    return None, list(default_labels)
+            table = storage.read_table(path)
+            return table.to_pandas(), list(meta.get("labels") or default_labels), timeline_thumbnails(table)
+    return None, list(default_labels), None
 
 
 def _video_html(out_dir, m: dict, cache_dir, record: dict) -> str:
@@ -181,16 +185,20 @@ def _video_html(out_dir, m: dict, cache_dir, record: dict) -> str:
     default = m.get("image_labels") if image and m.get("image_labels") else m.get("labels") or []
     name, status = storage.name(record["video_path"]), record.get("status", "?")
     notes, thumbs, duration = [], {}, record.get("duration_s")
-    df, labels = _load_timeline(out_dir, record, default) if status == "ok" else (None, list(default))
+    df, labels, stored = _load_timeline(out_dir, record, default) if status == "ok" else (None, list(default), None)
     if status == "ok" and df is None:
         notes.append("the timeline file is missing")
     if df is not None and len(df):
-        try:
-            entry = read_entry(cache_dir, m.get("face_settings_hash", ""), record["video_id"])
-            if entry is None:
+        try:  # the cache entry only for what the timeline lacks (an older run's timeline: decode its faces again)
+            entry = None if stored is not None and duration else \
+                read_entry(cache_dir, m.get("face_settings_hash", ""), record["video_id"])
+            if entry is not None:
+                duration = duration or entry[1].get("duration_s")
+            if stored is not None:
+                thumbs = stored
+            elif entry is None:
                 notes.append(f"no landmark cache entry in {cache_dir}: no thumbnails")
             else:
-                duration = duration or entry[1].get("duration_s")
                 thumbs = thumbnails(record, entry[0])
         except Exception as e:  # a file gone, a decode error: the page goes on without the faces
             notes.append(f"no thumbnails: {type(e).__name__}: {e}")

@@ -4,7 +4,9 @@ One file per video: ``<out>/<stem>.<video_id>.timeline.parquet``, one row per (t
 (``timeline_schema``): video_id, video_path, track_id, segment, start_s, end_s, n_face_frames, label, confidence,
 ``p_<class>`` per class of the label set (lower case, spaces -> "_", in the label set's order), model, bbox (mean
 face box of the segment, x1 y1 x2 y2 source px). The schema's key/value metadata makes a file reusable:
-``s2d.settings_hash``, ``s2d.labels`` (JSON list), ``s2d.status`` (ok | no_faces), ``s2d.complete`` = "true".
+``s2d.settings_hash``, ``s2d.labels`` (JSON list), ``s2d.status`` (ok | no_faces), ``s2d.complete`` = "true";
+and ``s2d.thumbnails``, JSON {track_id: data: URI of a 96 px JPEG of the track's highest-score aligned face},
+which the report shows (a file written before annotate stored them: the report decodes the faces again).
 A file is written atomically (temp file in the same folder, fsync, ``os.replace``), so a present file with that
 metadata is a finished video; ``is_complete(path, settings_hash)`` is the skip test of a re-run.
 
@@ -53,9 +55,10 @@ def timeline_schema(labels: Sequence[str]) -> pa.Schema:
 
 
 def timeline_table(video_id: str, video_path: str, rows: dict, probs, labels: Sequence[str], model: str,
-                   settings_hash: str, status: str) -> pa.Table:
+                   settings_hash: str, status: str, thumbnails: dict[int, str] | None = None) -> pa.Table:
     """rows: numpy columns track_id, segment, start_s, end_s, n_face_frames [n] and bbox [n,4]; probs float[n,C]
-    (softmax, C = len(labels)). label = the argmax class (label set's spelling), confidence = its probability."""
+    (softmax, C = len(labels)). label = the argmax class (label set's spelling), confidence = its probability.
+    ``thumbnails`` {track_id: data: URI}: those of the rows' tracks are kept in the metadata."""
     labels = list(labels)
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
@@ -82,11 +85,14 @@ def timeline_table(video_id: str, video_path: str, rows: dict, probs, labels: Se
         cols[name] = pa.array(probs[:, j], pa.float32())
     meta = {"s2d.settings_hash": settings_hash, "s2d.labels": json.dumps(labels), "s2d.status": status,
             "s2d.complete": "true"}
+    if thumbnails is not None:
+        tracks = set(np.asarray(rows["track_id"]).reshape(-1).tolist())
+        meta["s2d.thumbnails"] = json.dumps({str(t): uri for t, uri in sorted(thumbnails.items()) if t in tracks})
     return pa.Table.from_arrays([cols[name] for name in schema.names], schema=schema.with_metadata(meta))
 
 
 def windows_table(video_id: str, video_path: str, clips: list, labels: Sequence[str], model: str,
-                  settings_hash: str, status: str = "ok") -> pa.Table:
+                  settings_hash: str, status: str = "ok", thumbnails: dict[int, str] | None = None) -> pa.Table:
     """A video's classified clips [(Segment with the video's track id, probs [C])] -> its timeline table: one row
     per (track, window) in that order; a window's test-time views are averaged, its times, face count and box are
     its first view's."""
@@ -102,7 +108,8 @@ def windows_table(video_id: str, video_path: str, clips: list, labels: Sequence[
             "bbox": np.array([s.bbox_mean for s in first], np.float32).reshape(-1, 4)}
     p = np.stack([np.mean([pr for _, pr in views], axis=0) for views in windows.values()]) if windows else \
         np.zeros((0, len(labels)), np.float32)
-    return timeline_table(video_id, video_path, rows, p.astype(np.float32), labels, model, settings_hash, status)
+    return timeline_table(video_id, video_path, rows, p.astype(np.float32), labels, model, settings_hash, status,
+                          thumbnails)
 
 
 def _stem(video_path) -> str:
@@ -137,6 +144,12 @@ def read_timeline_meta(path) -> dict | None:
     if meta["complete"] != "true" or meta["status"] not in STATUSES or not isinstance(labels, list):
         return None
     return {**meta, "labels": labels, "complete": True, "num_rows": num_rows}
+
+
+def timeline_thumbnails(table: pa.Table) -> dict[int, str] | None:
+    """{track_id: data: URI} a timeline table stores, or None when it has none (written before they were)."""
+    raw = (table.schema.metadata or {}).get(b"s2d.thumbnails")
+    return None if raw is None else {int(t): uri for t, uri in json.loads(raw).items()}
 
 
 def is_complete(path, settings_hash: str) -> bool:

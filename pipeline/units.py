@@ -74,6 +74,20 @@ class UnitFaces:
     seconds: float = 0.0
     first_face_at: float | None = None  # time.time() when its first face was found (this node's clock)
     node: str = ""  # the Ray node id of the face actor that did it
+    thumbs: dict = field(default_factory=dict)  # {unit track: (score, data: URI)}: its best own face (annotate)
+
+
+def video_thumbnails(units: list[UnitFaces], maps: list[dict[int, int]] | None) -> dict[int, str]:
+    """A video's units (shard order) and their {unit track: video track} maps (None: the ids are the video's) ->
+    {video track: data: URI}: the face of the highest score, the first of equal ones, as ``report.thumbnails``
+    picks from the cache entry."""
+    best: dict[int, tuple[float, str]] = {}
+    for i, u in enumerate(units):
+        for tid, (score, uri) in u.thumbs.items():
+            vt = tid if maps is None else maps[i].get(tid)
+            if vt is not None and (vt not in best or score > best[vt][0]):
+                best[vt] = (score, uri)
+    return {t: uri for t, (_, uri) in best.items()}
 
 
 def plan_units(video_id: str, path: str, fps: float, shard_s: float | None, segment_s: float, cached=None,

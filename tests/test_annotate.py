@@ -213,6 +213,19 @@ def _same_timelines(a, b):
         np.testing.assert_allclose(ta[p].to_numpy(), tb[p].to_numpy(), atol=1e-5)
 
 
+def test_time_shards_store_each_tracks_best_face(clean_long_run):
+    """Each video track's thumbnail, picked from its shards' best faces, is the one the report would decode from
+    the stitched cache entry (the highest-score row of the track)."""
+    from pipeline.cache import read_entry
+    from pipeline.report import thumbnails
+    from pipeline.timeline import timeline_thumbnails
+
+    for rec in clean_long_run.videos:
+        faces = read_entry(clean_long_run.cache_dir, clean_long_run.faces.settings_hash, rec["video_id"])[0]
+        stored = timeline_thumbnails(pq.read_table(rec["timeline"]))
+        assert len(stored) == rec["n_tracks"] >= 1 and stored == thumbnails(rec, faces), rec["video_path"]
+
+
 @pytest.mark.parametrize("actor", ["FaceWorker", "S2DWorker"])
 def test_a_killed_actor_is_restarted_and_nothing_is_lost(actor, clean_long_run, long_inputs, face_settings, settings,
                                                        tmp_path):

@@ -12,11 +12,11 @@ import pytest
 from media import write_video
 from pipeline.align import align_clip
 from pipeline.decode import get_decoder, sampling_step
-from pipeline.face_actor import FRAME_BYTES, FaceWorker, Frames, analysed, run_unit
+from pipeline.face_actor import FRAME_BYTES, FaceWorker, Frames, analysed, keep_best, run_unit
 from pipeline.segments import OnlineWindows, _columns, plan_segments
 from pipeline.settings import AnnotateSettings, FaceSettings, plan_faces
 from pipeline.track import OnlineTracker, assign_tracks, stitch_units
-from pipeline.units import Clip, join_units, plan_units
+from pipeline.units import Clip, UnitFaces, join_units, plan_units, video_thumbnails
 from test_segments import make_faces
 
 
@@ -98,6 +98,19 @@ def test_stitched_shards_give_one_pass_track_ids():
         got[u["rows"][u["own"]]] = ids[u["own"]]
     np.testing.assert_array_equal(got, whole)
     assert len(np.unique(whole)) == 4
+
+
+def test_each_video_track_gets_its_best_face_of_all_shards():
+    best = {}
+    keep_best(best, [0, 1], [0.9, 0.5], ["a", "b"])
+    keep_best(best, [1, 0], [0.5, 0.95], ["b2", "a2"])  # equal score: the first face stays
+    assert best == {0: (0.95, "a2"), 1: (0.5, "b")}
+    units = [UnitFaces("v", 0, 3, thumbs={0: (0.9, "u0t0"), 1: (0.8, "u0t1")}),
+             UnitFaces("v", 1, 3, thumbs={0: (0.8, "u1t0"), 1: (0.95, "u1t1"), 2: (0.99, "gone")}),
+             UnitFaces("v", 2, 3, thumbs={5: (0.9, "u2t5")})]
+    maps = [{0: 10, 1: 11}, {0: 11, 1: 12}, {5: 10}]  # unit 1's track 2 has no own rows: no video track
+    assert video_thumbnails(units, maps) == {10: "u0t0", 11: "u0t1", 12: "u1t1"}  # 10: 0.9 first, not unit 2's
+    assert video_thumbnails(units[:1], None) == {0: "u0t0", 1: "u0t1"}  # ids from a cache entry: the video's
 
 
 # ---------------------------------------------------------------------------------------------------- real video

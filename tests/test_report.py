@@ -240,7 +240,8 @@ def test_report_in_chromium(annotated, tmp_path):
     assert im.size == (1280, 2000)
     assert len(im.getcolors(maxcolors=1 << 20) or []) > 200  # text, tables, faces, stacked colours: not blank
 
-    # the same run with one more error record and a cache without its entries: errors table, placeholders
+    # the same run with one more error record and a cache without its entries: errors table; the thumbnails come
+    # from the timelines, which hold them (the decoded fallback needs the cache: test_hand_made_run)
     run2 = tmp_path / "run2"
     m["videos"] = records + [{"video_id": "0000broken", "video_path": "/in/broken.mp4", "status": "error",
                               "error": "/in/broken.mp4: empty file (0 bytes)", "timeline": None, "n_segments": 0,
@@ -250,8 +251,28 @@ def test_report_in_chromium(annotated, tmp_path):
     text2 = page_text(dom2 := chromium(tmp_path, "--dump-dom", write_report(run2).as_uri()).stdout)
     assert f"Errors and files without a timeline ({len(bad) + 1})" in text2
     assert "broken.mp4 error /in/broken.mp4: empty file (0 bytes)" in text2
-    assert "no landmark cache entry" in text2 and 'class="thumb" src=' not in dom2
-    assert text2.count("no thumbnail") >= faces
+    assert "no landmark cache entry" not in text2
+    assert dom2.count('class="thumb" src="data:image/jpeg;base64,') == faces
+
+
+def test_stored_thumbnails_are_the_decoded_ones(annotated):
+    """The thumbnails annotate stores in each timeline (made by the face actor from the frames it decoded) are,
+    byte for byte, those the report would make by decoding the video again at the cache entry's best face rows."""
+    from pipeline.cache import read_entry
+    from pipeline.report import thumbnails
+    from pipeline.timeline import timeline_thumbnails
+
+    m = json.loads((annotated / "manifest.json").read_text())
+    n = 0
+    for rec in m["videos"]:
+        if not rec.get("n_tracks"):
+            continue
+        stored = timeline_thumbnails(storage.read_table(rec["timeline"]))
+        faces = read_entry(m["cache_dir"], m["face_settings_hash"], rec["video_id"])[0]
+        assert stored == thumbnails(rec, faces), rec["video_path"]
+        assert len(stored) == rec["n_tracks"]
+        n += len(stored)
+    assert n >= 5  # videos (group.mp4 has several faces) and still images
 
 
 def test_cli(annotated, tmp_path):
