@@ -15,7 +15,7 @@ from . import cache, storage
 from .cluster import chain_context, init_ray, pick_device, plan_actors, resources, run_passes, stop_on_sigterm
 from .face_actor import FaceWorker
 from .settings import FacePlan, FaceSettings, plan_faces
-from .sources import Source, check_paths, find_videos
+from .sources import Source, check_paths, find_videos, release_freed_memory
 from .units import empty_faces, join_units, plan_units
 
 
@@ -101,6 +101,7 @@ def unit_rows(videos: list[Video], s: FaceSettings, segment_s: float, face_actor
 
     with ThreadPoolExecutor(max_workers=min(PROBE_THREADS, len(videos)) or 1) as pool:
         units = [u for planned in pool.map(plan, videos) for u in planned]
+    release_freed_memory()
     return ray.data.from_items([{"video_id": u.video_id, "item": u} for u in units],
                                override_num_blocks=max(1, len(units)))
 
