@@ -189,19 +189,19 @@ def _video_html(out_dir, m: dict, cache_dir, record: dict) -> str:
     if status == "ok" and df is None:
         notes.append("the timeline file is missing")
     if df is not None and len(df):
-        try:  # the cache entry only for what the timeline lacks (an older run's timeline: decode its faces again)
+        thumbs = stored or {}
+        try:  # the cache entry for what the timeline lacks: the duration, or (an older run's) the thumbnails
             entry = None if stored is not None and duration else \
                 read_entry(cache_dir, m.get("face_settings_hash", ""), record["video_id"])
             if entry is not None:
                 duration = duration or entry[1].get("duration_s")
-            if stored is not None:
-                thumbs = stored
-            elif entry is None:
+            if stored is None and entry is None:
                 notes.append(f"no landmark cache entry in {cache_dir}: no thumbnails")
-            else:
+            elif stored is None:
                 thumbs = thumbnails(record, entry[0])
         except Exception as e:  # a file gone, a decode error: the page goes on without the faces
-            notes.append(f"no thumbnails: {type(e).__name__}: {e}")
+            if stored is None:
+                notes.append(f"no thumbnails: {type(e).__name__}: {e}")
     head = [("status", status), ("file", record["video_path"])]
     if not image:
         head.append(("duration", f"{duration:.2f} s" if duration else "unknown"))

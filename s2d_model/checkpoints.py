@@ -16,6 +16,7 @@ import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -23,7 +24,11 @@ from torch import nn
 from .configs import CONFIGS
 from .files import atomic_write
 from .mobilefacenet import MobileFaceNet
-from .s2d import S2DBase, S2DImage, S2DVideo
+
+# The model classes are imported where a model is built or inspected: .s2d imports timm, and timm torchvision
+# (~1.3 s here), while reading a checkpoint (annotate's driver does, before it starts Ray) needs torch alone.
+if TYPE_CHECKING:
+    from .s2d import S2DBase, S2DImage, S2DVideo
 
 SAFE_GLOBALS = [argparse.Namespace]
 
@@ -106,6 +111,8 @@ def load_checkpoint(model: S2DBase, path: str | Path, trust: bool = False, verbo
 
 def _load_state(model: S2DBase, fmt: str, sd: dict, meta: dict, path, verbose: bool) -> LoadReport:
     """``load_checkpoint`` on a file already split (``split_file``)."""
+    from .s2d import S2DVideo
+
     is_video = isinstance(model, S2DVideo)
     strict = fmt == "state_dict" or (fmt == "video") == is_video
     if is_video and "norm.weight" in sd and "ln_post.weight" not in sd:
@@ -161,6 +168,8 @@ def load_model(path: str | Path, landmark_weights: str | Path | None = None, tru
 def save_checkpoint(model: S2DBase, path: str | Path, config: str | None = None, labels: str | None = None,
                     **extra) -> Path:
     """Write ``model`` atomically in the authors' layout (video: {"model"}, image: {"model_state_dict"})."""
+    from .s2d import S2DVideo
+
     meta = {"kind": "video" if isinstance(model, S2DVideo) else "image", "config": config, "labels": labels,
             "num_classes": model.num_classes, "num_frames": model.num_frames, **extra}
     key = "model" if isinstance(model, S2DVideo) else "model_state_dict"
@@ -179,7 +188,7 @@ def infer_config(sd: dict) -> str:
 
 def load_landmark_weights(model: S2DBase | MobileFaceNet, path: str | Path) -> None:
     """Load ``mobilefacenet_model_best.pth.tar`` (``{"state_dict": ...}``) strictly into the landmark net."""
-    net = model.landmark if isinstance(model, S2DBase) else model
+    net = model if isinstance(model, MobileFaceNet) else model.landmark
     obj = read_file(path)
     sd = obj.get("state_dict", obj)
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
@@ -191,9 +200,9 @@ def load_landmark_weights(model: S2DBase | MobileFaceNet, path: str | Path) -> N
 
 
 def save_landmark_weights(model: S2DBase | MobileFaceNet, path: str | Path) -> Path:
-    net = model.landmark if isinstance(model, S2DBase) else model
+    net = model if isinstance(model, MobileFaceNet) else model.landmark
     return atomic_write(path, lambda f: torch.save({"state_dict": net.state_dict()}, f))
 
 
 __all__ = ["CheckpointError", "LoadReport", "load_model", "load_checkpoint", "save_checkpoint",
-           "load_landmark_weights", "save_landmark_weights", "read_file", "split_file", "infer_config", "S2DImage"]
+           "load_landmark_weights", "save_landmark_weights", "read_file", "split_file", "infer_config"]
