@@ -168,7 +168,7 @@ def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
                               "landmarks68": np.asarray(marks, np.float32).reshape(k, 136), "own": np.full(k, own)})
                 if image and a is not None:
                     clips = image_clips(unit, parts[-1], frame)
-                    keep_best(best, parts[-1]["track_id"], parts[-1]["score"], [c.frames[0] for c in clips])
+                    keep_best(best, parts[-1]["track_id"], parts[-1]["score"], [c.pixels[0] for c in clips])
                     for clip in clips:
                         done.n_clips += 1
                         yield clip
