@@ -190,14 +190,20 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
     warning = "; ".join(lab.classifier.warning for lab in labellings.values() if lab and lab.classifier.warning)
     result = AnnotateResult(out_dir, main.key, cache_dir, warning=warning or None)
     done: dict[str, dict] = {}
-    for s in sources:  # 1. complete timelines of the same settings are kept (unless --force)
+
+    def kept(s: Source, skipped: bool) -> dict | None:
+        """The record of a video whose timeline is complete for these settings (None: it is not)."""
         path = timeline_path(out_dir, s.video_id, s.path)
-        if not force and is_complete(path, labellings[kind(s)].key):
-            table = storage.read_table(path, columns=["track_id"])
-            done[s.video_id] = {"video_id": s.video_id, "video_path": s.path, "kind": kind(s), "error": None,
-                                "status": read_timeline_meta(path)["status"], "timeline": str(path),
-                                "n_segments": table.num_rows,
-                                "n_tracks": len(set(table.column("track_id").to_pylist())), "skipped": True}
+        if not is_complete(path, labellings[kind(s)].key):
+            return None
+        table = storage.read_table(path, columns=["track_id"])
+        return {"video_id": s.video_id, "video_path": s.path, "kind": kind(s), "error": None,
+                "status": read_timeline_meta(path)["status"], "timeline": str(path), "n_segments": table.num_rows,
+                "n_tracks": len(set(table.column("track_id").to_pylist())), "skipped": skipped}
+
+    for s in sources:  # 1. complete timelines of the same settings are kept (unless --force)
+        if not force and (rec := kept(s, True)) is not None:
+            done[s.video_id] = rec
     result.skipped = len(done)
     todo = {s.video_id: s for s in sources if s.video_id not in done}
 
@@ -235,7 +241,9 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
         status, message = ended or ("error", "pipeline: the video never completed; run again")
         result.interrupted = status == "interrupted"
         for vid, s in todo.items():
-            if vid not in done:
+            if vid not in done and result.interrupted and vid in timelines.finished:  # written as the signal came
+                done[vid] = kept(s, False)
+            if done.get(vid) is None:
                 done[vid] = {"video_id": vid, "video_path": s.path, "kind": kind(s), "status": status,
                              "error": message, "timeline": None, "n_segments": 0, "n_tracks": 0}
         result.faces.videos = [timelines.face_metas.get(vid) or error_meta(s, plan.record, message)

@@ -195,8 +195,10 @@ def run_faces(paths, cache_dir: str | Path, settings: FaceSettings = FaceSetting
         for vid, s in todo.items():
             if vid in done:
                 continue
-            if result.interrupted:  # no cache entry: a re-run does it
-                done[vid] = {**error_meta(s, plan.record, message), "status": "interrupted"}
+            if result.interrupted:  # no cache entry (a re-run does it), or one written just before the signal
+                entry = cache.read_entry(cache_dir, plan.key, vid)
+                done[vid] = entry[1] if entry else {**error_meta(s, plan.record, message), "status": "interrupted"}
+                result.decoded += entry is not None
             else:
                 cache.write_entry(cache_dir, plan.key, vid, {**empty_faces(), "video_id": vid, "width": 0,
                                                              "height": 0}, error_meta(s, plan.record, message))
