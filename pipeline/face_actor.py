@@ -28,7 +28,7 @@ from .report import thumbnail_uri
 from .segments import OnlineWindows, Segment
 from .settings import DETECTORS, AnnotateSettings, FacePlan, FaceSettings
 from .track import OnlineTracker
-from .units import Clip, Unit, UnitFaces, empty_faces, items
+from .units import Clip, Unit, UnitFaces, empty_faces, items, keep_best
 
 FRAME_BYTES = 64 << 20  # frames per detector forward: at most this many bytes of decoded frames (one 8K frame)
 
@@ -168,14 +168,15 @@ def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
                               "landmarks68": np.asarray(marks, np.float32).reshape(k, 136), "own": np.full(k, own)})
                 if image and a is not None:
                     clips = image_clips(unit, parts[-1], frame)
-                    keep_best(best, parts[-1]["track_id"], parts[-1]["score"], [c.pixels[0] for c in clips])
-                    for clip in clips:
+                    for tid, score, clip in zip(parts[-1]["track_id"], parts[-1]["score"], clips):
+                        keep_best(best, int(tid), float(score), clip.pixels[0])
                         done.n_clips += 1
                         yield clip
                 if windows is not None:
                     crops = [align_face(frame, kps) for kps in parts[-1]["kps5"]]
                     if own:
-                        keep_best(best, ids, parts[-1]["score"], crops)
+                        for tid, score, crop in zip(ids, parts[-1]["score"], crops):
+                            keep_best(best, int(tid), float(score), crop)
                     for seg, slots in windows.add(t, index, ids, parts[-1]["kps5"], parts[-1]["bbox"], crops):
                         done.n_clips += 1
                         yield Clip(unit.video_id, unit.index, seg, np.stack(slots))
@@ -198,15 +199,6 @@ def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
     done.decode_seconds = frames.seconds if frames else 0.0
     done.seconds = time.perf_counter() - started
     yield done
-
-
-def keep_best(best: dict, ids, scores, crops) -> None:
-    """best {track: (score, crop)} <- a frame's faces: a track's face is kept when its score is higher than the
-    one kept (the first of equal scores stays, as ``idxmax`` over the face rows picks)."""
-    for tid, score, crop in zip(ids, scores, crops):
-        tid, score = int(tid), float(score)
-        if tid not in best or score > best[tid][0]:
-            best[tid] = (score, crop)
 
 
 def image_clips(unit: Unit, faces: dict, frame: np.ndarray) -> list[Clip]:

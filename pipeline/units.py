@@ -77,16 +77,22 @@ class UnitFaces:
     thumbs: dict = field(default_factory=dict)  # {unit track: (score, data: URI)}: its best own face (annotate)
 
 
+def keep_best(best: dict, track: int, score: float, face) -> None:
+    """best {track: (score, face)} <- one face of a track: kept when its score is higher than the one kept, so the
+    first of equal scores stays (as ``idxmax`` over the face rows picks in ``report.thumbnails``)."""
+    if track not in best or score > best[track][0]:
+        best[track] = (score, face)
+
+
 def video_thumbnails(units: list[UnitFaces], maps: list[dict[int, int]] | None) -> dict[int, str]:
     """A video's units (shard order) and their {unit track: video track} maps (None: the ids are the video's) ->
-    {video track: data: URI}: the face of the highest score, the first of equal ones, as ``report.thumbnails``
-    picks from the cache entry."""
+    {video track: data: URI}: each unit's best face (``keep_best``) kept by the same rule across the units."""
     best: dict[int, tuple[float, str]] = {}
     for i, u in enumerate(units):
         for tid, (score, uri) in u.thumbs.items():
             vt = tid if maps is None else maps[i].get(tid)
-            if vt is not None and (vt not in best or score > best[vt][0]):
-                best[vt] = (score, uri)
+            if vt is not None:
+                keep_best(best, vt, score, uri)
     return {t: uri for t, (_, uri) in best.items()}
 
 

@@ -12,11 +12,11 @@ import pytest
 from media import write_video
 from pipeline.align import align_clip
 from pipeline.decode import get_decoder, sampling_step
-from pipeline.face_actor import FRAME_BYTES, FaceWorker, Frames, analysed, keep_best, run_unit
+from pipeline.face_actor import FRAME_BYTES, FaceWorker, Frames, analysed, run_unit
 from pipeline.segments import OnlineWindows, _columns, plan_segments
 from pipeline.settings import AnnotateSettings, FaceSettings, plan_faces
 from pipeline.track import OnlineTracker, assign_tracks, stitch_units
-from pipeline.units import Clip, UnitFaces, join_units, plan_units, video_thumbnails
+from pipeline.units import Clip, UnitFaces, join_units, keep_best, plan_units, video_thumbnails
 from test_segments import make_faces
 
 
@@ -102,8 +102,8 @@ def test_stitched_shards_give_one_pass_track_ids():
 
 def test_each_video_track_gets_its_best_face_of_all_shards():
     best = {}
-    keep_best(best, [0, 1], [0.9, 0.5], ["a", "b"])
-    keep_best(best, [1, 0], [0.5, 0.95], ["b2", "a2"])  # equal score: the first face stays
+    for tid, score, face in [(0, 0.9, "a"), (1, 0.5, "b"), (1, 0.5, "b2"), (0, 0.95, "a2")]:
+        keep_best(best, tid, score, face)  # track 1, equal score: the first face stays
     assert best == {0: (0.95, "a2"), 1: (0.5, "b")}
     units = [UnitFaces("v", 0, 3, thumbs={0: (0.9, "u0t0"), 1: (0.8, "u0t1")}),
              UnitFaces("v", 1, 3, thumbs={0: (0.8, "u1t0"), 1: (0.95, "u1t1"), 2: (0.99, "gone")}),
