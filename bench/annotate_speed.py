@@ -43,7 +43,10 @@ d. base model on CPU (not with ``--quick`` or ``--no-base``): random ``s2d_base_
    uint8 clips [B, 16, 224, 224, 3] each call for B = 1 and 8, 2 torch threads with OMP_WAIT_POLICY=ACTIVE, timed
    after a warm-up call, in a fresh child each; B = 1 just before and just after the end-to-end run, since this
    machine's speed drifts by several % within minutes, and their mean is its rate) and efficiency = end-to-end /
-   the faster of the two batch sizes' rates (target >= 0.85 for the new chain).
+   the faster of the two batch sizes' rates (target >= 0.85 for the new chain). Then, for the new chain, batch 1
+   once more inside a Ray actor (``init_ray()``'s local Ray, the actor reserving 1 CPU as the chain's S2D actor
+   does): that rate over the plain one is what Ray's own processes and worker take from the model, and end-to-end
+   over it is the chain's efficiency with Ray's share left out.
 e. the README example: ``python -m cli annotate <fixtures>/videos --out <tmp> --weights random-tiny`` with
    S2D_DETECTOR_WEIGHTS / S2D_LANDMARK_WEIGHTS set to the fixture files, in each tree: the command's wall
    seconds (process start to exit: imports, Ray start and shutdown included).
@@ -372,6 +375,15 @@ def child_main(spec: dict) -> None:
     try:
         if spec["kind"] == "annotate":
             res.update(_annotate(spec))
+        elif spec.get("in_actor"):  # the same measurement in a Ray actor that reserves one CPU, as the chain's
+            import ray
+
+            from pipeline.cluster import init_ray
+
+            init_ray()
+            args = (spec["chain"], spec["weights"], spec["mfn"], spec.get("batch", 1), spec.get("threads", 2),
+                    spec.get("min_s", 10.0), spec.get("min_calls", 3))
+            res.update(ray.get(ray.remote(num_cpus=1)(_model_alone).remote(*args)))
         else:
             res.update(_model_alone(spec["chain"], spec["weights"], spec["mfn"], spec.get("batch", 8),
                                     spec.get("threads", 2), spec.get("min_s", 10.0), spec.get("min_calls", 3)))
@@ -734,16 +746,18 @@ def main() -> None:
                                                                                  for n in FIXTURE_VIDEOS]
                 dres = {}
 
-                def alone(ch: str, b: int, when: str) -> dict:  # the model at its best: OpenMP threads spinning
+                def alone(ch: str, b: int, when: str, in_actor: bool = False) -> dict:  # OpenMP threads spinning
                     return run.one(f"base_model_alone_b{b}_{when}", ch, dict(
-                        kind="model", weights=str(ckpt), mfn=mfn, batch=b, threads=2, min_s=10.0, min_calls=3),
-                        env={**run.env(ch), "OMP_WAIT_POLICY": "ACTIVE"})
+                        kind="model", weights=str(ckpt), mfn=mfn, batch=b, threads=2, min_s=10.0, min_calls=3,
+                        in_actor=in_actor), env={**run.env(ch), "OMP_WAIT_POLICY": "ACTIVE"})
 
                 for ch in chains:  # batch 1 just before and just after the end-to-end run: the machine's drift
                     dres[ch, "model", 1, "before"] = alone(ch, 1, "before")
                     dres[ch] = run.annotate("base", ch, vids, str(ckpt))
                     dres[ch, "model", 1, "after"] = alone(ch, 1, "after")
                     dres[ch, "model", 8] = alone(ch, 8, "after")
+                    if ch == "new":  # Ray's share: the model alone again, in an actor of a local Ray
+                        dres[ch, "actor", 1] = alone(ch, 1, "in_actor", in_actor=True)
                     b1 = [_get(dres[ch, "model", 1, w], "clips_per_s") for w in ("before", "after")]
                     dres[ch, "model", 1] = {**dres[ch, "model", 1, "after"],
                                             "clips_per_s": sum(b1) / 2 if None not in b1 else None}
@@ -767,6 +781,12 @@ def main() -> None:
                      f"2 threads, {_get(m, 'calls')} calls after a {_get(m, 'warm_s') or 0:.1f} s warm-up")
             _row(rows, sec, "efficiency: end-to-end / model alone", eff["new"], eff["baseline"], "",
                  "target >= 0.85 (new): " + ("meets target" if (eff["new"] or 0) >= 0.85 else "misses target"))
+            act = dres["new", "actor", 1]
+            a1 = _get(act, "clips_per_s")
+            _row(rows, sec, "model alone clips/s, batch 1, in a Ray actor (new)", a1, None, "clips/s",
+                 f"a local Ray up, the actor reserving 1 CPU, 2 threads, {_get(act, 'calls')} calls; "
+                 f"/ the batch-1 mean: {_per(a1, _get(dres['new', 'model', 1], 'clips_per_s')) or 0:.3f}; "
+                 f"end-to-end / this: {_per(e2e['new'], a1) or 0:.3f}")
 
         # ------------------------------------------------------------------ e. README example
         if "e" in only:
