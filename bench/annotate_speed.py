@@ -44,7 +44,7 @@ d. base model on CPU (not with ``--quick`` or ``--no-base``): random ``s2d_base_
    after a warm-up call, in a fresh child each; B = 1 just before and just after the end-to-end run, since this
    machine's speed drifts by several % within minutes, and their mean is its rate) and efficiency = end-to-end /
    the faster of the two batch sizes' rates (target >= 0.85 for the new chain). Then, for the new chain, batch 1
-   once more inside a Ray actor (``init_ray()``'s local Ray, the actor reserving 1 CPU as the chain's S2D actor
+   once more inside a Ray worker (a task on ``init_ray()``'s local Ray, reserving 1 CPU as the chain's S2D actor
    does): that rate over the plain one is what Ray's own processes and worker take from the model, and end-to-end
    over it is the chain's efficiency with Ray's share left out.
 e. the README example: ``python -m cli annotate <fixtures>/videos --out <tmp> --weights random-tiny`` with
@@ -375,7 +375,7 @@ def child_main(spec: dict) -> None:
     try:
         if spec["kind"] == "annotate":
             res.update(_annotate(spec))
-        elif spec.get("in_actor"):  # the same measurement in a Ray actor that reserves one CPU, as the chain's
+        elif spec.get("in_actor"):  # the same, as a Ray task that reserves one CPU, as the chain's S2D actor
             import ray
 
             from pipeline.cluster import init_ray
@@ -756,7 +756,7 @@ def main() -> None:
                     dres[ch] = run.annotate("base", ch, vids, str(ckpt))
                     dres[ch, "model", 1, "after"] = alone(ch, 1, "after")
                     dres[ch, "model", 8] = alone(ch, 8, "after")
-                    if ch == "new":  # Ray's share: the model alone again, in an actor of a local Ray
+                    if ch == "new":  # Ray's share: the model alone again, in a Ray worker
                         dres[ch, "actor", 1] = alone(ch, 1, "in_actor", in_actor=True)
                     b1 = [_get(dres[ch, "model", 1, w], "clips_per_s") for w in ("before", "after")]
                     dres[ch, "model", 1] = {**dres[ch, "model", 1, "after"],
@@ -783,8 +783,8 @@ def main() -> None:
                  "target >= 0.85 (new): " + ("meets target" if (eff["new"] or 0) >= 0.85 else "misses target"))
             act = dres["new", "actor", 1]
             a1 = _get(act, "clips_per_s")
-            _row(rows, sec, "model alone clips/s, batch 1, in a Ray actor (new)", a1, None, "clips/s",
-                 f"a local Ray up, the actor reserving 1 CPU, 2 threads, {_get(act, 'calls')} calls; "
+            _row(rows, sec, "model alone clips/s, batch 1, in a Ray worker (new)", a1, None, "clips/s",
+                 f"a local Ray up, a task reserving 1 CPU, 2 threads, {_get(act, 'calls')} calls; "
                  f"/ the batch-1 mean: {_per(a1, _get(dres['new', 'model', 1], 'clips_per_s')) or 0:.3f}; "
                  f"end-to-end / this: {_per(e2e['new'], a1) or 0:.3f}")
 
