@@ -375,18 +375,18 @@ def child_main(spec: dict) -> None:
     try:
         if spec["kind"] == "annotate":
             res.update(_annotate(spec))
-        elif spec.get("in_actor"):  # the same, as a Ray task that reserves one CPU, as the chain's S2D actor
-            import ray
-
-            from pipeline.cluster import init_ray
-
-            init_ray()
-            args = (spec["chain"], spec["weights"], spec["mfn"], spec.get("batch", 1), spec.get("threads", 2),
-                    spec.get("min_s", 10.0), spec.get("min_calls", 3))
-            res.update(ray.get(ray.remote(num_cpus=1)(_model_alone).remote(*args)))
         else:
-            res.update(_model_alone(spec["chain"], spec["weights"], spec["mfn"], spec.get("batch", 8),
-                                    spec.get("threads", 2), spec.get("min_s", 10.0), spec.get("min_calls", 3)))
+            args = (spec["chain"], spec["weights"], spec["mfn"], spec.get("batch", 8), spec.get("threads", 2),
+                    spec.get("min_s", 10.0), spec.get("min_calls", 3))
+            if spec.get("in_actor"):  # the same, as a Ray task that reserves one CPU, as the chain's S2D actor
+                import ray
+
+                from pipeline.cluster import init_ray
+
+                init_ray()
+                res.update(ray.get(ray.remote(num_cpus=1)(_model_alone).remote(*args)))
+            else:
+                res.update(_model_alone(*args))
         import pipeline
 
         res["pipeline"] = pipeline.__file__

@@ -31,7 +31,7 @@ from .faces_run import FacesResult, Progress, Video, error_meta, unit_rows, writ
 from .images import is_image
 from .settings import AnnotateSettings, FacePlan, FaceSettings, plan_faces, timeline_record
 from .sources import Source, check_paths, find_videos
-from .timeline import is_complete, read_timeline_meta, timeline_path, windows_table, write_timeline
+from .timeline import is_complete, timeline_path, windows_table, write_timeline
 from .units import Clip, UnitFaces, video_thumbnails
 
 
@@ -194,11 +194,11 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
     def kept(s: Source, skipped: bool) -> dict | None:
         """The record of a video whose timeline is complete for these settings (None: it is not)."""
         path = timeline_path(out_dir, s.video_id, s.path)
-        if not is_complete(path, labellings[kind(s)].key):
+        if (meta := is_complete(path, labellings[kind(s)].key)) is None:
             return None
         table = storage.read_table(path, columns=["track_id"])
         return {"video_id": s.video_id, "video_path": s.path, "kind": kind(s), "error": None,
-                "status": read_timeline_meta(path)["status"], "timeline": str(path), "n_segments": table.num_rows,
+                "status": meta["status"], "timeline": str(path), "n_segments": table.num_rows,
                 "n_tracks": len(set(table.column("track_id").to_pylist())), "skipped": skipped}
 
     for s in sources:  # 1. complete timelines of the same settings are kept (unless --force)
@@ -241,11 +241,11 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
         status, message = ended or ("error", "pipeline: the video never completed; run again")
         result.interrupted = status == "interrupted"
         for vid, s in todo.items():
-            if vid not in done and result.interrupted and vid in timelines.finished:  # written as the signal came
-                done[vid] = kept(s, False)
-            if done.get(vid) is None:
-                done[vid] = {"video_id": vid, "video_path": s.path, "kind": kind(s), "status": status,
-                             "error": message, "timeline": None, "n_segments": 0, "n_tracks": 0}
+            if vid in done:
+                continue
+            rec = kept(s, False) if result.interrupted and vid in timelines.finished else None  # written as it came
+            done[vid] = rec or {"video_id": vid, "video_path": s.path, "kind": kind(s), "status": status,
+                                "error": message, "timeline": None, "n_segments": 0, "n_tracks": 0}
         result.faces.videos = [timelines.face_metas.get(vid) or error_meta(s, plan.record, message)
                                for vid, s in todo.items()]
     result.videos = [done[s.video_id] for s in sources]

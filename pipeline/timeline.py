@@ -152,10 +152,11 @@ def timeline_thumbnails(table: pa.Table) -> dict[int, str] | None:
     return None if raw is None else {int(t): uri for t, uri in json.loads(raw).items()}
 
 
-def is_complete(path, settings_hash: str) -> bool:
-    """True when ``path`` is a finished timeline written with these settings (a re-run may skip the video)."""
+def is_complete(path, settings_hash: str) -> dict | None:
+    """``read_timeline_meta(path)`` when ``path`` is a finished timeline written with these settings (a re-run may
+    skip the video); None otherwise."""
     meta = read_timeline_meta(path)
-    return meta is not None and meta["settings_hash"] == settings_hash
+    return meta if meta is not None and meta["settings_hash"] == settings_hash else None
 
 
 def read_manifest(out_dir) -> dict:
