@@ -188,3 +188,33 @@ def test_the_s2d_actor_gives_a_still_images_faces_to_the_image_model(landmark_we
     assert set(worker.models) == {"video", "image"}
     with pytest.raises(ValueError, match="no image weights"):
         S2DWorker(video, threads=1).probabilities(faces[:1])
+
+
+def test_the_s2d_actor_leaves_a_core_to_other_busy_processes_and_takes_it_back():
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    from pipeline.emotions import S2DWorker
+
+    worker, before = S2DWorker(None, threads=2), torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            time.sleep(0.3)
+            worker.adapt()
+            time.sleep(1.0)
+            worker.adapt()  # a core busy elsewhere over the last second: one thread
+            assert torch.get_num_threads() == 1
+        finally:
+            busy.kill()
+            busy.wait()
+        worker.adapt()
+        time.sleep(1.0)
+        worker.adapt()  # nothing else busy: both cores again
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
