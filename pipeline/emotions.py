@@ -169,6 +169,7 @@ class S2DWorker:
         self.classifiers = {"video": classifier, "image": image}
         self.device_name, self.batch_size, self.threads = device, batch_size, threads
         self.device, self.models, self.lock = None, {}, threading.Lock()
+        self.last = None  # adapt's (time, node busy jiffies, own jiffies) at the last batch
         first = "video" if classifier is not None else "image" if image is not None else None
         if first is not None:  # built while the face actors start: the first clips find it ready
             threading.Thread(target=self.preload, args=(first,), daemon=True, name="s2d-load").start()
@@ -237,12 +238,15 @@ class S2DWorker:
         import os
         import torch
 
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:9]]
-        busy = sum(v) - v[3] - v[4]
-        s = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
-        now = (time.monotonic(), busy, int(s[11]) + int(s[12]))
-        last, self._last = getattr(self, "_last", None), now
+        try:  # Linux; elsewhere the threads stay as they are
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:9]]
+            with open("/proc/self/stat") as f:
+                s = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return
+        now = (time.monotonic(), sum(v) - v[3] - v[4], int(s[11]) + int(s[12]))
+        last, self.last = self.last, now
         if last is None or now[0] - last[0] < 0.5:
             return
         others = ((now[1] - last[1]) - (now[2] - last[2])) / os.sysconf("SC_CLK_TCK") / (now[0] - last[0])
