@@ -46,7 +46,9 @@ d. base model on CPU (not with ``--quick`` or ``--no-base``): random ``s2d_base_
    the faster of the two batch sizes' rates (target >= 0.85 for the new chain). Then, for the new chain, batch 1
    once more inside a Ray worker (a task on ``init_ray()``'s local Ray, reserving 1 CPU as the chain's S2D actor
    does): that rate over the plain one is what Ray's own processes and worker take from the model, and end-to-end
-   over it is the chain's efficiency with Ray's share left out.
+   over it is the chain's efficiency with Ray's share left out. d's runs read their PSS every 10 s only (as c's
+   timing run: a 0.5 s read of the ~15 processes of a chain's tree is charged to the end-to-end run more than to
+   the one process of the model alone), so d's peak PSS is coarse.
 e. the README example: ``python -m cli annotate <fixtures>/videos --out <tmp> --weights random-tiny`` with
    S2D_DETECTOR_WEIGHTS / S2D_LANDMARK_WEIGHTS set to the fixture files, in each tree: the command's wall
    seconds (process start to exit: imports, Ray start and shutdown included).
@@ -749,11 +751,11 @@ def main() -> None:
                 def alone(ch: str, b: int, when: str, in_actor: bool = False) -> dict:  # OpenMP threads spinning
                     return run.one(f"base_model_alone_b{b}_{when}", ch, dict(
                         kind="model", weights=str(ckpt), mfn=mfn, batch=b, threads=2, min_s=10.0, min_calls=3,
-                        in_actor=in_actor), env={**run.env(ch), "OMP_WAIT_POLICY": "ACTIVE"})
+                        in_actor=in_actor), env={**run.env(ch), "OMP_WAIT_POLICY": "ACTIVE"}, interval=10.0)
 
                 for ch in chains:  # batch 1 just before and just after the end-to-end run: the machine's drift
                     dres[ch, "model", 1, "before"] = alone(ch, 1, "before")
-                    dres[ch] = run.annotate("base", ch, vids, str(ckpt))
+                    dres[ch] = run.annotate("base", ch, vids, str(ckpt), interval=10.0)
                     dres[ch, "model", 1, "after"] = alone(ch, 1, "after")
                     dres[ch, "model", 8] = alone(ch, 8, "after")
                     if ch == "new":  # Ray's share: the model alone again, in a Ray worker
@@ -819,7 +821,7 @@ def main() -> None:
         "value = new chain, ratio = new / baseline, vs = baseline's figure. Each run: a fresh child process on a "
         "fresh out + cache dir, local Ray started by run_annotate (plain ray.init(): all CPUs), one run at a time.",
         f"peak PSS: sum of Pss over the child and all its descendants, sampled every {args.interval:g} s "
-        f"({run.samples} samples in {run.sampled_s:.0f} s of runs; the sampler used {run.sample_cost:.1f} CPU-s, "
+        f"(c's timing run 30 s, d's runs 10 s; {run.samples} samples in {run.sampled_s:.0f} s of runs; the sampler used {run.sample_cost:.1f} CPU-s, "
         f"{100 * run.sample_cost / max(run.sampled_s, 1e-9):.0f}% of one core); largest = the biggest processes "
         f"at the peak (MiB).",
         f"inputs: generated from single_face.mp4 (looped, panned, zoomed), {FPS} fps, x264 veryfast crf 23, cached in "

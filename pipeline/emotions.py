@@ -4,8 +4,10 @@ Videos' 16-frame clips go to the video model (S2DVideo); a still image's faces c
 the static image model (S2DImage, the first training stage's model), when the run has images."""
 from __future__ import annotations
 
+import collections
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,14 +154,36 @@ class LandmarkCache:
         return out
 
 
+def watch_cpu(samples) -> None:
+    """In a background thread, every 0.25 s: (time, the node's busy jiffies, this process's) appended to the deque
+    ``samples()`` (a weak reference: the thread ends with its worker), for ``S2DWorker.adapt``. Ends at once where
+    there is no /proc (not Linux): the threads stay as they are."""
+    while True:
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:9]]
+            with open("/proc/self/stat") as f:
+                s = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return
+        d = samples()
+        if d is None:
+            return
+        d.append((time.monotonic(), sum(v) - v[3] - v[4], int(s[11]) + int(s[12])))
+        del d
+        time.sleep(0.25)
+
+
 class S2DWorker:
     """Ray Data callable: rows {"item": Clip | UnitFaces} -> the same rows, each clip's ``probs`` (float32 [C]) set
     and its pixels dropped; other items pass through. The batch's clips go through the model ``batch_size`` at a
     time, normalised (ImageNet mean/std) on the device; bf16 autocast on CUDA. ``threads``: torch's CPU threads
     (the node's cores: the actor reserves one CPU but uses every core the face actors leave idle; on CPU, before
-    each batch, one thread fewer per core other processes kept busy over the last batch, so that it does not run
+    each batch, one thread fewer per core other processes kept busy over the last second, so that it does not run
     more threads than free cores while faces are found: on 2 cores, base model, 79 clips of 6 inputs, 262 s ->
-    237 s end to end, 0.80 -> 0.88 of the model alone). One-frame clips
+    237 s end to end with the busy share taken over the last batch, 0.80 -> 0.88 of the model alone; over the last
+    second, sampled in a thread, the cores come back as the faces end, not a 5 s one-thread clip later: 229 ->
+    221 s). One-frame clips
     (a still image's faces) go to the ``image`` classifier's model. The first model (the video one if the run has
     it) starts loading in a background thread when the actor starts; the other loads with its first clips (a run of
     videos only never loads the image model; either classifier may be None when the run has none of it)."""
@@ -169,7 +193,10 @@ class S2DWorker:
         self.classifiers = {"video": classifier, "image": image}
         self.device_name, self.batch_size, self.threads = device, batch_size, threads
         self.device, self.models, self.lock = None, {}, threading.Lock()
-        self.last = None  # adapt's (time, node busy jiffies, own jiffies) at the last batch
+        self.samples = collections.deque(maxlen=5)  # watch's, for adapt: (time, node busy, own busy jiffies)
+        if device == "cpu" and threads > 1:
+            threading.Thread(target=watch_cpu, args=(weakref.ref(self.samples),), daemon=True,
+                             name="s2d-watch").start()
         first = "video" if classifier is not None else "image" if image is not None else None
         if first is not None:  # built while the face actors start: the first clips find it ready
             threading.Thread(target=self.preload, args=(first,), daemon=True, name="s2d-load").start()
@@ -232,24 +259,16 @@ class S2DWorker:
         return logits.float().softmax(-1).cpu().numpy()
 
     def adapt(self) -> None:
-        """CPU only: threads = the node's cores less those other processes kept busy since the last batch."""
-        if self.device_name != "cpu" or self.threads <= 1:
+        """CPU only: threads = the node's cores less those other processes kept busy over the last second."""
+        samples = list(self.samples)
+        if len(samples) < 2 or samples[-1][0] - samples[0][0] < 0.5:
             return
         import os
+
         import torch
 
-        try:  # Linux; elsewhere the threads stay as they are
-            with open("/proc/stat") as f:
-                v = [int(x) for x in f.readline().split()[1:9]]
-            with open("/proc/self/stat") as f:
-                s = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            return
-        now = (time.monotonic(), sum(v) - v[3] - v[4], int(s[11]) + int(s[12]))
-        last, self.last = self.last, now
-        if last is None or now[0] - last[0] < 0.5:
-            return
-        others = ((now[1] - last[1]) - (now[2] - last[2])) / os.sysconf("SC_CLK_TCK") / (now[0] - last[0])
+        (t0, busy0, own0), (t1, busy1, own1) = samples[0], samples[-1]
+        others = ((busy1 - busy0) - (own1 - own0)) / os.sysconf("SC_CLK_TCK") / (t1 - t0)
         n = max(1, min(self.threads, self.threads - int(others + 0.5)))
         if n != torch.get_num_threads():
             torch.set_num_threads(n)

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from . import storage
-from .timeline import (prob_columns, read_manifest, read_timeline_meta, run_cache, summarize, timeline_path,
+from .timeline import (prob_columns, read_manifest, run_cache, summarize, timeline_meta, timeline_path,
                        timeline_thumbnails, track_panels)
 
 THUMB_PX = 96
@@ -172,8 +172,8 @@ def _load_timeline(out_dir, record: dict, default_labels):
     folder has it (a moved folder)."""
     for path in (record.get("timeline"), timeline_path(out_dir, record["video_id"], record["video_path"])):
         if path and storage.is_file(path):
-            meta = read_timeline_meta(path) or {}
             table = storage.read_table(path)
+            meta = timeline_meta(table) or {}
             return table.to_pandas(), list(meta.get("labels") or default_labels), timeline_thumbnails(table)
     return None, list(default_labels), None
 

@@ -130,16 +130,26 @@ def write_timeline(table: pa.Table, path) -> Path | str:
 
 
 def read_timeline_meta(path) -> dict | None:
-    """{"settings_hash", "labels" (list), "status", "complete": True, "num_rows"} of a finished timeline file;
-    None when the file is missing, unreadable, or lacks the s2d.* metadata."""
+    """{"settings_hash", "labels" (list), "status", "complete": True, "num_rows"} of a finished timeline file
+    (its footer only); None when the file is missing, unreadable, or lacks the s2d.* metadata."""
     try:
         with storage.open_input(path) as f:
             pf = pq.ParquetFile(f)
-            raw = pf.schema_arrow.metadata or {}
-            meta = {k: raw[f"s2d.{k}".encode()].decode() for k in META_KEYS}
-            labels = json.loads(meta["labels"])
-            num_rows = pf.metadata.num_rows
-    except Exception:  # missing, truncated, not Parquet, no/partial metadata, bad JSON
+            return _timeline_meta(pf.schema_arrow.metadata, pf.metadata.num_rows)
+    except Exception:  # missing, truncated, not Parquet
+        return None
+
+
+def timeline_meta(table: pa.Table) -> dict | None:
+    """``read_timeline_meta`` of a timeline table already read (one read of the file, not two)."""
+    return _timeline_meta(table.schema.metadata, table.num_rows)
+
+
+def _timeline_meta(raw, num_rows: int) -> dict | None:
+    try:
+        meta = {k: (raw or {})[f"s2d.{k}".encode()].decode() for k in META_KEYS}
+        labels = json.loads(meta["labels"])
+    except Exception:  # no/partial metadata, bad JSON
         return None
     if meta["complete"] != "true" or meta["status"] not in STATUSES or not isinstance(labels, list):
         return None

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.timeline import (format_summary, is_complete, plot_timeline, read_timeline_meta, read_timelines,
-                               summarize, timeline_path, timeline_schema, timeline_table, track_panels,
+                               summarize, timeline_meta, timeline_path, timeline_schema, timeline_table, track_panels,
                                write_timeline)
 from s2d_model.labels import LABEL_SETS
 
@@ -98,15 +98,18 @@ def test_atomic_write_and_is_complete(tmp_path):
     assert p.is_file() and os.listdir(p.parent) == [p.name]  # no temp file left
     assert pq.read_table(p).equals(t)
     assert is_complete(p, "good")
+    assert timeline_meta(pq.read_table(p)) == read_timeline_meta(p) == \
+        {"settings_hash": "good", "labels": list(DFEW), "status": "ok", "complete": True, "num_rows": 1}
     assert not is_complete(p, "other")  # settings changed
     assert not is_complete(tmp_path / "missing.timeline.parquet", "good")
     # a Parquet file without the s2d metadata (e.g. written by hand)
     bare = tmp_path / "bare.timeline.parquet"
     pq.write_table(t.replace_schema_metadata(None), bare)
-    assert read_timeline_meta(bare) is None and not is_complete(bare, "good")
+    assert read_timeline_meta(bare) is None and timeline_meta(pq.read_table(bare)) is None
+    assert not is_complete(bare, "good")
     incomplete = tmp_path / "inc.timeline.parquet"
     pq.write_table(t.replace_schema_metadata({**t.schema.metadata, b"s2d.complete": b"false"}), incomplete)
-    assert not is_complete(incomplete, "good")
+    assert not is_complete(incomplete, "good") and timeline_meta(pq.read_table(incomplete)) is None
     # a truncated (corrupt) file
     corrupt = tmp_path / "corrupt.timeline.parquet"
     corrupt.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
