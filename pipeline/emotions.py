@@ -156,7 +156,7 @@ class LandmarkCache:
 
 def watch_cpu(samples) -> None:
     """In a background thread, every 0.25 s: (time, the node's busy jiffies, this process's) appended to the deque
-    ``samples()`` (a weak reference: the thread ends with its worker), for ``S2DWorker.adapt``. Ends at once where
+    ``samples()`` (a weak reference: the thread ends with its worker), for ``follow_load``. Ends at once where
     there is no /proc (not Linux): the threads stay as they are."""
     while True:
         try:
@@ -174,16 +174,41 @@ def watch_cpu(samples) -> None:
         time.sleep(0.25)
 
 
+def free_threads(samples: list, most: int, hz: int) -> int | None:
+    """Torch threads for the S2D actor on CPU: ``most`` less one per core other processes kept busy over the
+    samples' span (``watch_cpu``'s, jiffies at ``hz`` per second; rounded to whole cores), at least one. None when
+    the samples span under 0.5 s (too little to tell)."""
+    if len(samples) < 2 or samples[-1][0] - samples[0][0] < 0.5:
+        return None
+    (t0, busy0, own0), (t1, busy1, own1) = samples[0], samples[-1]
+    others = ((busy1 - busy0) - (own1 - own0)) / hz / (t1 - t0)
+    return max(1, min(most, most - int(others + 0.5)))
+
+
+def follow_load(samples, most: int) -> None:
+    """torch.set_num_threads(free_threads(...)) when that differs: before each batch and before each ViT block, so
+    the cores the face actors leave come back within a block, not a clip (a ViT-B clip on one thread is ~9 s on the
+    2-core machine, and the face actor ends or pauses mid-clip)."""
+    import os
+
+    import torch
+
+    n = free_threads(list(samples), most, os.sysconf("SC_CLK_TCK"))
+    if n is not None and n != torch.get_num_threads():
+        torch.set_num_threads(n)
+
+
 class S2DWorker:
     """Ray Data callable: rows {"item": Clip | UnitFaces} -> the same rows, each clip's ``probs`` (float32 [C]) set
     and its pixels dropped; other items pass through. The batch's clips go through the model ``batch_size`` at a
     time, normalised (ImageNet mean/std) on the device; bf16 autocast on CUDA. ``threads``: torch's CPU threads
     (the node's cores: the actor reserves one CPU but uses every core the face actors leave idle; on CPU, before
-    each batch, one thread fewer per core other processes kept busy over the last second, so that it does not run
-    more threads than free cores while faces are found: on 2 cores, base model, 79 clips of 6 inputs, 262 s ->
-    237 s end to end with the busy share taken over the last batch, 0.80 -> 0.88 of the model alone; over the last
-    second, sampled in a thread, the cores come back as the faces end, not a 5 s one-thread clip later: 229 ->
-    221 s). One-frame clips
+    each batch and each ViT block, one thread fewer per core other processes kept busy over the last second
+    (``follow_load``), so that it does not run more threads than free cores while faces are found: on 2 cores, base
+    model, 79 clips of 6 inputs, 262 s -> 237 s end to end with the busy share taken over the last batch, 0.80 ->
+    0.88 of the model alone; over the last second, sampled in a thread, the cores come back as the faces end, not a
+    5 s one-thread clip later: 229 -> 221 s; checked before each block too, they come back within a block, not at
+    the next clip: the 5-10 s after the faces end with one core idle are gone). One-frame clips
     (a still image's faces) go to the ``image`` classifier's model. The first model (the video one if the run has
     it) starts loading in a background thread when the actor starts; the other loads with its first clips (a run of
     videos only never loads the image model; either classifier may be None when the run has none of it)."""
@@ -193,7 +218,7 @@ class S2DWorker:
         self.classifiers = {"video": classifier, "image": image}
         self.device_name, self.batch_size, self.threads = device, batch_size, threads
         self.device, self.models, self.lock = None, {}, threading.Lock()
-        self.samples = collections.deque(maxlen=5)  # watch's, for adapt: (time, node busy, own busy jiffies)
+        self.samples = collections.deque(maxlen=5)  # watch_cpu's, for follow_load: (time, node busy, own busy jiffies)
         if device == "cpu" and threads > 1:
             threading.Thread(target=watch_cpu, args=(weakref.ref(self.samples),), daemon=True,
                              name="s2d-watch").start()
@@ -231,6 +256,9 @@ class S2DWorker:
                 self.std = torch.tensor(IMAGENET_STD, device=self.device)
                 self.flat = {}  # (h, w) -> the mean and std repeated over an [h, w, 3] frame, flat
             model = build_model(c).to(self.device)
+            if self.device.type == "cpu" and self.threads > 1:  # and between blocks: the cores come back mid-clip
+                for block in model.blocks:
+                    block.register_forward_pre_hook(lambda *_, s=self.samples, n=self.threads: follow_load(s, n))
             if kind == "video":
                 self.landmarks = LandmarkCache(model)
             self.models[kind] = model
@@ -258,21 +286,6 @@ class S2DWorker:
                 logits = model.forward_head(model.forward_features(x, landmark))[0]
         return logits.float().softmax(-1).cpu().numpy()
 
-    def adapt(self) -> None:
-        """CPU only: threads = the node's cores less those other processes kept busy over the last second."""
-        samples = list(self.samples)
-        if len(samples) < 2 or samples[-1][0] - samples[0][0] < 0.5:
-            return
-        import os
-
-        import torch
-
-        (t0, busy0, own0), (t1, busy1, own1) = samples[0], samples[-1]
-        others = ((busy1 - busy0) - (own1 - own0)) / os.sysconf("SC_CLK_TCK") / (t1 - t0)
-        n = max(1, min(self.threads, self.threads - int(others + 0.5)))
-        if n != torch.get_num_threads():
-            torch.set_num_threads(n)
-
     def __call__(self, batch: dict) -> dict:
         from .cluster import node_id
         from .units import Clip
@@ -284,7 +297,7 @@ class S2DWorker:
         for frames, same in sorted(groups.items()):
             self.load("image" if frames == 1 else "video")  # not counted in s2d_seconds
             for i in range(0, len(same), self.batch_size):
-                self.adapt()
+                follow_load(self.samples, self.threads)
                 part, t = same[i:i + self.batch_size], time.perf_counter()
                 probs = self.probabilities(np.stack([c.pixels for c in part]))
                 for c, pr in zip(part, probs):

@@ -190,31 +190,51 @@ def test_the_s2d_actor_gives_a_still_images_faces_to_the_image_model(landmark_we
         S2DWorker(video, threads=1).probabilities(faces[:1])
 
 
-def test_the_s2d_actor_leaves_a_core_to_other_busy_processes_and_takes_it_back():
+def test_free_threads_is_the_cores_other_processes_left():
+    from pipeline.emotions import free_threads
+
+    hz = 100  # jiffies per second; samples: (time, the node's busy jiffies, this process's)
+    assert free_threads([(0.0, 0, 0), (1.0, 200, 200)], 2, hz) == 2  # all the busy time was its own
+    assert free_threads([(0.0, 0, 0), (1.0, 170, 100)], 2, hz) == 1  # others kept 0.7 of a core busy
+    assert free_threads([(0.0, 0, 0), (1.0, 140, 100)], 2, hz) == 2  # 0.4 of a core: rounds to none
+    assert free_threads([(0.0, 0, 0), (1.0, 400, 0)], 2, hz) == 1  # never under one
+    assert free_threads([(0.0, 0, 0), (2.0, 500, 100)], 4, hz) == 2  # over two seconds: 2 cores of 4
+    assert free_threads([(0.0, 0, 0), (0.4, 80, 0)], 2, hz) is None  # under 0.5 s: too little to tell
+    assert free_threads([(0.0, 0, 0)], 2, hz) is None
+
+
+def test_the_s2d_actor_leaves_a_core_to_other_busy_processes_and_takes_it_back(landmark_weights):
+    """A real busy process: one thread while it runs, both cores once it is gone; checked before each ViT block too
+    (a hook on every block), so the cores come back within a clip."""
     import subprocess
     import sys
     import time
 
     import torch
 
-    from pipeline.emotions import S2DWorker
+    from pipeline.emotions import S2DWorker, follow_load, resolve_classifier
 
-    worker, before = S2DWorker(None, threads=2), torch.get_num_threads()
+    worker, before = S2DWorker(resolve_classifier("random-tiny", None, str(landmark_weights)), threads=2), \
+        torch.get_num_threads()
     try:
+        block = worker.load("video").blocks[0]
+        assert len(block._forward_pre_hooks) == 1
+        tokens = torch.zeros(1, 5, block.norm1.normalized_shape[0])
         torch.set_num_threads(2)
         busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         try:
-            time.sleep(0.3)
-            worker.adapt()
-            time.sleep(1.0)
-            worker.adapt()  # a core busy elsewhere over the last second: one thread
+            time.sleep(1.5)
+            follow_load(worker.samples, 2)  # a core busy elsewhere over the last second: one thread
             assert torch.get_num_threads() == 1
         finally:
             busy.kill()
             busy.wait()
-        worker.adapt()
-        time.sleep(1.0)
-        worker.adapt()  # nothing else busy: both cores again
+        time.sleep(1.5)
+        with torch.inference_mode():
+            block(tokens)  # nothing else busy: the block's hook gives both cores back
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+    idle = S2DWorker(None, threads=1)
+    time.sleep(0.6)
+    assert not idle.samples and len(worker.samples) >= 2  # one thread: nothing to follow, no watch thread
