@@ -219,7 +219,8 @@ class S2DWorker:
         self.device_name, self.batch_size, self.threads = device, batch_size, threads
         self.device, self.models, self.lock = None, {}, threading.Lock()
         self.samples = collections.deque(maxlen=5)  # watch_cpu's, for follow_load: (time, node busy, own busy jiffies)
-        if device == "cpu" and threads > 1:
+        self.watching = device == "cpu" and threads > 1  # threads to follow the node's load: watch_cpu, follow_load
+        if self.watching:
             threading.Thread(target=watch_cpu, args=(weakref.ref(self.samples),), daemon=True,
                              name="s2d-watch").start()
         first = "video" if classifier is not None else "image" if image is not None else None
@@ -256,7 +257,7 @@ class S2DWorker:
                 self.std = torch.tensor(IMAGENET_STD, device=self.device)
                 self.flat = {}  # (h, w) -> the mean and std repeated over an [h, w, 3] frame, flat
             model = build_model(c).to(self.device)
-            if self.device.type == "cpu" and self.threads > 1:  # and between blocks: the cores come back mid-clip
+            if self.watching:  # and between blocks: the cores come back mid-clip
                 for block in model.blocks:
                     block.register_forward_pre_hook(lambda *_, s=self.samples, n=self.threads: follow_load(s, n))
             if kind == "video":
