@@ -104,10 +104,11 @@ def build_model(c: Classifier):
 
     from .retinaface import fuse_conv_bn, onednn_pointwise
 
-    if c.path is None:
-        torch.manual_seed(0)
+    if c.path is None:  # the same random weights every time, the process's own RNG left as it was
         create = S.create_model if c.kind == "video" else S.create_image_model
-        model = create("s2d_tiny", len(c.class_names))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = create("s2d_tiny", len(c.class_names))
         S.load_landmark_weights(model, c.landmark_path)
     else:
         from s2d_model.weights import resolve

@@ -190,6 +190,22 @@ def test_the_s2d_actor_gives_a_still_images_faces_to_the_image_model(landmark_we
         S2DWorker(video, threads=1).probabilities(faces[:1])
 
 
+def test_random_tiny_is_the_same_model_every_time_and_leaves_torch_s_rng_alone(landmark_weights):
+    """``random-tiny`` is seeded (the same weights in every actor: the golden outputs rely on it), but its build does
+    not reseed the process: the numbers torch draws next are the ones it would have drawn without the build."""
+    import torch
+
+    from pipeline.emotions import build_model, resolve_classifier
+
+    c = resolve_classifier("random-tiny", None, str(landmark_weights))
+    torch.manual_seed(123)
+    want = torch.rand(4)
+    torch.manual_seed(123)
+    first = build_model(c).state_dict()
+    assert torch.equal(torch.rand(4), want)
+    second = build_model(c).state_dict()
+    assert all(torch.equal(v, second[k]) for k, v in first.items())
+
 def test_free_threads_is_the_cores_other_processes_left():
     from pipeline.emotions import free_threads
 
