@@ -206,6 +206,7 @@ def test_random_tiny_is_the_same_model_every_time_and_leaves_torch_s_rng_alone(l
     second = build_model(c).state_dict()
     assert all(torch.equal(v, second[k]) for k, v in first.items())
 
+
 def test_free_threads_is_the_cores_other_processes_left():
     from pipeline.emotions import free_threads
 
@@ -230,8 +231,8 @@ def test_the_s2d_actor_leaves_a_core_to_other_busy_processes_and_takes_it_back(l
 
     from pipeline.emotions import S2DWorker, follow_load, resolve_classifier
 
-    worker, before = S2DWorker(resolve_classifier("random-tiny", None, str(landmark_weights)), threads=2), \
-        torch.get_num_threads()
+    before = torch.get_num_threads()
+    worker = S2DWorker(resolve_classifier("random-tiny", None, str(landmark_weights)), threads=2)
     try:
         block = worker.load("video").blocks[0]
         assert len(block._forward_pre_hooks) == 1
