@@ -3,6 +3,7 @@ drivers' loop over a chain's passes (``run_passes``: again on the nodes left whe
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 BLOCK_BYTES = 4 << 20  # Ray Data output blocks: a few clips each, so clips reach S2D as they are cut
@@ -295,8 +296,9 @@ def run_passes(chain, take, again) -> tuple[str, str] | None:
     """The drivers' loop: run ``chain()`` (a Ray Data chain over the videos not done yet) and give each item it
     yields to ``take``. When a node dies or Ray loses a worker or objects (``lost``), the chain is planned and run
     again on the nodes left, ``PASSES`` times in all; ``again(why)`` is called before each new pass. None when a
-    pass ran to its end; else (status, message) for the videos not done: "interrupted" on Ctrl-C or SIGTERM, or
-    "error" when the chain itself broke (its traceback printed) or lost work in every pass."""
+    pass ran to its end; else (status, message) for the videos not done: "interrupted" on Ctrl-C or SIGTERM (taken
+    once the item being recorded is done: ``deferred_signals``), or "error" when the chain itself broke (its
+    traceback printed) or lost work in every pass."""
     import traceback
 
     for attempt in range(1, PASSES + 1):
@@ -305,7 +307,8 @@ def run_passes(chain, take, again) -> tuple[str, str] | None:
             with watch:
                 for batch in chain().iter_batches(batch_size=None, batch_format="numpy"):
                     for item in batch["item"]:
-                        take(item)
+                        with deferred_signals():  # a timeline or cache entry is never left half-recorded
+                            take(item)
             return None
         except KeyboardInterrupt:
             if watch.lost is None:  # Ctrl-C or SIGTERM: what is done stays
@@ -319,6 +322,31 @@ def run_passes(chain, take, again) -> tuple[str, str] | None:
         if attempt < PASSES:
             again(why)
     return "error", f"pipeline: {why} ({PASSES} passes); run again"  # work was lost in every pass
+
+
+@contextmanager
+def deferred_signals(signums=("SIGINT", "SIGTERM", "SIGUSR1")):
+    """``with deferred_signals():`` Ctrl-C, SIGTERM and ``NodeWatch``'s SIGUSR1 that arrive while the block runs
+    are held and raised, in their order, once it has ended, to the handlers it found (main thread only: elsewhere
+    the block runs as it is)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    found = {s: signal.getsignal(s) for s in (getattr(signal, name) for name in signums)}
+    found = {s: h for s, h in found.items() if h is not None}  # None: set outside Python, left as it is
+    for s in found:
+        signal.signal(s, lambda n, _: held.append(n))
+    try:
+        yield
+    finally:
+        for s, handler in found.items():
+            signal.signal(s, handler)
+        for n in held:
+            signal.raise_signal(n)
 
 
 def stop_on_sigterm() -> None:

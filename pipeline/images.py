@@ -23,18 +23,30 @@ def is_image(path: str | os.PathLike) -> bool:
     return Path(str(path)).suffix.lower() in IMAGE_EXTENSIONS
 
 
+HEADER_BYTES = 1 << 20  # what the probe reads of a JPEG: its header and EXIF (a photo's pixels are megabytes more)
+
+
+class NotWhole(Exception):
+    """``opened(path, head)`` read the first ``head`` bytes of a longer JPEG, and they were not enough."""
+
+
 @contextmanager
-def opened(path: str | os.PathLike):
+def opened(path: str | os.PathLike, head: int | None = None):
     """``with opened(path) as img``: the file opened by Pillow, its header read and its pixels not yet decoded.
     DecodeError with the reason for a file that is missing, empty, not an image or of another format, and for any
-    failure while the block decodes it (truncated data). A URI is read through pyarrow."""
+    failure while the block decodes it (truncated data). A URI is read through pyarrow.
+    ``head``: of a JPEG (its header and EXIF come before its pixels) only the first ``head`` bytes are read, and
+    NotWhole is raised where the file is longer and they are not enough; other files are read whole (a PNG's EXIF
+    may follow its pixels)."""
     from PIL import Image, UnidentifiedImageError
 
     from . import storage
 
     try:
         with storage.open_input(path) as f:
-            data = f.read()
+            data = f.read() if head is None else f.read(head + 1)
+            if head is not None and len(data) > head and not data.startswith(b"\xff\xd8\xff"):  # not a JPEG
+                data += f.read()
     except FileNotFoundError:
         raise DecodeError(f"{path}: file not found") from None
     except PermissionError:
@@ -47,17 +59,20 @@ def opened(path: str | os.PathLike):
         raise DecodeError(f"{path}: empty file (0 bytes)")
     import io
 
+    part = head is not None and len(data) == head + 1  # the first bytes of a longer JPEG
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data[:head] if part else data)) as img:
             if img.format not in IMAGE_FORMATS:
                 raise DecodeError(f"{path}: {img.format} image; images must be JPEG, PNG, WebP or BMP")
             yield img
-    except DecodeError:
+    except (DecodeError, NotWhole):
         raise
-    except UnidentifiedImageError:
-        raise DecodeError(f"{path}: not an image file, or a corrupt one") from None
-    except (OSError, ValueError, SyntaxError) as exc:  # truncated data, a broken header
-        raise DecodeError(f"{path}: cannot decode the image: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        if part:  # the first bytes were not enough: the caller reads the whole file
+            raise NotWhole(path) from None
+        if isinstance(exc, UnidentifiedImageError):
+            raise DecodeError(f"{path}: not an image file, or a corrupt one") from None
+        raise DecodeError(f"{path}: cannot decode the image: {exc}") from None  # truncated data, a broken header
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -75,12 +90,19 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 def image_info(path: str | os.PathLike) -> dict:
     """The probe of an image, in VideoInfo's fields (one frame, no duration, no rate), from its header: the size
-    upright (EXIF orientations 5-8 turn it a quarter). The pixels are decoded once, by the face actor
-    (``image_frames``), where a truncated file fails."""
-    with opened(path) as img:
+    upright (EXIF orientations 5-8 turn it a quarter). Of a JPEG only the first ``HEADER_BYTES`` are read (a
+    folder of photos on S3 is not fetched twice), unless its header is longer; other images are read whole. The
+    pixels are decoded once, by the face actor (``image_frames``), where a truncated file fails."""
+    def upright(img) -> tuple[int, int]:
         w, h = img.size
-        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-            w, h = h, w
+        return (h, w) if img.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (w, h)
+
+    try:
+        with opened(path, HEADER_BYTES) as img:
+            w, h = upright(img)
+    except NotWhole:
+        with opened(path) as img:
+            w, h = upright(img)
     return {"width": int(w), "height": int(h), "rotation": 0, "native_fps": None, "duration_s": 0.0,
             "header_frames": 1, "codec": "image", "has_audio": False, "image": True}
 

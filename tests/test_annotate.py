@@ -184,6 +184,39 @@ def _kill_when_busy(name: str, after_s: float, timeout: float = 180.0) -> list:
     return killed
 
 
+def test_a_signal_while_the_driver_records_an_item_is_taken_once_the_record_is_done(ray_local):
+    """Ctrl-C or SIGTERM while the driver's loop records an item (a timeline or cache entry being written): the
+    record is finished, then the run stops as interrupted (the old loop raised in the middle of it)."""
+    import signal
+    import time
+
+    import ray
+
+    from pipeline.cluster import run_passes, stop_on_sigterm
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        log = []
+
+        def take(item):
+            log.append(("start", int(item)))
+            os.kill(os.getpid(), sig)
+            time.sleep(0.2)  # where the handler would have raised
+            log.append(("end", int(item)))
+
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        usr1 = signal.getsignal(signal.SIGUSR1)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a background pytest may ignore Ctrl-C
+        stop_on_sigterm()
+        try:
+            status = run_passes(lambda: ray.data.from_items([{"item": i} for i in range(4)]), take, print)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        assert status is not None and status[0] == "interrupted", (sig, status)
+        assert log == [("start", 0), ("end", 0)], (sig, log)
+        assert signal.getsignal(signal.SIGUSR1) == usr1, "the node watch's handler is put back"
+
+
 @pytest.fixture(scope="module")
 def long_inputs(tmp_path_factory, fixtures_dir):
     """a.mp4 (the short fixture) and b.mp4 (12 s: it, back and forth; three 4 s shards)."""

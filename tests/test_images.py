@@ -60,6 +60,45 @@ def test_image_info_is_read_from_the_header(tmp_path):
         image_info(tmp_path / "e.jpg")
 
 
+def test_the_probe_reads_a_large_jpeg_s_header_only_and_other_images_once(tmp_path, monkeypatch):
+    """A photo's probe reads its first HEADER_BYTES, not the photo (its pixels are read once, in the face actor);
+    a PNG, whose EXIF may follow its pixels, is read whole, once; both sizes upright from their EXIF."""
+    from pipeline import images, storage
+
+    rng = np.random.default_rng(0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    noise = Image.fromarray(rng.integers(0, 256, (1500, 2000, 3), dtype=np.uint8))
+    noise.save(tmp_path / "big.jpg", quality=95, exif=exif)
+    noise.save(tmp_path / "big.png", exif=exif)
+    sizes = {n: (tmp_path / n).stat().st_size for n in ("big.jpg", "big.png")}
+    assert min(sizes.values()) > 2 * images.HEADER_BYTES
+    real, read = storage.open_input, []
+
+    class Counted:  # the real file, the bytes each read returned counted
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def read(self, n=-1):
+            data = self.f.read(n)
+            read.append(len(data))
+            return data
+
+    monkeypatch.setattr(storage, "open_input", lambda p: Counted(real(p)))
+    for name, expect in (("big.jpg", images.HEADER_BYTES + 1), ("big.png", sizes["big.png"])):
+        read.clear()
+        info = image_info(tmp_path / name)
+        assert (info["width"], info["height"]) == (1500, 2000), name  # stored 2000 x 1500, turned a quarter
+        assert sum(read) == expect, (name, read)
+    assert read_image(tmp_path / "big.jpg").shape == (2000, 1500, 3)
+
+
 @pytest.mark.parametrize("data, reason", [
     (b"", "empty file"), (b"hello, world\n", "not an image file"),
     ((FIXTURES / "images" / "single_face.jpg").read_bytes()[:2000], "cannot decode the image"),
