@@ -325,7 +325,7 @@ def run_passes(chain, take, again) -> tuple[str, str] | None:
 
 
 @contextmanager
-def deferred_signals(signums=("SIGINT", "SIGTERM", "SIGUSR1")):
+def deferred_signals():
     """``with deferred_signals():`` Ctrl-C, SIGTERM and ``NodeWatch``'s SIGUSR1 that arrive while the block runs
     are held and raised, in their order, once it has ended, to the handlers it found (main thread only: elsewhere
     the block runs as it is)."""
@@ -336,7 +336,7 @@ def deferred_signals(signums=("SIGINT", "SIGTERM", "SIGUSR1")):
         yield
         return
     held: list[int] = []
-    found = {s: signal.getsignal(s) for s in (getattr(signal, name) for name in signums)}
+    found = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     found = {s: h for s, h in found.items() if h is not None}  # None: set outside Python, left as it is
     for s in found:
         signal.signal(s, lambda n, _: held.append(n))

@@ -45,8 +45,9 @@ def opened(path: str | os.PathLike, head: int | None = None):
     try:
         with storage.open_input(path) as f:
             data = f.read() if head is None else f.read(head + 1)
-            if head is not None and len(data) > head and not data.startswith(b"\xff\xd8\xff"):  # not a JPEG
-                data += f.read()
+            part = head is not None and len(data) > head  # the first bytes of a longer file
+            if part and not data.startswith(b"\xff\xd8\xff"):  # not a JPEG: the rest too
+                data, part = data + f.read(), False
     except FileNotFoundError:
         raise DecodeError(f"{path}: file not found") from None
     except PermissionError:
@@ -59,13 +60,12 @@ def opened(path: str | os.PathLike, head: int | None = None):
         raise DecodeError(f"{path}: empty file (0 bytes)")
     import io
 
-    part = head is not None and len(data) == head + 1  # the first bytes of a longer JPEG
     try:
         with Image.open(io.BytesIO(data[:head] if part else data)) as img:
             if img.format not in IMAGE_FORMATS:
                 raise DecodeError(f"{path}: {img.format} image; images must be JPEG, PNG, WebP or BMP")
             yield img
-    except (DecodeError, NotWhole):
+    except DecodeError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         if part:  # the first bytes were not enough: the caller reads the whole file
