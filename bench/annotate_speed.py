@@ -46,9 +46,12 @@ d. base model on CPU (not with ``--quick`` or ``--no-base``): random ``s2d_base_
    the faster of the two batch sizes' rates (target >= 0.85 for the new chain). Then, for the new chain, batch 1
    once more inside a Ray worker (a task on ``init_ray()``'s local Ray, reserving 1 CPU as the chain's S2D actor
    does): that rate over the plain one is what Ray's own processes and worker take from the model, and end-to-end
-   over it is the chain's efficiency with Ray's share left out. d's runs read their PSS every 10 s only (as c's
-   timing run: a 0.5 s read of the ~15 processes of a chain's tree is charged to the end-to-end run more than to
-   the one process of the model alone), so d's peak PSS is coarse.
+   over it is the chain's efficiency with Ray's share left out. And the new chain's S2D actor alone, as the chain
+   runs it on CPU: ``S2DWorker`` called on 8 new random clips at a time (the chain's rows per task), 2 lanes of one
+   thread each (``threads=2``), in a fresh plain child: the ceiling of the actor's own scheme; end-to-end over it
+   is printed too (the target stays against the model alone with 2 threads). d's runs read their PSS every 10 s
+   only (as c's timing run: a 0.5 s read of the ~15 processes of a chain's tree is charged to the end-to-end run
+   more than to the one process of the model alone), so d's peak PSS is coarse.
 e. the README example: ``python -m cli annotate <fixtures>/videos --out <tmp> --weights random-tiny`` with
    S2D_DETECTOR_WEIGHTS / S2D_LANDMARK_WEIGHTS set to the fixture files, in each tree: the command's wall
    seconds (process start to exit: imports, Ray start and shutdown included).
@@ -314,6 +317,33 @@ def end_tree(procs: dict[int, int], linger_s: float = LINGER_S, exclude: int | N
 
 
 # ------------------------------------------------------------------------------------------ the child
+def _actor_alone(weights: str, mfn: str, threads: int, min_s: float, min_calls: int) -> dict:
+    """The new chain's S2D actor as the chain calls it on CPU: 8 clips per call, one at a time in each of its lanes."""
+    import numpy as np
+
+    from pipeline.emotions import S2DWorker, resolve_classifier
+    from pipeline.units import Clip
+
+    clf = S2DWorker(resolve_classifier(weights, None, mfn), "cpu", 1, threads=threads)
+    rng = np.random.default_rng(0)
+
+    def batch(n: int) -> dict:
+        return {"item": [Clip("v", 0, None, rng.integers(0, 256, (16, 224, 224, 3), dtype=np.uint8))
+                         for _ in range(n)]}
+
+    t = time.perf_counter()
+    clf(batch(threads))
+    warm = time.perf_counter() - t
+    per, start = [], time.perf_counter()
+    while len(per) < min_calls or time.perf_counter() - start < min_s:
+        b = batch(8)
+        t = time.perf_counter()
+        clf(b)
+        per.append(time.perf_counter() - t)
+    return dict(clips_per_s=8 * len(per) / sum(per), calls=len(per), seconds=sum(per), warm_s=warm,
+                lanes=clf.lanes)
+
+
 def _model_alone(chain: str, weights: str, mfn: str, batch: int, threads: int, min_s: float, min_calls: int) -> dict:
     import numpy as np
     import torch
@@ -380,7 +410,9 @@ def child_main(spec: dict) -> None:
         else:
             args = (spec["chain"], spec["weights"], spec["mfn"], spec.get("batch", 8), spec.get("threads", 2),
                     spec.get("min_s", 10.0), spec.get("min_calls", 3))
-            if spec.get("in_actor"):  # the same, as a Ray task that reserves one CPU, as the chain's S2D actor
+            if spec.get("lanes"):  # the new chain's S2D actor, as the chain calls it
+                res.update(_actor_alone(*args[1:3], *args[4:]))
+            elif spec.get("in_actor"):  # the same, as a Ray task that reserves one CPU, as the chain's S2D actor
                 import ray
 
                 from pipeline.cluster import init_ray
@@ -748,18 +780,20 @@ def main() -> None:
                                                                                  for n in FIXTURE_VIDEOS]
                 dres = {}
 
-                def alone(ch: str, b: int, when: str, in_actor: bool = False) -> dict:  # OpenMP threads spinning
-                    return run.one(f"base_model_alone_b{b}_{when}", ch, dict(
+                def alone(ch: str, b: int, when: str, in_actor: bool = False, lanes: bool = False) -> dict:
+                    return run.one(f"base_model_alone_b{b}_{when}", ch, dict(  # OpenMP threads spinning
                         kind="model", weights=str(ckpt), mfn=mfn, batch=b, threads=2, min_s=10.0, min_calls=3,
-                        in_actor=in_actor), env={**run.env(ch), "OMP_WAIT_POLICY": "ACTIVE"}, interval=10.0)
+                        in_actor=in_actor, lanes=lanes), env={**run.env(ch), "OMP_WAIT_POLICY": "ACTIVE"},
+                        interval=10.0)
 
                 for ch in chains:  # batch 1 just before and just after the end-to-end run: the machine's drift
                     dres[ch, "model", 1, "before"] = alone(ch, 1, "before")
                     dres[ch] = run.annotate("base", ch, vids, str(ckpt), interval=10.0)
                     dres[ch, "model", 1, "after"] = alone(ch, 1, "after")
                     dres[ch, "model", 8] = alone(ch, 8, "after")
-                    if ch == "new":  # Ray's share: the model alone again, in a Ray worker
+                    if ch == "new":  # Ray's share: the model alone again, in a Ray worker; the actor's lanes
                         dres[ch, "actor", 1] = alone(ch, 1, "in_actor", in_actor=True)
+                        dres[ch, "lanes"] = alone(ch, 8, "in_lanes", lanes=True)
                     b1 = [_get(dres[ch, "model", 1, w], "clips_per_s") for w in ("before", "after")]
                     dres[ch, "model", 1] = {**dres[ch, "model", 1, "after"],
                                             "clips_per_s": sum(b1) / 2 if None not in b1 else None}
@@ -789,6 +823,11 @@ def main() -> None:
                  f"a local Ray up, a task reserving 1 CPU, 2 threads, {_get(act, 'calls')} calls; "
                  f"/ the batch-1 mean: {_per(a1, _get(dres['new', 'model', 1], 'clips_per_s')) or 0:.3f}; "
                  f"end-to-end / this: {_per(e2e['new'], a1) or 0:.3f}")
+            la = dres["new", "lanes"]
+            _row(rows, sec, "the S2D actor alone, 8 clips per call, 2 lanes (new)", _get(la, "clips_per_s"), None,
+                 "clips/s", f"{_get(la, 'lanes')} lanes of one thread each, {_get(la, 'calls')} calls after a "
+                            f"{_get(la, 'warm_s') or 0:.1f} s warm-up; end-to-end / this: "
+                            f"{_per(e2e['new'], _get(la, 'clips_per_s')) or 0:.3f}")
 
         # ------------------------------------------------------------------ e. README example
         if "e" in only:

@@ -403,7 +403,7 @@ def plan_actors(cpus: float, gpus: float, node_cpus: list[float], emotions: bool
     """The face pool (one unit of work per actor at a time) and, with ``emotions``, the S2D pool; both fit on the
     cluster at once, so neither can starve the other.
 
-    CPU only: one S2D actor per 8 CPUs (at least one), reserving one CPU but running as many threads as its
+    CPU only: one S2D actor per 8 CPUs (at least one), reserving one CPU but running as many lanes (threads) as its
     node's share of cores: once the face work is done no core idles. The face actors take the other CPUs, one
     each, with the node's cores shared among them as threads (on 2 cores one face actor with 2 threads; on 16,
     14 single-threaded ones: many videos and shards side by side). With GPUs: one S2D actor per GPU (half of it
