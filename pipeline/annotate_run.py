@@ -44,7 +44,7 @@ class AnnotateResult:
     skipped: int = 0  # videos whose complete timeline was kept
     clips: int = 0  # clips classified in this run
     wall_seconds: float = 0.0
-    s2d_seconds: float = 0.0  # time the S2D actors spent in the model (normalise + forward), summed over clips
+    s2d_seconds: float = 0.0  # time in the model (normalise + forward), summed over clips (lanes: over each lane)
     first_timeline_seconds: float | None = None  # when the first timeline file of this run was written
     first_face_seconds: float | None = None  # from Ray being up to the first face found (face actor's clock)
     faces: FacesResult | None = None  # the face stage's part (its wall_seconds: when the last video's faces were in)

@@ -4,8 +4,10 @@ Videos' 16-frame clips go to the video model (S2DVideo); a still image's faces c
 the static image model (S2DImage, the first training stage's model), when the run has images."""
 from __future__ import annotations
 
+import collections
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +123,11 @@ def build_model(c: Classifier):
     return model
 
 
+def tiny(c: Classifier) -> bool:
+    """The tiny test model (s2d_tiny): clips of ~30 ms, run one forward at a time on every thread."""
+    return c.config == "s2d_tiny"
+
+
 class LandmarkCache:
     """The frozen landmark branch's features of aligned frames, each frame computed once. Overlapping windows
     (2 s segments, 1 s stride) share half their frames, and in a tiny model that branch is most of a clip's time
@@ -158,17 +165,65 @@ class LandmarkCache:
         return torch.stack([have[k] for k in keys])
 
 
+def watch_cpu(samples) -> None:
+    """In a background thread, every 0.25 s: (time, the node's busy jiffies, this process's) appended to the deque
+    ``samples()`` (a weak reference: the thread ends with its worker), for ``follow_load``. Ends at once where
+    there is no /proc (not Linux): the threads stay as they are."""
+    while True:
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:9]]
+            with open("/proc/self/stat") as f:
+                s = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return
+        d = samples()
+        if d is None:
+            return
+        d.append((time.monotonic(), sum(v) - v[3] - v[4], int(s[11]) + int(s[12])))
+        del d
+        time.sleep(0.25)
+
+
+def free_threads(samples: list, most: int, hz: int) -> int | None:
+    """Torch threads for the S2D actor on CPU: ``most`` less one per core other processes kept busy over the
+    samples' span (``watch_cpu``'s, jiffies at ``hz`` per second; rounded to whole cores), at least one. None when
+    the samples span under 0.5 s (too little to tell)."""
+    if len(samples) < 2 or samples[-1][0] - samples[0][0] < 0.5:
+        return None
+    (t0, busy0, own0), (t1, busy1, own1) = samples[0], samples[-1]
+    others = ((busy1 - busy0) - (own1 - own0)) / hz / (t1 - t0)
+    return max(1, min(most, most - int(others + 0.5)))
+
+
+def follow_load(samples, most: int) -> None:
+    """torch.set_num_threads(free_threads(...)) when that differs: before each batch and before each ViT block, so
+    the cores the face actors leave come back within a block, not a clip (a ViT-B clip on one thread is ~9 s on the
+    2-core machine, and the face actor ends or pauses mid-clip)."""
+    import os
+
+    import torch
+
+    n = free_threads(list(samples), most, os.sysconf("SC_CLK_TCK"))
+    if n is not None and n != torch.get_num_threads():
+        torch.set_num_threads(n)
+
+
 class S2DWorker:
     """Ray Data callable: rows {"item": Clip | UnitFaces} -> the same rows, each clip's ``probs`` (float32 [C]) set
     and its pixels dropped; other items pass through. The batch's clips go through the model ``batch_size`` at a
     time, normalised (ImageNet mean/std) on the device; bf16 autocast on CUDA. ``threads``: the node's cores this
-    actor uses (it reserves one CPU but uses every core the face actors leave idle). On CPU they are ``lanes``:
-    one thread each, each classifying its own contiguous share of the batch with one intra-op thread (torch
-    releases the GIL), so no core waits at an OpenMP barrier for another that the face actors or Ray's daemons took
-    for a moment; the lanes share the model. Fewer batches than lanes left: those go one at a time with every
-    thread. Measured on 2 cores, base model, 29 clips of 4 inputs, clips/s after the face work was done: 0.238 with
-    2 lanes against 0.202-0.223 with one 2-thread forward (the model alone, batches of 8 clips: 0.238-0.252
-    against 0.222-0.238). One-frame clips
+    actor uses (it reserves one CPU but uses every core the face actors leave idle). On CPU, a real model's
+    (ViT-B's) clips go through ``lanes``: that many threads, each classifying its own contiguous share of the batch
+    with one intra-op thread (torch releases the GIL), sharing the model, so no core waits at an OpenMP barrier for
+    another that the face actors or Ray's daemons took for a moment. Fewer batches than lanes left: those go one at
+    a time with every thread. Measured on 2 cores, base model, 29 clips of 4 inputs, clips/s after the face work was
+    done: 0.238 with 2 lanes against 0.202-0.223 with one 2-thread forward; bench d's efficiency 0.827 -> 0.936.
+    The tiny model's clips (~30 ms, mostly Python dispatch and the landmark branch, whose cache two lanes would
+    split) go one forward at a time on every thread, one thread fewer per core other processes kept busy over the
+    last second, checked before each batch and each ViT block (``follow_load``), so that it does not run more
+    threads than free cores while faces are found (on 2 cores, base model, before lanes: 262 s -> 221 s end to
+    end). One-frame clips
     (a still image's faces) go to the ``image`` classifier's model. The first model (the video one if the run has
     it) starts loading in a background thread when the actor starts; the other loads with its first clips (a run of
     videos only never loads the image model; either classifier may be None when the run has none of it)."""
@@ -178,8 +233,13 @@ class S2DWorker:
         self.classifiers = {"video": classifier, "image": image}
         self.device_name, self.batch_size, self.threads = device, batch_size, threads
         self.device, self.models, self.lock = None, {}, threading.Lock()
-        self.lanes = max(1, threads) if device == "cpu" else 1
+        self.lanes = max(1, threads) if device == "cpu" else 1  # for a real model; the tiny one: 1
         self.pool = None  # the lanes' threads, made with the first batch that has a share for each
+        self.samples = collections.deque(maxlen=5)  # watch_cpu's, for follow_load: (time, node busy, own busy jiffies)
+        self.watching = self.lanes > 1 and any(c is not None and tiny(c) for c in (classifier, image))
+        if self.watching:  # the tiny model's threads follow the node's load: watch_cpu, follow_load
+            threading.Thread(target=watch_cpu, args=(weakref.ref(self.samples),), daemon=True,
+                             name="s2d-watch").start()
         first = "video" if classifier is not None else "image" if image is not None else None
         if first is not None:  # built while the face actors start: the first clips find it ready
             threading.Thread(target=self.preload, args=(first,), daemon=True, name="s2d-load").start()
@@ -214,6 +274,9 @@ class S2DWorker:
                 self.std = torch.tensor(IMAGENET_STD, device=self.device)
                 self.flat = {}  # (h, w) -> the mean and std repeated over an [h, w, 3] frame, flat
             model = build_model(c).to(self.device)
+            if self.watching and tiny(c):  # and between blocks: the cores come back mid-clip
+                for block in model.blocks:
+                    block.register_forward_pre_hook(lambda *_, s=self.samples, n=self.threads: follow_load(s, n))
             if kind == "video":
                 self.landmarks = LandmarkCache(model)
             self.models[kind] = model
@@ -266,9 +329,10 @@ class S2DWorker:
         for c in clips:
             groups.setdefault(len(c.pixels), []).append(c)
         for frames, same in sorted(groups.items()):
-            self.load("image" if frames == 1 else "video")  # not counted in s2d_seconds
+            kind = "image" if frames == 1 else "video"
+            self.load(kind)  # not counted in s2d_seconds
             parts = [same[i:i + self.batch_size] for i in range(0, len(same), self.batch_size)]
-            k = self.lanes
+            k = 1 if tiny(self.classifiers[kind]) else self.lanes
             n = len(parts) - len(parts) % k if k > 1 else 0  # parts that give every lane the same share
             if n:
                 if self.pool is None:
@@ -276,10 +340,12 @@ class S2DWorker:
 
                     self.pool = ThreadPoolExecutor(k, thread_name_prefix="s2d-lane")
                 list(self.pool.map(self.lane, [parts[i * n // k:(i + 1) * n // k] for i in range(k)]))
-            if n < len(parts):  # the rest (fewer than the lanes), one at a time with every thread
-                import torch
+            if n < len(parts):  # the rest (fewer than the lanes; with one lane, all), one at a time, every thread
+                if k > 1:
+                    import torch
 
-                torch.set_num_threads(self.threads)
+                    torch.set_num_threads(self.threads)
                 for part in parts[n:]:
+                    follow_load(self.samples, self.threads)  # the tiny model's threads (no samples: as they are)
                     self.classify(part)
         return batch

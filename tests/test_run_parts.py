@@ -207,14 +207,67 @@ def test_random_tiny_is_the_same_model_every_time_and_leaves_torch_s_rng_alone(l
     assert all(torch.equal(v, second[k]) for k, v in first.items())
 
 
-def test_the_s2d_actor_s_lanes_classify_a_batch_side_by_side_one_thread_each(landmark_weights):
-    """On CPU with 2 threads the S2D actor runs 2 lanes: each classifies its own contiguous share of the batch on one
-    torch thread, at the same time as the other; the clip left over (5 clips, 2 lanes) goes alone with both threads.
-    Each clip gets what one actor on one thread gives it, and a frame is still computed once within a lane."""
+def test_free_threads_is_the_cores_other_processes_left():
+    from pipeline.emotions import free_threads
+
+    hz = 100  # jiffies per second; samples: (time, the node's busy jiffies, this process's)
+    assert free_threads([(0.0, 0, 0), (1.0, 200, 200)], 2, hz) == 2  # all the busy time was its own
+    assert free_threads([(0.0, 0, 0), (1.0, 170, 100)], 2, hz) == 1  # others kept 0.7 of a core busy
+    assert free_threads([(0.0, 0, 0), (1.0, 140, 100)], 2, hz) == 2  # 0.4 of a core: rounds to none
+    assert free_threads([(0.0, 0, 0), (1.0, 400, 0)], 2, hz) == 1  # never under one
+    assert free_threads([(0.0, 0, 0), (2.0, 500, 100)], 4, hz) == 2  # over two seconds: 2 cores of 4
+    assert free_threads([(0.0, 0, 0), (0.4, 80, 0)], 2, hz) is None  # under 0.5 s: too little to tell
+    assert free_threads([(0.0, 0, 0)], 2, hz) is None
+
+
+def test_the_s2d_actor_leaves_a_core_to_other_busy_processes_and_takes_it_back(landmark_weights):
+    """A real busy process: one thread while it runs, both cores once it is gone; checked before each ViT block too
+    (a hook on every block), so the cores come back within a clip."""
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    from pipeline.emotions import S2DWorker, follow_load, resolve_classifier
+
+    before = torch.get_num_threads()
+    worker = S2DWorker(resolve_classifier("random-tiny", None, str(landmark_weights)), threads=2)
+    try:
+        block = worker.load("video").blocks[0]
+        assert len(block._forward_pre_hooks) == 1
+        tokens = torch.zeros(1, 5, block.norm1.normalized_shape[0])
+        torch.set_num_threads(2)
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            time.sleep(1.5)
+            follow_load(worker.samples, 2)  # a core busy elsewhere over the last second: one thread
+            assert torch.get_num_threads() == 1
+        finally:
+            busy.kill()
+            busy.wait()
+        time.sleep(1.5)
+        with torch.inference_mode():
+            block(tokens)  # nothing else busy: the block's hook gives both cores back
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    idle = S2DWorker(None, threads=1)
+    time.sleep(0.6)
+    assert not idle.samples and len(worker.samples) >= 2  # one thread: nothing to follow, no watch thread
+
+
+def test_the_s2d_actor_s_lanes_classify_a_batch_side_by_side_one_thread_each(landmark_weights, monkeypatch):
+    """On CPU with 2 threads the S2D actor runs a real model in 2 lanes: each classifies its own contiguous share of
+    the batch on one torch thread, at the same time as the other; the clip left over (5 clips, 2 lanes) goes alone
+    with both threads. Each clip gets what one actor on one thread gives it, and a frame is still computed once
+    within a lane. (The tiny model's architecture stands in for ViT-B here, taken for a real one; as itself, it
+    runs one forward at a time on the calling thread.)"""
     import threading
 
     import torch
 
+    from pipeline import emotions
     from pipeline.emotions import S2DWorker, resolve_classifier
 
     c = resolve_classifier("random-tiny", None, str(landmark_weights))
@@ -226,6 +279,13 @@ def test_the_s2d_actor_s_lanes_classify_a_batch_side_by_side_one_thread_each(lan
 
     before = torch.get_num_threads()
     try:
+        as_tiny = S2DWorker(c, batch_size=1, threads=2)
+        seen = []
+        forward = as_tiny.probabilities
+        as_tiny.probabilities = lambda x: seen.append(threading.current_thread().name) or forward(x)
+        as_tiny(batch())
+        assert seen == [threading.current_thread().name] * 5
+        monkeypatch.setattr(emotions, "tiny", lambda c: False)
         lanes = S2DWorker(c, batch_size=1, threads=2)
         assert lanes.lanes == 2 and S2DWorker(None, device="cuda", threads=2).lanes == 1  # a GPU: one forward at once
         runs, barrier = [], threading.Barrier(2, timeout=60)
