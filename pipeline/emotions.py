@@ -217,13 +217,13 @@ class S2DWorker:
     (ViT-B's) clips go through ``lanes``: that many threads, each classifying its own contiguous share of the batch
     with one intra-op thread (torch releases the GIL), sharing the model, so no core waits at an OpenMP barrier for
     another that the face actors or Ray's daemons took for a moment. Fewer batches than lanes left: those go one at
-    a time with every thread. Measured on 2 cores, base model, 29 clips of 4 inputs, clips/s after the face work was
-    done: 0.238 with 2 lanes against 0.202-0.223 with one 2-thread forward; bench d's efficiency 0.827 -> 0.936.
-    The tiny model's clips (~30 ms, mostly Python dispatch and the landmark branch, whose cache two lanes would
-    split) go one forward at a time on every thread, one thread fewer per core other processes kept busy over the
-    last second, checked before each batch and each ViT block (``follow_load``), so that it does not run more
-    threads than free cores while faces are found (on 2 cores, base model, before lanes: 262 s -> 221 s end to
-    end). One-frame clips
+    a time with every thread. Measured on 2 cores, base model: bench d's 79 clips back to back in one session,
+    355.4 s with one 2-thread forward at a time, 324.7 s with 2 lanes; 29 clips, clips/s once the face work was
+    done: 0.202-0.223 against 0.238. The tiny model's clips (~30 ms, mostly Python dispatch and the landmark branch,
+    whose cache two lanes would split) go one forward at a time on every thread, one thread fewer per core other
+    processes kept busy over the last second, checked before each batch and each ViT block (``follow_load``), so
+    that it does not run more threads than free cores while faces are found (the base model, before lanes: 262 s
+    -> 221 s end to end). One-frame clips
     (a still image's faces) go to the ``image`` classifier's model. The first model (the video one if the run has
     it) starts loading in a background thread when the actor starts; the other loads with its first clips (a run of
     videos only never loads the image model; either classifier may be None when the run has none of it)."""
