@@ -317,6 +317,21 @@ def end_tree(procs: dict[int, int], linger_s: float = LINGER_S, exclude: int | N
 
 
 # ------------------------------------------------------------------------------------------ the child
+def _timed(call, make, clips_per_call: int, min_s: float, min_calls: int) -> dict:
+    """clips/s of ``call(make())``, new inputs each call, timed after one warm-up call."""
+    x = make()
+    t = time.perf_counter()
+    call(x)
+    warm = time.perf_counter() - t
+    per, start = [], time.perf_counter()
+    while len(per) < min_calls or time.perf_counter() - start < min_s:
+        x = make()  # new frames: nothing to reuse
+        t = time.perf_counter()
+        call(x)
+        per.append(time.perf_counter() - t)
+    return dict(clips_per_s=clips_per_call * len(per) / sum(per), calls=len(per), seconds=sum(per), warm_s=warm)
+
+
 def _actor_alone(weights: str, mfn: str, threads: int, min_s: float, min_calls: int) -> dict:
     """The new chain's S2D actor as the chain calls it on CPU: 8 clips per call, one at a time in each of its lanes."""
     import numpy as np
@@ -327,21 +342,11 @@ def _actor_alone(weights: str, mfn: str, threads: int, min_s: float, min_calls: 
     clf = S2DWorker(resolve_classifier(weights, None, mfn), "cpu", 1, threads=threads)
     rng = np.random.default_rng(0)
 
-    def batch(n: int) -> dict:
+    def batch() -> dict:
         return {"item": [Clip("v", 0, None, rng.integers(0, 256, (16, 224, 224, 3), dtype=np.uint8))
-                         for _ in range(n)]}
+                         for _ in range(8)]}
 
-    t = time.perf_counter()
-    clf(batch(threads))
-    warm = time.perf_counter() - t
-    per, start = [], time.perf_counter()
-    while len(per) < min_calls or time.perf_counter() - start < min_s:
-        b = batch(8)
-        t = time.perf_counter()
-        clf(b)
-        per.append(time.perf_counter() - t)
-    return dict(clips_per_s=8 * len(per) / sum(per), calls=len(per), seconds=sum(per), warm_s=warm,
-                lanes=clf.lanes)
+    return {**_timed(clf, batch, 8, min_s, min_calls), "lanes": clf.lanes}
 
 
 def _model_alone(chain: str, weights: str, mfn: str, batch: int, threads: int, min_s: float, min_calls: int) -> dict:
@@ -358,18 +363,8 @@ def _model_alone(chain: str, weights: str, mfn: str, batch: int, threads: int, m
 
         clf = S2DWorker(resolve_classifier(weights, None, mfn), "cpu", batch, threads=threads)
     rng = np.random.default_rng(0)
-    clips = rng.integers(0, 256, (batch, 16, 224, 224, 3), dtype=np.uint8)
-    t = time.perf_counter()
-    clf.probabilities(clips)
-    warm = time.perf_counter() - t
-    per, start = [], time.perf_counter()
-    while len(per) < min_calls or time.perf_counter() - start < min_s:
-        clips = rng.integers(0, 256, (batch, 16, 224, 224, 3), dtype=np.uint8)  # new frames: nothing to reuse
-        t = time.perf_counter()
-        clf.probabilities(clips)
-        per.append(time.perf_counter() - t)
-    return dict(clips_per_s=batch * len(per) / sum(per), calls=len(per), seconds=sum(per), warm_s=warm,
-                threads=torch.get_num_threads())
+    return {**_timed(clf.probabilities, lambda: rng.integers(0, 256, (batch, 16, 224, 224, 3), dtype=np.uint8),
+                     batch, min_s, min_calls), "threads": torch.get_num_threads()}
 
 
 def _annotate(spec: dict) -> dict:
@@ -411,7 +406,8 @@ def child_main(spec: dict) -> None:
             args = (spec["chain"], spec["weights"], spec["mfn"], spec.get("batch", 8), spec.get("threads", 2),
                     spec.get("min_s", 10.0), spec.get("min_calls", 3))
             if spec.get("lanes"):  # the new chain's S2D actor, as the chain calls it
-                res.update(_actor_alone(*args[1:3], *args[4:]))
+                res.update(_actor_alone(spec["weights"], spec["mfn"], spec.get("threads", 2), spec.get("min_s", 10.0),
+                                        spec.get("min_calls", 3)))
             elif spec.get("in_actor"):  # the same, as a Ray task that reserves one CPU, as the chain's S2D actor
                 import ray
 

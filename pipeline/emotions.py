@@ -314,10 +314,7 @@ class S2DWorker:
             c.probs, c.pixels, c.s2d_seconds, c.node = pr, None, (time.perf_counter() - t) / len(part), node_id()
 
     def lane(self, parts: list) -> None:
-        """One lane's share of a batch, on one intra-op thread (set in this thread, for this thread)."""
-        import torch
-
-        torch.set_num_threads(1)
+        """One lane's share of a batch (in a lane's thread: one intra-op thread, set when the thread started)."""
         for part in parts:
             self.classify(part)
 
@@ -338,7 +335,10 @@ class S2DWorker:
                 if self.pool is None:
                     from concurrent.futures import ThreadPoolExecutor
 
-                    self.pool = ThreadPoolExecutor(k, thread_name_prefix="s2d-lane")
+                    from .cluster import torch_threads
+
+                    self.pool = ThreadPoolExecutor(k, thread_name_prefix="s2d-lane", initializer=torch_threads,
+                                                   initargs=(1,))
                 list(self.pool.map(self.lane, [parts[i * n // k:(i + 1) * n // k] for i in range(k)]))
             if n < len(parts):  # the rest (fewer than the lanes; with one lane, all), one at a time, every thread
                 if k > 1:
