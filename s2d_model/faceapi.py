@@ -1,0 +1,328 @@
+"""face-api.js's expression network (faceExpressionNet) in PyTorch, loaded from its published tfjs weight files.
+
+face-api.js (github.com/justadudewhohacks/face-api.js, MIT) ships the net as a tfjs weights manifest plus a
+``.bin`` of uint8-quantised tensors; ``read_tfjs`` reads that format directly and ``load_expression_net`` maps
+the tensors onto ``FaceExpressionNet`` (no conversion step, no TensorFlow). ``to_input`` is face-api's own
+preprocessing, so ``expression_probs`` reproduces the JavaScript outputs (``reference.json`` beside the
+weights holds them).
+
+Network for a 112x112 input (channels, spatial size after the stage):
+    dense0 (32, 56) -> dense1 (64, 28) -> dense2 (128, 14) -> dense3 (256, 7)
+    -> 7x7 average pool (256, 1) -> fc (7 logits, ``CLASSES`` order)
+Every conv uses TF ``SAME`` padding; a stride-2 conv on an even input pads only bottom/right.
+
+Shapes: N crops, C channels, H x W pixels.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CLASSES = ("neutral", "happy", "sad", "angry", "fearful", "disgusted", "surprised")  # face-api's output order
+MEAN_RGB = (122.782, 117.001, 104.298)
+INPUT_SIZE = 112
+
+
+class WeightsFileError(ValueError):
+    """A weights file that cannot be read or does not fit the net; the message is one line naming the file."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tfjs weights format
+
+_BYTES_PER_VALUE = {"float32": 4, "uint8": 1}  # stored dtype -> bytes; uint8 only as quantisation
+
+
+def _error(path: Path | str, what: str) -> WeightsFileError:
+    return WeightsFileError(f"{path}: {' '.join(str(what).split())}")
+
+
+def _tensor_spec(manifest: Path, spec) -> tuple[str, tuple[int, ...], str, dict | None]:
+    """One manifest entry -> (name, shape, stored dtype, quantisation or None), checked."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise _error(manifest, f"not a tfjs weights manifest (weight entry {spec!r:.80})")
+    name, shape, dtype, quant = spec["name"], spec.get("shape"), spec.get("dtype"), spec.get("quantization")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise _error(manifest, f"tensor {name} has an invalid shape {shape!r}")
+    if dtype != "float32":
+        raise _error(manifest, f"tensor {name} has unsupported dtype {dtype!r} (only float32)")
+    if quant is None:
+        return name, tuple(shape), "float32", None
+    if not isinstance(quant, dict) or quant.get("dtype") != "uint8":
+        qdtype = quant.get("dtype") if isinstance(quant, dict) else quant
+        raise _error(manifest, f"tensor {name} has unsupported quantization {qdtype!r} (only uint8)")
+    if not all(isinstance(quant.get(k), (int, float)) for k in ("scale", "min")):
+        raise _error(manifest, f"tensor {name} has a uint8 quantization without numeric scale/min")
+    return name, tuple(shape), "uint8", quant
+
+
+def data_files(manifest: str | Path) -> list[Path]:
+    """The binary files a tfjs weights manifest names (beside it), in order; [] when it cannot be read."""
+    manifest = Path(manifest)
+    try:
+        groups = json.loads(manifest.read_text())
+        return [manifest.parent / p for g in groups for p in g["paths"]]
+    except (OSError, ValueError, TypeError, KeyError):
+        return []
+
+
+def read_tfjs(manifest: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a tfjs weights manifest, dequantised to float32, in TF layout (shapes as the manifest says).
+
+    The manifest is a JSON list of groups ``{"paths": [...], "weights": [...]}``; a group's binary files (relative
+    to the manifest's folder) are concatenated and hold its tensors back to back. A uint8-quantised tensor's value
+    is ``q * scale + min``; any other is little-endian float32. Raises ``WeightsFileError`` on anything else.
+    """
+    manifest = Path(manifest)
+    try:
+        groups = json.loads(manifest.read_text())
+    except OSError as e:
+        raise _error(manifest, f"cannot read manifest ({e.strerror or e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _error(manifest, f"not JSON ({e})") from None
+    if not isinstance(groups, list) or not all(
+        isinstance(g, dict) and isinstance(g.get("paths"), list) and isinstance(g.get("weights"), list)
+        for g in groups
+    ):
+        raise _error(manifest, "not a tfjs weights manifest (expected a list of {paths, weights} groups)")
+
+    tensors: dict[str, torch.Tensor] = {}
+    for group in groups:
+        specs = [_tensor_spec(manifest, s) for s in group["weights"]]
+        bins = [manifest.parent / p for p in group["paths"] if isinstance(p, str)]
+        if len(bins) != len(group["paths"]):
+            raise _error(manifest, "not a tfjs weights manifest (a path is not a string)")
+        chunks = []
+        for path in bins:
+            try:
+                chunks.append(path.read_bytes())
+            except OSError as e:
+                raise _error(path, f"cannot read weights file named by {manifest.name} ({e.strerror or e})") from None
+        data = b"".join(chunks)
+        needed = sum(int(np.prod(shape)) * _BYTES_PER_VALUE[stored] for _, shape, stored, _ in specs)
+        if len(data) != needed:
+            what = "truncated" if len(data) < needed else "too long"
+            files = ", ".join(str(p) for p in bins) or "(no weights files)"
+            raise _error(files, f"{what}: {len(data)} bytes, its manifest {manifest} needs {needed}")
+        offset = 0
+        for name, shape, stored, quant in specs:
+            count = int(np.prod(shape))
+            if name in tensors:
+                raise _error(manifest, f"tensor {name} appears twice")
+            if stored == "uint8":
+                q = np.frombuffer(data, np.uint8, count, offset)
+                values = (q * float(quant["scale"]) + float(quant["min"])).astype(np.float32)  # as tfjs: f64 math
+            else:
+                values = np.frombuffer(data, "<f4", count, offset).astype(np.float32)
+            tensors[name] = torch.from_numpy(values.reshape(shape))
+            offset += count * _BYTES_PER_VALUE[stored]
+    return tensors
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# network
+
+def tf_same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF ``SAME`` padding (before, after) of one dimension: output ceil(size / stride), the odd pixel after."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class SameConv2d(nn.Conv2d):
+    """``nn.Conv2d`` with TF ``SAME`` padding. Stride 1 pads k // 2 inside the conv; stride 2 pads explicitly
+    (on an even input the extra row/column goes bottom/right, which the conv's symmetric padding cannot do)."""
+
+    def __init__(self, in_c: int, out_c: int, kernel: int, stride: int = 1, groups: int = 1, bias: bool = True):
+        self.explicit_pad = stride != 1
+        super().__init__(in_c, out_c, kernel, stride, 0 if self.explicit_pad else kernel // 2,
+                         groups=groups, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, in_c, H, W] -> [N, out_c, ceil(H/s), ceil(W/s)]
+        if self.explicit_pad:
+            top, bottom = tf_same_pads(x.shape[-2], self.kernel_size[0], self.stride[0])
+            left, right = tf_same_pads(x.shape[-1], self.kernel_size[1], self.stride[1])
+            x = F.pad(x, (left, right, top, bottom))
+        return super().forward(x)
+
+
+class SeparableConv(nn.Module):
+    """TF ``separableConv2d`` + bias: 3x3 depthwise (stride, no bias) -> 1x1 pointwise with bias."""
+
+    def __init__(self, in_c: int, out_c: int, stride: int = 1):
+        super().__init__()
+        self.depthwise = SameConv2d(in_c, in_c, 3, stride, groups=in_c, bias=False)
+        self.pointwise = nn.Conv2d(in_c, out_c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, in_c, H, W] -> [N, out_c, H/s, W/s]
+        return self.pointwise(self.depthwise(x))
+
+
+class DenseBlock(nn.Module):
+    """face-api's dense block: conv0 halves the size, then conv1..3 each see the ReLU of the sum of all earlier
+    outputs; the block returns the ReLU of the sum of all four. ``plain_first``: conv0 is a plain 3x3 conv
+    (the first block, on 3 input channels) instead of a separable one.
+
+    [N, in_c, H, W] -> [N, out_c, H/2, W/2]
+    """
+
+    def __init__(self, in_c: int, out_c: int, plain_first: bool = False):
+        super().__init__()
+        self.conv0 = SameConv2d(in_c, out_c, 3, 2) if plain_first else SeparableConv(in_c, out_c, 2)
+        self.conv1 = SeparableConv(out_c, out_c)
+        self.conv2 = SeparableConv(out_c, out_c)
+        self.conv3 = SeparableConv(out_c, out_c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # In place where autograd allows it (relu saves its output, add nothing): fewer large temporaries on CPU.
+        total = F.relu_(self.conv0(x))
+        total = total + self.conv1(total)  # not in place: conv1 keeps its input for backward
+        total.add_(self.conv2(F.relu(total)))
+        total.add_(self.conv3(F.relu(total)))
+        return total.relu_()
+
+
+class FaceExpressionNet(nn.Module):
+    """face-api's faceExpressionNet: [N, 3, 112, 112] normalised RGB (see ``to_input``) -> [N, 7] logits in
+    ``CLASSES`` order (face-api applies softmax to these)."""
+
+    def __init__(self, num_classes: int = len(CLASSES)):
+        super().__init__()
+        self.dense0 = DenseBlock(3, 32, plain_first=True)
+        self.dense1 = DenseBlock(32, 64)
+        self.dense2 = DenseBlock(64, 128)
+        self.dense3 = DenseBlock(128, 256)
+        self.fc = nn.Linear(256, num_classes)
+        # NHWC: oneDNN's depthwise convs are several times faster on CPU in channels_last than in NCHW.
+        self.to(memory_format=torch.channels_last)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, 3, 112, 112] -> pooled features [N, 256] (7x7 average pool, stride 2, no padding, as face-api)."""
+        x = x.contiguous(memory_format=torch.channels_last)
+        x = self.dense3(self.dense2(self.dense1(self.dense0(x))))
+        return F.avg_pool2d(x, 7, 2).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.forward_features(x))
+
+
+# state_dict key suffix -> (tfjs name suffix, permutation taking the TF layout to torch's), first match wins.
+# TF layouts: conv [kh, kw, in, out], depthwise [kh, kw, C, 1], dense [in, out].
+_TFJS_NAMES = (
+    (".depthwise.weight", "/depthwise_filter", (2, 3, 0, 1)),
+    (".pointwise.weight", "/pointwise_filter", (3, 2, 0, 1)),
+    (".pointwise.bias", "/bias", None),
+    ("fc.weight", "fc/weights", (1, 0)),
+    (".weight", "/filters", (3, 2, 0, 1)),
+    (".bias", "/bias", None),
+)
+
+
+def tfjs_name(key: str) -> tuple[str, tuple[int, ...] | None]:
+    """``FaceExpressionNet`` state_dict key -> (tfjs tensor name, TF -> torch permutation or None),
+    e.g. ``dense1.conv2.depthwise.weight`` -> ``dense1/conv2/depthwise_filter``."""
+    for suffix, tf_suffix, perm in _TFJS_NAMES:
+        if key.endswith(suffix):
+            return (key[: len(key) - len(suffix)].replace(".", "/") + tf_suffix), perm
+    raise KeyError(key)
+
+
+def load_expression_net(manifest: str | Path) -> FaceExpressionNet:
+    """``FaceExpressionNet`` with face-api's weights (``face_expression_model-weights_manifest.json``), in eval
+    mode. Raises ``WeightsFileError`` on a missing, extra or wrongly shaped tensor."""
+    manifest = Path(manifest)
+    tensors = read_tfjs(manifest)
+    net = FaceExpressionNet()
+    state = {}
+    for key, param in net.state_dict().items():
+        name, perm = tfjs_name(key)
+        if name not in tensors:
+            raise _error(manifest, f"missing tensor {name}")
+        value = tensors.pop(name)
+        expected = list(param.shape)
+        if perm is not None:
+            expected = [0] * len(perm)
+            for i, p in enumerate(perm):
+                expected[p] = param.shape[i]
+        if list(value.shape) != expected:
+            raise _error(manifest, f"tensor {name} has shape {list(value.shape)}, expected {expected}")
+        state[key] = value.permute(perm).contiguous() if perm is not None else value
+    if tensors:
+        raise _error(manifest, f"unknown tensors {sorted(tensors)} (not part of faceExpressionNet)")
+    net.load_state_dict(state)
+    return net.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# preprocessing
+
+def _legacy_taps(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Legacy TF bilinear sampling of one axis: source = dest * in / out (float32, as TF), no half-pixel offset.
+    -> (lower index, upper index, weight of upper), each [out_size]."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = np.arange(out_size, dtype=np.float32) * scale
+    lower = np.floor(src)
+    upper = np.minimum(np.ceil(src), in_size - 1)
+    return torch.from_numpy(lower.astype(np.int64)), torch.from_numpy(upper.astype(np.int64)), \
+        torch.from_numpy(src - lower)
+
+
+def resize_bilinear_tf(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``tf.image.resizeBilinear(alignCorners=false, halfPixelCenters=false)``: [..., H, W] -> [..., height, width].
+
+    Not ``F.interpolate(align_corners=False)``: that samples at (dest + 0.5) * in / out - 0.5 (half-pixel
+    centres), legacy TF at dest * in / out (upper neighbour clamped to the last row/column), so the two grids
+    are (in / out - 1) / 2 source pixels apart. Interpolates along x, then along y, as TF does.
+    """
+    y0, y1, wy = _legacy_taps(x.shape[-2], height)
+    x0, x1, wx = _legacy_taps(x.shape[-1], width)
+    left, right = x[..., x0], x[..., x1]
+    x = left + (right - left) * wx
+    top, bottom = x[..., y0, :], x[..., y1, :]
+    return top + (bottom - top) * wy[:, None]
+
+
+def pad_to_square(x: torch.Tensor) -> torch.Tensor:
+    """face-api's centred ``padToSquare``: zeros on both sides of the short axis, the odd extra pixel
+    bottom/right. [..., H, W] -> [..., S, S], S = max(H, W)."""
+    h, w = x.shape[-2:]
+    diff = abs(h - w)
+    after = (diff + 1) // 2  # JS Math.round(diff / 2)
+    before = diff - after
+    return F.pad(x, (0, 0, before, after) if h < w else (before, after, 0, 0))
+
+
+def to_input(crops: np.ndarray | list[np.ndarray], size: int = INPUT_SIZE) -> torch.Tensor:
+    """uint8 RGB crops [N, H, W, 3] (or a list of [H, W, 3] of any sizes) -> net input float32 [N, 3, size, size].
+
+    face-api's preprocessing: pad to a centred square with zeros, legacy-TF bilinear resize to size x size
+    (skipped when already that size), subtract ``MEAN_RGB``, divide by 255.
+    """
+    if isinstance(crops, np.ndarray) and crops.ndim != 4:
+        raise ValueError(f"crops must be [N, H, W, 3], got shape {crops.shape}")
+    mean = torch.tensor(MEAN_RGB, dtype=torch.float32).view(3, 1, 1)
+    out = torch.empty(len(crops), 3, size, size)
+    for i, crop in enumerate(crops):
+        crop = np.asarray(crop)
+        if crop.dtype != np.uint8 or crop.ndim != 3 or crop.shape[2] != 3 or 0 in crop.shape:
+            raise ValueError(f"crop {i}: expected uint8 RGB [H, W, 3], got {crop.dtype} {crop.shape}")
+        x = pad_to_square(torch.from_numpy(crop.astype(np.float32)).permute(2, 0, 1))
+        if x.shape[-1] != size:
+            x = resize_bilinear_tf(x, size, size)
+        out[i] = (x - mean) / 255.0
+    return out
+
+
+@torch.inference_mode()
+def expression_probs(net: FaceExpressionNet, crops: np.ndarray | list[np.ndarray]) -> np.ndarray:
+    """uint8 RGB crops (as ``to_input``) -> float32 [N, 7] softmax probabilities in ``CLASSES`` order."""
+    if len(crops) == 0:
+        return np.zeros((0, len(CLASSES)), np.float32)
+    device = next(net.parameters()).device
+    logits = net(to_input(crops).to(device))
+    return F.softmax(logits.float(), dim=1).cpu().numpy()
