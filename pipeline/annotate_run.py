@@ -25,7 +25,7 @@ from s2d_model.weights import resolve_all
 
 from . import cache, storage
 from .cluster import chain_context, init_ray, pick_device, plan_actors, resources, run_passes, stop_on_sigterm
-from .emotions import Classifier, S2DWorker, resolve_classifier
+from .emotions import Classifier, S2DWorker, per_frame, resolve_classifier
 from .face_actor import FaceWorker
 from .faces_run import FacesResult, Progress, Video, error_meta, unit_rows, write_units
 from .images import is_image
@@ -76,7 +76,7 @@ class Labelling:
 def labelling(classifier: Classifier, weights: str, face_key: str, settings: AnnotateSettings) -> Labelling:
     path = classifier.path
     model = weights if path is None or Path(weights).name != path.name else path.name
-    key = cache.settings_hash(timeline_record(face_key, classifier.fingerprint, settings))
+    key = cache.settings_hash(timeline_record(face_key, classifier.fingerprint, settings, classifier.input))
     return Labelling(classifier, model, key)
 
 
@@ -155,7 +155,8 @@ class Timelines:
         lab = self.labellings[kind(src)]
         table = windows_table(vid, src.path, segments, lab.classifier.class_names, lab.model, lab.key,
                               "ok" if segments else meta["status"],
-                              video_thumbnails(units, None if maps is None else [m for m, _ in maps]))
+                              video_thumbnails(units, None if maps is None else [m for m, _ in maps]),
+                              lab.classifier.input)
         path = write_timeline(table, timeline_path(self.out_dir, vid, src.path))
         return {**record, "status": "ok" if segments else meta["status"], "timeline": str(path),
                 "n_segments": table.num_rows, "n_tracks": len(set(table.column("track_id").to_pylist()))}
@@ -180,11 +181,13 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
     resolve_all(list(dict.fromkeys([
         faces.detector_weights or faces.detector,
         (faces.landmark_weights or "mobilefacenet") if faces.landmarks == "mobilefacenet" else None,
-        settings.s2d_landmark_weights or "mobilefacenet",
+        *[settings.s2d_landmark_weights or "mobilefacenet" for k in kinds if not per_frame(weights[k])][:1],
         *[weights[k] for k in sorted(kinds) if weights[k] != "random-tiny"]])))
     plan = plan_faces(faces)
+    crops = {"video": settings.crop, "image": settings.image_crop}
     labellings = {k: labelling(resolve_classifier(weights[k], settings.labels if k == "video" else None,
-                                                  settings.s2d_landmark_weights, trust, kind=k),
+                                                  settings.s2d_landmark_weights, trust, kind=k, crop=crops[k],
+                                                  frame_order=settings.frame_order if k == "video" else None),
                                weights[k], plan.key, settings) if k in kinds else None for k in ("video", "image")}
     main = labellings["video"] or labellings["image"]
     warning = "; ".join(lab.classifier.warning for lab in labellings.values() if lab and lab.classifier.warning)
@@ -292,7 +295,9 @@ def chain(videos: list[Video], plan: FacePlan, faces: FaceSettings, settings: An
     # 2. face actors: decode -> detect -> landmarks -> track -> aligned clips as windows close (or the cache)
     ds = ds.map_batches(FaceWorker, batch_size=1, **pools["faces"].args(tasks_per_actor=1),
                         fn_constructor_kwargs=dict(plan=plan, device=device, emotions=settings,
-                                                   threads=pools["faces"].threads))
+                                                   threads=pools["faces"].threads,
+                                                   crops={k: lab.classifier.crop for k, lab in labellings.items()
+                                                          if lab is not None}))
     # 3. S2D actors: probabilities, batch clips per forward
     batch = settings.batch_size or (8 if device == "cuda" else 1)
     return ds.map_batches(S2DWorker, batch_size=max(8, batch), **pools["s2d"].args(),  # >= 8 rows per task
@@ -323,7 +328,8 @@ def write_manifest(result: AnnotateResult, face_key: str, settings: AnnotateSett
     manifest = {"settings_hash": result.settings_hash, "settings": asdict(settings), "face_settings": asdict(faces),
                 "face_settings_hash": face_key, "cache_dir": str(result.cache_dir),
                 "weights": main.classifier.fingerprint, "labels": list(main.classifier.class_names),
-                "image_weights": image.classifier.fingerprint if image else None,
+                "input": main.classifier.input, "image_weights": image.classifier.fingerprint if image else None,
+                "image_input": image.classifier.input if image else None,
                 "image_labels": list(image.classifier.class_names) if image else None,
                 "image_settings_hash": image.key if image else None, "warning": result.warning,
                 "versions": cache.library_versions(), "wall_seconds": result.wall_seconds,

@@ -14,8 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from . import storage
+from .crops import Crop, check_order, frame_permutation, parse_crop
 
 RANDOM_TINY = "random-tiny"
+OUR_CROP = Crop("template", 0.25, 224)  # what `s2d prepare` cuts by default, and random-tiny gets
+FACEAPI = "faceapi-expression"
+FACEAPI_TO_DFEW = (1, 2, 0, 3, 6, 5, 4)  # for each DFEW class (Happy, Sad, Neutral, ...), face-api's output index
 UNTRAINED_WARNING = "weights 'random-tiny' (an s2d_tiny with random weights) are untrained: labels are meaningless"
 IMAGE_WARNING = "image weights 'random-tiny' (an s2d_tiny with random weights) are untrained: labels are meaningless"
 
@@ -30,8 +34,10 @@ class Classifier:
     landmark_path: Path
     warning: str | None = None
     trust: bool = False  # the file may hold pickled code (the user said they trust it)
-    config: str = "s2d_tiny"  # the model configuration (s2d_model.CONFIGS)
+    config: str = "s2d_tiny"  # the model configuration (s2d_model.CONFIGS), or "faceapi-expression"
     kind: str = "video"  # S2DVideo (16-frame clips), or "image": S2DImage (one aligned face)
+    crop: Crop = OUR_CROP  # the face crop it was trained on: the face actor cuts this
+    frame_order: str = "time"  # a clip's frames in time order, or as the authors' reader listed them
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -43,8 +49,25 @@ class Classifier:
     def fingerprint(self) -> dict:
         from .cache import file_fingerprint
 
-        return {"weights": self.weights, "file": file_fingerprint(self.path, sha256=False) if self.path else None,
-                "labels": self.labels, "landmark_file": file_fingerprint(self.landmark_path)}
+        found = {"weights": self.weights, "file": file_fingerprint(self.path, sha256=False) if self.path else None,
+                 "labels": self.labels,
+                 "landmark_file": file_fingerprint(self.landmark_path) if self.landmark_path else None}
+        if self.per_frame:  # the tfjs manifest's binary too
+            from s2d_model.faceapi import data_files
+
+            found["data_files"] = [file_fingerprint(p, sha256=False) for p in data_files(self.path)]
+        return found
+
+    @property
+    def per_frame(self) -> bool:
+        """A per-frame classifier (face-api's expression net): a clip's face frames are classified one by one."""
+        return self.config == FACEAPI
+
+    @property
+    def input(self) -> dict:
+        """What the model is fed: its crop and (a video model's) frame order; in the settings hash, manifest and
+        timeline metadata."""
+        return {"crop": str(self.crop), "frame_order": self.frame_order if self.kind == "video" else None}
 
 
 DEFAULT_LABELS_BY_CLASSES = {"video": {7: "dfew", 11: "mafw"}, "image": {7: "affectnet7", 8: "affectnet8"}}
@@ -52,18 +75,27 @@ HEAD = {"video": "head.fc_cls.weight", "image": "head.weight"}  # the classifier
 
 
 def resolve_classifier(weights: str = "s2d-dfew", labels: str | None = None,
-                       landmark_weights: str | None = None, trust: bool = False, kind: str = "video") -> Classifier:
+                       landmark_weights: str | None = None, trust: bool = False, kind: str = "video",
+                       crop: str | None = None, frame_order: str | None = None) -> Classifier:
     """Resolve the classifier and landmark weights (WeightsNotFound with instructions if missing), open the
     checkpoint and check it is of ``kind`` (a CheckpointError or ValueError now, not inside an actor), and choose
     the label set: ``labels`` if given (a label-set name or class names ``a,b,c``), else the registry's entry, else
-    what our own checkpoint records (its label set, or its class names), else by class count."""
+    what our own checkpoint records (its label set, or its class names), else by class count. The crop and frame
+    order: ``crop`` / ``frame_order`` if given, else the registry's entry, else what our checkpoint records, else
+    ``OUR_CROP`` in time order. face-api's expression net (``faceapi-expression`` or a path to its weights
+    manifest) is read and checked whole here."""
     from s2d_model.labels import LABEL_SETS
     from s2d_model.weights import KNOWN, resolve
 
+    given = {"crop": parse_crop(crop) if crop else None, "frame_order": check_order(frame_order) if frame_order else None}
+    spec = KNOWN.get(weights)
+    if per_frame(weights):
+        return faceapi_classifier(weights, resolve(weights), labels, kind, given, KNOWN[FACEAPI])
     landmark_path = resolve(landmark_weights or "mobilefacenet")
     if weights == RANDOM_TINY:
         warning, default = (UNTRAINED_WARNING, "dfew") if kind == "video" else (IMAGE_WARNING, "affectnet7")
-        return Classifier(weights, None, labels or default, landmark_path, warning, config="s2d_tiny", kind=kind)
+        return Classifier(weights, None, labels or default, landmark_path, warning, config="s2d_tiny", kind=kind,
+                          crop=given["crop"] or OUR_CROP, frame_order=given["frame_order"] or "time")
     path = resolve(weights)
     from s2d_model.checkpoints import CheckpointError, infer_config, read_file, split_file  # torch: to read it
 
@@ -76,7 +108,6 @@ def resolve_classifier(weights: str = "s2d-dfew", labels: str | None = None,
                               f"annotate needs {need}")
     n = sd[HEAD[kind]].shape[0]
     if labels is None:
-        spec = KNOWN.get(weights)
         custom = ",".join(meta.get("label_names") or [])  # our checkpoint of a model trained on own classes
         labels = (spec.labels if spec is not None and spec.labels else None) or meta.get("labels") or custom or \
             DEFAULT_LABELS_BY_CLASSES[kind].get(n)
@@ -85,12 +116,32 @@ def resolve_classifier(weights: str = "s2d-dfew", labels: str | None = None,
     if labels not in LABEL_SETS and "," not in labels:
         raise ValueError(f"unknown label set '{labels}': choose one of {', '.join(LABEL_SETS)}, or name the classes "
                          "in order, separated by commas")
+    crop = given["crop"] or parse_crop((spec and spec.crop) or meta.get("crop") or OUR_CROP)
+    order = given["frame_order"] or (spec and spec.frame_order) or meta.get("frame_order") or "time"
     c = Classifier(weights, path, labels, landmark_path, trust=trust, config=meta.get("config") or infer_config(sd),
-                   kind=kind)
+                   kind=kind, crop=crop, frame_order=order)
     if len(c.class_names) != n:
         raise ValueError(f"{path}: the checkpoint has {n} classes, but label set '{labels}' has "
                          f"{len(c.class_names)}")
     return c
+
+
+def per_frame(weights: str) -> bool:
+    """Names face-api's expression net (its registry name, or a path to its tfjs weights manifest)."""
+    return weights == FACEAPI or str(weights).endswith("-weights_manifest.json")
+
+
+def faceapi_classifier(weights: str, path: Path, labels: str | None, kind: str, given: dict, spec) -> Classifier:
+    """face-api's expression net as a classifier of ``kind``: its files read and checked now (WeightsFileError naming
+    the file), its 7 classes under the DFEW names, one frame at a time (so the frame order does not matter)."""
+    from s2d_model.faceapi import load_expression_net
+
+    if labels not in (None, "dfew"):
+        raise ValueError(f"{weights}: face-api's expression net gives the 7 DFEW classes; --labels must be dfew, "
+                         f"not '{labels}'")
+    load_expression_net(path)
+    crop = given["crop"] or parse_crop(spec.crop)
+    return Classifier(weights, path, "dfew", None, config=FACEAPI, kind=kind, crop=crop, frame_order="time")
 
 
 def build_model(c: Classifier):
@@ -104,6 +155,11 @@ def build_model(c: Classifier):
 
     from .retinaface import fuse_conv_bn, onednn_pointwise
 
+    if c.per_frame:
+        from s2d_model.faceapi import load_expression_net
+        from s2d_model.weights import resolve
+
+        return load_expression_net(resolve(c.weights) if storage.is_uri(c.weights) else c.path)
     if c.path is None:  # the same random weights every time, the process's own RNG left as it was
         create = S.create_model if c.kind == "video" else S.create_image_model
         with torch.random.fork_rng(devices=[]):
@@ -124,8 +180,9 @@ def build_model(c: Classifier):
 
 
 def tiny(c: Classifier) -> bool:
-    """The tiny test model (s2d_tiny): clips of ~30 ms, run one forward at a time on every thread."""
-    return c.config == "s2d_tiny"
+    """A small model (the tiny test S2D, face-api's expression net): clips of ~30 ms, run one forward at a time on
+    every thread."""
+    return c.config in ("s2d_tiny", FACEAPI)
 
 
 class LandmarkCache:
@@ -275,19 +332,26 @@ class S2DWorker:
                 self.flat = {}  # (h, w) -> the mean and std repeated over an [h, w, 3] frame, flat
             model = build_model(c).to(self.device)
             if self.watching and tiny(c):  # and between blocks: the cores come back mid-clip
-                for block in model.blocks:
+                for block in getattr(model, "blocks", ()):
                     block.register_forward_pre_hook(lambda *_, s=self.samples, n=self.threads: follow_load(s, n))
-            if kind == "video":
+            if kind == "video" and not c.per_frame:
                 self.landmarks = LandmarkCache(model)
             self.models[kind] = model
             return model
 
-    def probabilities(self, clips: np.ndarray) -> np.ndarray:
-        """uint8 [B, T, H, W, 3] -> float32 [B, C]; T = 1: the image model's."""
+    def probabilities(self, clips: np.ndarray, slots: list | None = None) -> np.ndarray:
+        """uint8 [B, T, H, W, 3] in time order -> float32 [B, C]; T = 1: the image model's. ``slots``: per clip, the
+        slots whose frames a per-frame model classifies (its distinct face frames; default all)."""
         b, t = clips.shape[:2]
-        model = self.load("image" if t == 1 else "video")  # first: torch_threads before anything imports torch
+        kind = "image" if t == 1 else "video"
+        model = self.load(kind)  # first: torch_threads before anything imports torch
         import torch
 
+        c = self.classifiers[kind]
+        if c.per_frame:
+            return self.per_frame(model, clips, slots)
+        if c.frame_order != "time":  # the order its training clips were read in
+            clips = clips[:, frame_permutation(c.frame_order, t)]
         clips = np.ascontiguousarray(clips)
         h, w = clips.shape[2:4]
         if (h, w) not in self.flat:
@@ -304,12 +368,26 @@ class S2DWorker:
                 logits = model.forward_head(model.forward_features(x, landmark))[0]
         return logits.float().softmax(-1).cpu().numpy()
 
+    def per_frame(self, model, clips: np.ndarray, slots: list | None) -> np.ndarray:
+        """face-api's net on each clip's face frames, its probabilities averaged per clip, in DFEW order."""
+        import torch
+
+        from s2d_model.faceapi import to_input
+
+        slots = slots or [np.arange(clips.shape[1])] * len(clips)
+        frames = np.concatenate([clip[s] for clip, s in zip(clips, slots)])  # [n, H, W, 3]
+        with torch.inference_mode():
+            probs = model(to_input(frames).to(self.device)).float().softmax(-1).cpu().numpy()
+        ends = np.cumsum([len(s) for s in slots])[:-1]
+        return np.stack([p.mean(0) for p in np.split(probs, ends)])[:, FACEAPI_TO_DFEW].astype(np.float32)
+
     def classify(self, part: list) -> None:
         """One batch of clips: each clip's probabilities set, its pixels dropped, its share of the time noted."""
         from .cluster import node_id
 
         t = time.perf_counter()
-        probs = self.probabilities(np.stack([c.pixels for c in part]))
+        slots = [np.unique(c.segment.frame_index, return_index=True)[1] for c in part]  # distinct face frames
+        probs = self.probabilities(np.stack([c.pixels for c in part]), slots)
         for c, pr in zip(part, probs):
             c.probs, c.pixels, c.s2d_seconds, c.node = pr, None, (time.perf_counter() - t) / len(part), node_id()
 

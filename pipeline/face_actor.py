@@ -1,7 +1,7 @@
 """The face actor: one unit of work (a video, or a time shard of one) in one process, frames never leave it.
 
     decode (sampled by PTS) -> detect (RetinaFace, frames batched) -> 68 landmarks -> track online
-        -> align every face (5-point similarity, 224 px) -> each window's 16-frame clip as soon as it closes
+        -> each face cut as its model's crop (``crops.Crop``) -> each window's 16-frame clip as soon as it closes
                                                        -> each track's highest-score face, its report thumbnail
 
 ``run_unit`` is that loop as a plain generator over its parts (tested without Ray); ``FaceWorker`` is the Ray
@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .align import align_face
+from .crops import Crop
 from .decode import DecodeError, get_decoder, sampling_step
 from .images import image_frames
 from .report import thumbnail_uri
@@ -124,13 +125,18 @@ def cached_faces(table, start_s: float = 0.0, end_s: float | None = None) -> Cal
     return analyse
 
 
+THUMB = Crop("template", 0.25, 224)  # a report thumbnail's crop (then made 96 px): the whole face, eyes level
+
+
 def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
-             a: AnnotateSettings | None, workers: int = 1) -> Iterator[Clip | UnitFaces]:
+             a: AnnotateSettings | None, workers: int = 1, crops: dict[str, Crop] | None = None
+             ) -> Iterator[Clip | UnitFaces]:
     """The per-unit loop (see the module docstring). ``analyse(batch of (index, time, frame))`` -> per frame
     (detections {"bbox" [k,4], "score" [k], "kps5" [k,10]}, landmarks [k,68,2], track ids [k] or None: tracked
     here), run on ``workers`` batches at once (``analysed``). ``a``: the annotate settings (windows and clips), or
-    None for faces only. Never raises: a failure ends the unit with an ``error`` status (clips already sent stay
-    counted)."""
+    None for faces only. ``crops``: {"video": ..., "image": ...}, the crop each kind's model takes (default
+    ``THUMB``'s). Never raises: a failure ends the unit with an ``error`` status (clips already sent stay counted)."""
+    crop = (crops or {}).get("image" if (unit.info or {}).get("image") else "video", THUMB)
     started = time.perf_counter()
     info = unit.info or {}
     image = bool(info.get("image"))
@@ -166,18 +172,16 @@ def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
                               "bbox": np.asarray(det["bbox"], np.float32).reshape(k, 4),
                               "kps5": np.asarray(det["kps5"], np.float32).reshape(k, 10),
                               "landmarks68": np.asarray(marks, np.float32).reshape(k, 136), "own": np.full(k, own)})
+                if a is not None and (own or image):
+                    for tid, score, kps in zip(ids, parts[-1]["score"], parts[-1]["kps5"]):
+                        keep_best(best, int(tid), float(score), lambda f=frame, k=kps: align_face(f, k))
                 if image and a is not None:
-                    clips = image_clips(unit, parts[-1], frame)
-                    for tid, score, clip in zip(parts[-1]["track_id"], parts[-1]["score"], clips):
-                        keep_best(best, int(tid), float(score), clip.pixels[0])
+                    for clip in image_clips(unit, parts[-1], frame, crop):
                         done.n_clips += 1
                         yield clip
                 if windows is not None:
-                    crops = [align_face(frame, kps) for kps in parts[-1]["kps5"]]
-                    if own:
-                        for tid, score, crop in zip(ids, parts[-1]["score"], crops):
-                            keep_best(best, int(tid), float(score), crop)
-                    for seg, slots in windows.add(t, index, ids, parts[-1]["kps5"], parts[-1]["bbox"], crops):
+                    cut = [crop.cut(frame, box, kps) for box, kps in zip(parts[-1]["bbox"], parts[-1]["kps5"])]
+                    for seg, slots in windows.add(t, index, ids, parts[-1]["kps5"], parts[-1]["bbox"], cut):
                         done.n_clips += 1
                         yield Clip(unit.video_id, unit.index, seg, np.stack(slots))
         if windows is not None:
@@ -188,7 +192,7 @@ def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
             raise ValueError(f"{len(analyse.unmatched)} frame times of the landmark cache entry were not decoded "
                              "(the video or the decoder changed?); run with --force on a fresh cache")
         done.frame_count = frames.count
-        done.thumbs = {tid: (score, thumbnail_uri(crop)) for tid, (score, crop) in best.items()}
+        done.thumbs = {tid: (score, thumbnail_uri(face)) for tid, (score, face) in best.items()}
     except Exception as exc:  # a bad file fails its own video, never the run
         done.status, done.error = "error", error_text("faces", exc)
     faces = empty_faces()
@@ -201,11 +205,11 @@ def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
     yield done
 
 
-def image_clips(unit: Unit, faces: dict, frame: np.ndarray) -> list[Clip]:
-    """A still image's faces (its face columns) -> one one-frame clip each: segment 0 at time 0, its aligned face."""
+def image_clips(unit: Unit, faces: dict, frame: np.ndarray, crop: Crop = THUMB) -> list[Clip]:
+    """A still image's faces (its face columns) -> one one-frame clip each: segment 0 at time 0, its face's crop."""
     return [Clip(unit.video_id, unit.index,
                  Segment(int(tid), 0, 0.0, 0.0, np.zeros(1, np.int64), np.zeros(1), kps[None], box[None], 1),
-                 align_face(frame, kps)[None])
+                 crop.cut(frame, box, kps)[None])
             for tid, kps, box in zip(faces["track_id"], faces["kps5"], faces["bbox"])]
 
 
@@ -213,14 +217,14 @@ class FaceWorker:
     """Ray Data callable: rows {"item": Unit} -> rows {"item": Clip | UnitFaces}, item by item as they come."""
 
     def __init__(self, plan: FacePlan, device: str = "cpu", emotions: AnnotateSettings | None = None,
-                 threads: int = 1):
+                 threads: int = 1, crops: dict[str, Crop] | None = None):
         from .cluster import torch_threads
 
         # CPU: ``threads`` batches analysed at once, one intra-op thread each (measured on 2 cores, 60 s of video
         # in one process: 11.3 s against 14.0 s for one batch at a time with 2 intra-op threads)
         self.workers = threads if device == "cpu" else 1
         torch_threads(1 if self.workers > 1 else threads)
-        self.plan, self.device, self.emotions = plan, device, emotions
+        self.plan, self.device, self.emotions, self.crops = plan, device, emotions, crops
         self.decoder = get_decoder(plan.settings.decoder)
         self.detector = self.landmarker = None
         self.loading = threading.Lock()
@@ -254,7 +258,8 @@ class FaceWorker:
                 analyse, workers = self.analyse, self.workers
             else:
                 analyse, workers = cached_faces(unit.cached, unit.start_s, unit.end_s), 1
-            for item in run_unit(unit, self.decoder, analyse, self.plan.settings, self.emotions, workers):
+            for item in run_unit(unit, self.decoder, analyse, self.plan.settings, self.emotions, workers,
+                                 self.crops):
                 if isinstance(item, UnitFaces):
                     item.node = node_id()
                 yield items(item)

@@ -42,8 +42,18 @@ class AnnotateSettings:
     min_face_frames: int = 8
     views: int = 1  # 2: test-time views, a window's first and last 16 sampled frames, averaged (when it has more)
     batch_size: int | None = None  # clips per S2D forward; None: 8 on a GPU, 1 on CPU (there the fastest, leanest)
+    crop: str | None = None  # the video model's face crop (crops.parse_crop); None: what its weights were trained on
+    image_crop: str | None = None  # the image model's
+    frame_order: str | None = None  # "time" or "lexicographic"; None: its weights' training order
 
     def __post_init__(self):  # fail before any work, in one line
+        from .crops import check_order, parse_crop
+
+        for crop in (self.crop, self.image_crop):
+            if crop is not None:
+                parse_crop(crop)
+        if self.frame_order is not None:
+            check_order(self.frame_order)
         if self.views not in (1, 2):
             raise ValueError(f"views must be 1 or 2, not {self.views}")
         _check(self, segment_s=(0, None), stride_s=(0, None), min_face_frames=(1, 16),
@@ -76,7 +86,7 @@ LANDMARKS = ("mobilefacenet", "fan")
 DECODERS = ("pyav", "decord")
 NOT_IN_FACE_KEY = ("batch_frames", "shard_s", "detector_weights", "landmark_weights")  # speed or file names only
 NOT_IN_TIMELINE_KEY = ("batch_size", "weights", "image_weights", "labels",  # the classifier's fingerprint
-                       "s2d_landmark_weights")
+                       "s2d_landmark_weights", "crop", "image_crop", "frame_order")  # and its input
 
 
 def resolve_face_weights(s: FaceSettings) -> tuple[Path, Path | None]:
@@ -117,7 +127,8 @@ def plan_faces(s: FaceSettings) -> FacePlan:
     return FacePlan(s, det, lm, record, cache.settings_hash(record))
 
 
-def timeline_record(face_key: str, classifier_fingerprint: dict, s: AnnotateSettings) -> dict:
-    """Everything that changes a timeline: the timeline's settings hash is a hash of this."""
-    return {"faces": face_key, "classifier": classifier_fingerprint,
+def timeline_record(face_key: str, classifier_fingerprint: dict, s: AnnotateSettings, model_input: dict) -> dict:
+    """Everything that changes a timeline: the timeline's settings hash is a hash of this. ``model_input``: the
+    classifier's crop and frame order (``Classifier.input``)."""
+    return {"faces": face_key, "classifier": classifier_fingerprint, "input": model_input,
             **{k: v for k, v in asdict(s).items() if k not in NOT_IN_TIMELINE_KEY}}

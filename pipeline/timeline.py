@@ -55,10 +55,12 @@ def timeline_schema(labels: Sequence[str]) -> pa.Schema:
 
 
 def timeline_table(video_id: str, video_path: str, rows: dict, probs, labels: Sequence[str], model: str,
-                   settings_hash: str, status: str, thumbnails: dict[int, str] | None = None) -> pa.Table:
+                   settings_hash: str, status: str, thumbnails: dict[int, str] | None = None,
+                   model_input: dict | None = None) -> pa.Table:
     """rows: numpy columns track_id, segment, start_s, end_s, n_face_frames [n] and bbox [n,4]; probs float[n,C]
     (softmax, C = len(labels)). label = the argmax class (label set's spelling), confidence = its probability.
-    ``thumbnails`` {track_id: data: URI}: those of the rows' tracks are kept in the metadata."""
+    ``thumbnails`` {track_id: data: URI}: those of the rows' tracks are kept in the metadata. ``model_input``: the
+    model's crop and frame order, kept as ``s2d.crop`` and ``s2d.frame_order``."""
     labels = list(labels)
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
@@ -85,6 +87,9 @@ def timeline_table(video_id: str, video_path: str, rows: dict, probs, labels: Se
         cols[name] = pa.array(probs[:, j], pa.float32())
     meta = {"s2d.settings_hash": settings_hash, "s2d.labels": json.dumps(labels), "s2d.status": status,
             "s2d.complete": "true"}
+    for k, v in (model_input or {}).items():
+        if v is not None:
+            meta[f"s2d.{k}"] = str(v)
     if thumbnails is not None:
         tracks = set(np.asarray(rows["track_id"]).reshape(-1).tolist())
         meta["s2d.thumbnails"] = json.dumps({str(t): uri for t, uri in sorted(thumbnails.items()) if t in tracks})
@@ -92,7 +97,8 @@ def timeline_table(video_id: str, video_path: str, rows: dict, probs, labels: Se
 
 
 def windows_table(video_id: str, video_path: str, clips: list, labels: Sequence[str], model: str,
-                  settings_hash: str, status: str = "ok", thumbnails: dict[int, str] | None = None) -> pa.Table:
+                  settings_hash: str, status: str = "ok", thumbnails: dict[int, str] | None = None,
+                  model_input: dict | None = None) -> pa.Table:
     """A video's classified clips [(Segment with the video's track id, probs [C])] -> its timeline table: one row
     per (track, window) in that order; a window's test-time views are averaged, its times, face count and box are
     its first view's."""
@@ -109,7 +115,7 @@ def windows_table(video_id: str, video_path: str, clips: list, labels: Sequence[
     p = np.stack([np.mean([pr for _, pr in views], axis=0) for views in windows.values()]) if windows else \
         np.zeros((0, len(labels)), np.float32)
     return timeline_table(video_id, video_path, rows, p.astype(np.float32), labels, model, settings_hash, status,
-                          thumbnails)
+                          thumbnails, model_input)
 
 
 def _stem(video_path) -> str:

@@ -79,9 +79,10 @@ class UnitFaces:
 
 def keep_best(best: dict, track: int, score: float, face) -> None:
     """best {track: (score, face)} <- one face of a track: kept when its score is higher than the one kept, so the
-    first of equal scores stays (as ``idxmax`` over the face rows picks in ``report.thumbnails``)."""
+    first of equal scores stays (as ``idxmax`` over the face rows picks in ``report.thumbnails``). ``face`` may be a
+    function that makes it: called only when it is kept."""
     if track not in best or score > best[track][0]:
-        best[track] = (score, face)
+        best[track] = (score, face() if callable(face) else face)
 
 
 def video_thumbnails(units: list[UnitFaces], maps: list[dict[int, int]] | None) -> dict[int, str]:

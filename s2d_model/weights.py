@@ -40,23 +40,37 @@ class WeightsSpec:
     sha256: str | None = None
     labels: str | None = None  # label set of a classifier
     config: str | None = None  # model configuration name
+    crop: str | None = None  # a classifier's input crop (pipeline.crops syntax): what it was trained on
+    frame_order: str | None = None  # a video classifier's frame order: "time" or "lexicographic"
+    also: tuple = ()  # (filename, url, sha256) of files that must lie beside ``filename`` (a tfjs weights binary)
 
 
-def _finetuned(dataset: str, labels: str, pattern: str) -> WeightsSpec:
+FACEAPI = "https://raw.githubusercontent.com/vladmandic/face-api/ad61f77ea2962809bed52b5b18966fea80ab1273/model/"
+
+
+def _finetuned(dataset: str, labels: str, pattern: str, crop: str, order: str) -> WeightsSpec:
     return WeightsSpec(
         name=f"s2d-{dataset}", kind="s2d-video", filename=f"s2d_{dataset}.pth", labels=labels,
-        config="s2d_base_patch16_224", hf_repo=HF_REPO, hf_pattern=pattern,
+        config="s2d_base_patch16_224", hf_repo=HF_REPO, hf_pattern=pattern, crop=crop, frame_order=order,
         description=f"Authors' S2D fine-tuned on {dataset.upper()} (no oversampling), {{'model': ...}} format")
 
 
 KNOWN: dict[str, WeightsSpec] = {s.name: s for s in [
-    _finetuned("dfew", "dfew", "*DFEW*"),
-    _finetuned("ferv39k", "ferv39k", "*FERV39K*"),
-    _finetuned("mafw", "mafw", "*MAFW*"),
+    # crops and frame orders: S2D_REFERENCE.md section 7 (README "Crops" says how sure each is)
+    _finetuned("dfew", "dfew", "*DFEW*", "template:0@224", "lexicographic"),
+    _finetuned("ferv39k", "ferv39k", "*FERV39K*", "template:0@224", "time"),
+    _finetuned("mafw", "mafw", "*MAFW*", "mtcnn@224", "time"),
     WeightsSpec(
         name="s2d-affectnet7-image", kind="s2d-image", filename="pretrain-AffectNet-7.pth", labels="affectnet7",
-        config="s2d_base_patch16_224", hf_repo=HF_REPO, hf_pattern="pretrain-AffectNet-7.pth",
+        config="s2d_base_patch16_224", hf_repo=HF_REPO, hf_pattern="pretrain-AffectNet-7.pth", crop="template:0@224",
         description="Authors' static image model (AffectNet-7), {'model_state_dict': ...}: init for the dynamic stage"),
+    WeightsSpec(
+        name="faceapi-expression", kind="expression", filename="face_expression_model-weights_manifest.json",
+        url=FACEAPI + "face_expression_model-weights_manifest.json", labels="dfew", crop="box:1.1@112",
+        sha256="5b349c17c7836da506e03422cd6461c74085d8bb2713ad4114647dc5d28174c8",
+        also=(("face_expression_model.bin", FACEAPI + "face_expression_model.bin",
+               "9a9840f2cf1f4c7eab95f197512569345c00d2426754d4608b92af30e0300f3d"),),
+        description="face-api's expression net (vladmandic/face-api, MIT): per-frame, 7 classes, tfjs manifest + .bin"),
     WeightsSpec(
         name="mobilefacenet", kind="landmark", filename="mobilefacenet_model_best.pth.tar",
         url="https://github.com/MSA-LMC/S2D/raw/main/landmark/mobilefacenet_model_best.pth.tar",
@@ -188,9 +202,10 @@ def source_of(spec: WeightsSpec) -> str:
 
 def missing_message(spec: WeightsSpec) -> str:
     env = os.environ.get(ENV_DIR)
+    beside = "".join(f"\n  and:   {url} (beside it, as {filename})" for filename, url, _ in spec.also)
     return (
         f"weights '{spec.name}' ({spec.description}) are not on this machine.\n"
-        f"  get:   {source_of(spec)}\n"
+        f"  get:   {source_of(spec)}{beside}\n"
         f"  then either run `s2d weights download {spec.name}` (needs network), or put the file at\n"
         f"         {cached_path(spec)}\n"
         f"  or in  ${ENV_DIR}/{spec.filename}" + (f" (now {env})" if env else " (set the variable to a folder)") + "\n"
@@ -251,25 +266,32 @@ def _hf_download(spec: WeightsSpec, dest: Path) -> None:
 
 
 def download(name: str, progress: bool = True) -> Path:
-    """Fetch known weights into the cache (resumable; sha256-checked where the checksum is known)."""
+    """Fetch known weights into the cache (resumable; sha256-checked where the checksum is known), with the files
+    that lie beside them (a tfjs manifest's binary)."""
     if name not in KNOWN:
         raise WeightsNotFound(f"unknown weights '{name}': known names are {', '.join(sorted(KNOWN))}")
     spec = KNOWN[name]
     dest = cached_path(spec)
-    if dest.is_file() and (spec.sha256 is None or sha256_of(dest) == spec.sha256):
-        return dest
+    for filename, url, sha256 in ((spec.filename, spec.url, spec.sha256), *spec.also):
+        _fetch(spec, dest.with_name(filename), url, sha256, progress)
+    return dest
+
+
+def _fetch(spec: WeightsSpec, dest: Path, url: str | None, sha256: str | None, progress: bool) -> None:
+    if dest.is_file() and (sha256 is None or sha256_of(dest) == sha256):
+        return
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        if spec.url:
-            _http_download(spec.url, dest, progress)
+        if url:
+            _http_download(url, dest, progress)
         else:
             _hf_download(spec, dest)
     except WeightsNotFound:
         raise
     except Exception as e:  # network, HTTP or hub errors: say what failed and what to do instead
-        raise WeightsNotFound(f"download of '{name}' failed ({type(e).__name__}: {e}).\n{missing_message(spec)}") from e
-    if spec.sha256 and (got := sha256_of(dest)) != spec.sha256:
+        raise WeightsNotFound(f"download of '{spec.name}' failed ({dest.name}: {type(e).__name__}: {e}).\n"
+                              f"{missing_message(spec)}") from e
+    if sha256 and (got := sha256_of(dest)) != sha256:
         bad = dest.with_name(dest.name + ".bad")
         os.replace(dest, bad)
-        raise WeightsNotFound(f"{name}: sha256 mismatch (got {got}, expected {spec.sha256}); kept as {bad}")
-    return dest
+        raise WeightsNotFound(f"{spec.name}: {dest.name}: sha256 mismatch (got {got}, expected {sha256}); kept as {bad}")

@@ -118,6 +118,28 @@ def test_download_is_resumable_and_sha_checked(home, server, monkeypatch, detect
         W.download(spec.name, progress=False)
 
 
+def test_face_api_s_manifest_and_binary_download_together_sha_checked(home, server, monkeypatch, fixtures_dir):
+    """The registry's faceapi-expression: its pinned manifest and the .bin beside it, each sha256-checked (the
+    files served here are the fixture's, byte for byte the upstream ones), then resolved and loaded as they are."""
+    root, url = server
+    spec = W.KNOWN["faceapi-expression"]
+    assert "ad61f77ea2962809bed52b5b18966fea80ab1273/model/" in spec.url and len(spec.also) == 1
+    for name in (spec.filename, spec.also[0][0]):
+        (root / name).write_bytes((fixtures_dir / "weights/face-api" / name).read_bytes())
+    local = dataclasses.replace(spec, url=f"{url}/{spec.filename}",
+                                also=((spec.also[0][0], f"{url}/{spec.also[0][0]}", spec.also[0][2]),))
+    monkeypatch.setitem(W.KNOWN, spec.name, local)
+    got = W.download(spec.name, progress=False)
+    assert got == W.resolve(spec.name) and (got.parent / "face_expression_model.bin").is_file()
+    from s2d_model.faceapi import load_expression_net
+
+    load_expression_net(got)
+    (got.parent / "face_expression_model.bin").write_bytes(b"stale")  # a damaged binary is fetched again
+    (root / spec.also[0][0]).write_bytes(b"corrupted upstream")
+    with pytest.raises(W.WeightsNotFound, match="face_expression_model.bin: sha256 mismatch"):
+        W.download(spec.name, progress=False)
+
+
 def _s2d(*args, env=None):
     return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=env,
                           cwd=Path(__file__).resolve().parents[1])
