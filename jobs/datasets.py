@@ -24,11 +24,20 @@ Errors are ``DatasetError`` and name the file, the line and the offending value.
 Ray Data: ``train_dataset`` (random 16-frame window + ``jobs.augment.ClipAugment``; optionally
 oversampled) and ``eval_dataset`` (the two test views) turn a sample list into a ``ray.data.Dataset`` of
 uint8 clips, decoded in ``map_batches`` tasks on CPU workers.
+
+Frame order (``frame_order``, ``pipeline.crops.FRAME_ORDERS``): a frame folder's files are read in ``time``
+order (natural sort: ``2.jpg`` before ``10.jpg``) or ``lexicographic`` order (plain name sort: ``1.jpg, 10.jpg ..
+16.jpg, 2.jpg ..``), as the authors' reader does (``sorted(glob('*.jpg'))``; ``S2D_REFERENCE.md`` section 7).
+Video files and images are always read in time order.
+
+A ``csv`` dataset may carry ``dataset.json`` beside its CSVs (``s2d prepare`` writes it): ``{"crop": SPEC}``, the
+face crop its clips were cut with (``pipeline.crops``); ``Split.crop`` holds it (None when unknown).
 """
 from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +46,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import storage
+from pipeline.crops import check_order, parse_crop
 from pipeline.storage import exists, join
 from s2d_model import LABEL_SETS
 
@@ -56,6 +66,7 @@ class Split:
     label_names: tuple[str, ...]
     label_set: str | None  # a LABEL_SETS name, None for a generic CSV with its own classes
     source: str  # the annotation file read
+    crop: str | None = None  # the face crop of the clips (a pipeline.crops spec), where the dataset says
 
     @property
     def num_classes(self) -> int:
@@ -71,10 +82,12 @@ def _suffix(path) -> str:
     return Path(storage.name(path)).suffix.lower()
 
 
-def list_frames(folder) -> list:
-    """The image files of a frame folder (a path or URI) in natural order (``2.jpg`` before ``10.jpg``)."""
+def list_frames(folder, frame_order: str = "time") -> list:
+    """The image files of a frame folder (a path or URI): ``time``: natural order (``2.jpg`` before ``10.jpg``);
+    ``lexicographic``: sorted by name (``10.jpg`` before ``2.jpg``), as the authors' reader lists them."""
     found = [storage.location(f.path) for f in storage.files(folder, recursive=False)]
-    return sorted((p for p in found if _suffix(p) in IMAGE_EXTS), key=_natural_key)
+    images = [p for p in found if _suffix(p) in IMAGE_EXTS]
+    return sorted(images, key=storage.name if check_order(frame_order) == "lexicographic" else _natural_key)
 
 
 def kind_of(path) -> str:
@@ -303,7 +316,18 @@ def read_csv(data, split: str, labels: str | None = None) -> Split:
         samples.append({"path": str(_need(path, where, "file or frame folder")), "kind": kind_of(path),
                         "label": parse_label(label, names, 0, where)})
     label_set = labels.lower() if labels and labels.lower() in LABEL_SETS else None
-    return Split(_nonempty(samples, anno, split), names, label_set, str(anno))
+    return Split(_nonempty(samples, anno, split), names, label_set, str(anno), dataset_crop(storage.parent(anno)))
+
+
+def dataset_crop(folder) -> str | None:
+    """The crop a dataset folder's ``dataset.json`` names (``s2d prepare`` writes it), None without one."""
+    path = join(folder, "dataset.json")
+    if not storage.is_file(path):
+        return None
+    try:
+        return str(parse_crop(json.loads(_text(path))["crop"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise DatasetError(f"{path}: no valid crop ({e})") from None
 
 
 def load_split(data: str | Path, format: str, split: str = "train", fold: int | None = None,
@@ -371,13 +395,14 @@ def _image(path) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
-def read_clip(path: str, kind: str, pick, size: int = 224) -> np.ndarray:
-    """Frames ``pick(n)`` (n = frame count) of a sample, each resized to size x size. -> uint8 [k, S, S, 3]."""
+def read_clip(path: str, kind: str, pick, size: int = 224, frame_order: str = "time") -> np.ndarray:
+    """Frames ``pick(n)`` (n = frame count) of a sample, each resized to size x size; a frame folder's files listed
+    in ``frame_order``. -> uint8 [k, S, S, 3]."""
     from .augment import resize_frames
 
     try:
         if kind == "frames":
-            files = list_frames(path)
+            files = list_frames(path, frame_order)
             if not files:
                 raise DatasetError(f"{path}: frame folder holds no images")
             idx = np.asarray(pick(len(files)))
@@ -402,22 +427,24 @@ def read_clip(path: str, kind: str, pick, size: int = 224) -> np.ndarray:
     raise DatasetError(f"{path}: unknown sample kind {kind!r}")
 
 
-def decode_train(batch: dict, *, num_frames: int, size: int, image_mode: bool, augment: bool) -> dict:
+def decode_train(batch: dict, *, num_frames: int, size: int, image_mode: bool, augment: bool,
+                 frame_order: str = "time") -> dict:
     """Ray Data map_batches fn for training. -> {"clip": uint8 [B, T, S, S, 3] (T = 1 in image mode), "label"}."""
     rng = np.random.default_rng()
     aug = ClipAugment(size) if augment else None
     clips = []
     for path, kind in zip(batch["path"], batch["kind"]):
-        if image_mode:
-            frames = read_clip(str(path), str(kind), lambda n: [int(rng.integers(n))], size)  # [1, S, S, 3]
-        else:
-            frames = read_clip(str(path), str(kind), lambda n: train_window(n, num_frames, rng), size)  # [T, ...]
+        if image_mode:  # [1, S, S, 3]
+            frames = read_clip(str(path), str(kind), lambda n: [int(rng.integers(n))], size, frame_order)
+        else:  # [T, S, S, 3]
+            frames = read_clip(str(path), str(kind), lambda n: train_window(n, num_frames, rng), size, frame_order)
         clips.append(aug(frames, rng) if aug is not None else frames)
     return {"clip": np.stack(clips), "label": np.asarray(batch["label"], dtype=np.int64)}
 
 
-def decode_eval(batch: dict, *, num_frames: int, size: int, image_mode: bool) -> dict:
-    """Ray Data map_batches fn for val/test: the two temporal views (first and last ``num_frames``).
+def decode_eval(batch: dict, *, num_frames: int, size: int, image_mode: bool, frame_order: str = "time") -> dict:
+    """Ray Data map_batches fn for val/test: the two temporal views (first and last ``num_frames``), a frame
+    folder's files taken in ``frame_order``.
 
     -> {"clip": uint8 [B, V, T, S, S, 3] (V = 2; V = T = 1 in image mode), "views": 1 where both views are the
     same clip (n <= T frames) else 2, "label", "weight" (0 for padding rows), "index"}.
@@ -425,7 +452,8 @@ def decode_eval(batch: dict, *, num_frames: int, size: int, image_mode: bool) ->
     clips, views = [], []
     for path, kind in zip(batch["path"], batch["kind"]):
         if image_mode:
-            clips.append(read_clip(str(path), str(kind), lambda n: [n // 2], size)[None])  # [1, 1, S, S, 3]
+            middle = read_clip(str(path), str(kind), lambda n: [n // 2], size, frame_order)  # [1, S, S, 3]
+            clips.append(middle[None])
             views.append(1)
             continue
         count = {}
@@ -435,7 +463,7 @@ def decode_eval(batch: dict, *, num_frames: int, size: int, image_mode: bool) ->
             first, last = eval_windows(n, num_frames)
             return np.concatenate([first, last])
 
-        frames = read_clip(str(path), str(kind), both, size)  # [2T, S, S, 3]
+        frames = read_clip(str(path), str(kind), both, size, frame_order)  # [2T, S, S, 3]
         clips.append(frames.reshape(2, num_frames, *frames.shape[1:]))
         views.append(1 if count["n"] <= num_frames else 2)
     return {"clip": np.stack(clips), "views": np.asarray(views, dtype=np.int64),
@@ -446,9 +474,11 @@ def decode_eval(batch: dict, *, num_frames: int, size: int, image_mode: bool) ->
 
 # ============================================================================ Ray Datasets
 def train_dataset(samples: list[dict], *, num_frames: int = 16, size: int = 224, image_mode: bool = False,
-                  augment: bool = True, oversample: bool = False, decode_batch_size: int = 4, num_cpus: float = 1.0):
+                  augment: bool = True, oversample: bool = False, decode_batch_size: int = 4, num_cpus: float = 1.0,
+                  frame_order: str = "time"):
     """A Ray Dataset of augmented training clips; reshuffled (or, with ``oversample``, redrawn) every pass.
-    ``num_cpus``: what each of its tasks reserves (``cluster.data_task_cpus``)."""
+    ``num_cpus``: what each of its tasks reserves (``cluster.data_task_cpus``); ``frame_order``: how a frame
+    folder's files are ordered."""
     import ray
 
     if oversample:
@@ -461,14 +491,17 @@ def train_dataset(samples: list[dict], *, num_frames: int = 16, size: int = 224,
         ds = ray.data.from_items([{k: s[k] for k in ("path", "label", "kind")} for s in samples])
         ds = ds.random_shuffle(num_cpus=num_cpus)
     return ds.map_batches(decode_train, batch_size=decode_batch_size, num_cpus=num_cpus,
-                          fn_kwargs=dict(num_frames=num_frames, size=size, image_mode=image_mode, augment=augment))
+                          fn_kwargs=dict(num_frames=num_frames, size=size, image_mode=image_mode, augment=augment,
+                                         frame_order=frame_order))
 
 
 def eval_dataset(samples: list[dict], *, num_frames: int = 16, size: int = 224, image_mode: bool = False,
-                 pad_to_multiple: int = 1, decode_batch_size: int = 4, num_cpus: float = 1.0):
+                 pad_to_multiple: int = 1, decode_batch_size: int = 4, num_cpus: float = 1.0,
+                 frame_order: str = "time"):
     """A Ray Dataset of the test views, rows in sample order. Padding rows (``weight`` 0) bring the row
     count to a multiple of ``pad_to_multiple`` so an equal split over workers drops no real sample.
-    ``num_cpus``: what each of its tasks reserves (``cluster.data_task_cpus``)."""
+    ``num_cpus``: what each of its tasks reserves (``cluster.data_task_cpus``); ``frame_order``: how a frame
+    folder's files are ordered."""
     import ray
 
     rows = [{"path": s["path"], "label": s["label"], "kind": s["kind"], "weight": 1.0, "index": i}
@@ -477,4 +510,4 @@ def eval_dataset(samples: list[dict], *, num_frames: int = 16, size: int = 224, 
     rows += [{**rows[i % len(rows)], "weight": 0.0, "index": -1} for i in range(pad)]
     return ray.data.from_items(rows).map_batches(
         decode_eval, batch_size=decode_batch_size, num_cpus=num_cpus,
-        fn_kwargs=dict(num_frames=num_frames, size=size, image_mode=image_mode))
+        fn_kwargs=dict(num_frames=num_frames, size=size, image_mode=image_mode, frame_order=frame_order))

@@ -11,6 +11,13 @@ classes present in truth or predictions, as scikit-learn does) and weighted by s
 
 ``evaluate(...)`` runs it on a dataset split with Ray Data (decoding in tasks, the model in an actor) and
 writes ``metrics.json``, ``confusion.csv``, ``confusion.png`` and ``predictions.csv`` to ``out``.
+
+Frame order (``frame_order``: ``auto``, ``time`` or ``lexicographic``; ``jobs/datasets.py``): how a frame folder's
+files are ordered. ``auto`` is the order the checkpoint was trained on: for an authors' checkpoint given by its
+registry name, ``s2d_model.weights.KNOWN[name].frame_order`` (s2d-dfew: lexicographic, which is how the authors
+trained and tested it, ``S2D_REFERENCE.md`` section 7); for ours, the ``frame_order`` in its meta; else time.
+``metrics.json`` records the order used and why (``frame_order``, ``frame_order_why``; None where the split holds
+no frame folders).
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ import torch
 import s2d_model as S
 from pipeline import storage
 from pipeline.cluster import data_task_cpus, init_ray, plan_workers, resources
+from pipeline.crops import FRAME_ORDERS
 
 from .augment import to_model_input
 
@@ -163,27 +171,63 @@ def plot_confusion(cm: np.ndarray, label_names, path, title: str = "") -> None:
 
 
 # ============================================================================ the job
+def check_frame_order(asked: str) -> str:
+    """``--frame-order``: ``auto``, ``time`` or ``lexicographic``; ValueError in one line naming anything else."""
+    if asked != "auto" and asked not in FRAME_ORDERS:
+        raise ValueError(f"unknown frame order '{asked}': choose one of auto, {', '.join(FRAME_ORDERS)}")
+    return asked
+
+
+def pick_frame_order(asked: str, checkpoint: str, meta: dict) -> tuple[str, str]:
+    """The frame order to read a checkpoint's test clips in, and why: ``asked`` (``auto``, ``time`` or
+    ``lexicographic``), ``checkpoint`` as given (a registry name or a file), ``meta`` its ``s2d`` meta."""
+    from s2d_model.weights import KNOWN
+
+    check_frame_order(asked)
+    spec = KNOWN.get(str(checkpoint))
+    trained = spec.frame_order if spec is not None else meta.get("frame_order")
+    if asked == "auto":
+        if trained is None:
+            return "time", "the checkpoint records no frame order"
+        return trained, "the checkpoint's training order, " + ("the authors' protocol" if spec else "recorded in it")
+    if trained is None:
+        return asked, "as asked; the checkpoint records no frame order"
+    if asked == trained:
+        return asked, "as asked; the checkpoint's training order" + (", the authors' protocol" if spec else "")
+    if spec is not None:
+        return asked, (f"as asked; this differs from the authors' protocol: {spec.name} was trained and tested "
+                       f"on {trained} order")
+    return asked, f"as asked; the checkpoint was trained on {trained} order"
+
+
 def evaluate(data: str | Path, format: str, checkpoint: str | Path, out: str | Path, fold: int | None = None,
              batch_size: int = 8, landmark_weights: str = "mobilefacenet", address: str | None = None,
              split: str = "test", labels: str | None = None, workers: int = 1, gpus_per_worker: float = 0,
-             trust: bool = False, decode_batch_size: int = 4) -> dict:
-    """Evaluate a checkpoint (ours or the authors', a path or a weights name) on a dataset split.
+             trust: bool = False, decode_batch_size: int = 4, frame_order: str = "auto") -> dict:
+    """Evaluate a checkpoint (ours or the authors', a path or a weights name) on a dataset split; ``frame_order``:
+    see the module's docstring.
 
-    -> {"uar", "war", "f1_macro", "f1_weighted", "recall", "confusion", ..., "outputs": {file paths}}.
+    -> {"uar", "war", "f1_macro", "f1_weighted", "recall", "confusion", "frame_order", ..., "outputs": {file paths}}.
     """
     from s2d_model import weights as W
 
     from .datasets import eval_dataset, load_split
 
+    check_frame_order(frame_order)  # an unknown order stops here, before any work
     ckpt = W.resolve(str(checkpoint)).resolve()  # a URI: fetched into this machine's cache
     landmark = W.resolve(str(landmark_weights)).resolve()  # a missing file stops here, with the weights message
-    model, _ = S.load_model(ckpt, landmark, trust)  # validates the file before starting Ray work
+    model, report = S.load_model(ckpt, landmark, trust)  # validates the file before starting Ray work
     num_frames, num_classes, image_mode = model.num_frames or 1, model.num_classes, isinstance(model, S.S2DImage)
     del model
     data_split = load_split(data, format, split, fold, labels)
     if num_classes != data_split.num_classes:
         raise ValueError(f"{ckpt}: the checkpoint has {num_classes} classes, the dataset "
                          f"{data_split.source} has {data_split.num_classes}")
+    order, why = pick_frame_order(frame_order, checkpoint, report.meta)
+    if not any(s["kind"] == "frames" for s in data_split.samples):
+        order, why = None, "the split holds no frame folders"  # video files and images: time order, always
+    else:
+        print(f"frame order: {order} ({why})")
 
     import ray
 
@@ -193,7 +237,8 @@ def evaluate(data: str | Path, format: str, checkpoint: str | Path, out: str | P
     if note:
         print(note)
     ds = eval_dataset(data_split.samples, num_frames=num_frames, image_mode=image_mode,
-                      decode_batch_size=decode_batch_size, num_cpus=data_task_cpus(cpus, workers, each))
+                      decode_batch_size=decode_batch_size, num_cpus=data_task_cpus(cpus, workers, each),
+                      frame_order=order or "time")
     given = str(checkpoint) if storage.is_uri(checkpoint) else str(ckpt)  # each node fetches a URI itself
     ds = ds.map_batches(Predictor, fn_constructor_kwargs=dict(checkpoint=given, landmark_weights=str(landmark),
                                                               trust=trust),
@@ -209,7 +254,8 @@ def evaluate(data: str | Path, format: str, checkpoint: str | Path, out: str | P
         raise RuntimeError(f"evaluation lost {int((~seen).sum())} samples")
     y_true = np.array([s["label"] for s in data_split.samples])
     metrics = compute_metrics(y_true, probs.argmax(1), data_split.num_classes)
-    metrics.update(checkpoint=given, data=str(data), format=format, split=split, fold=fold)
+    metrics.update(checkpoint=given, data=str(data), format=format, split=split, fold=fold, frame_order=order,
+                   frame_order_why=why)
     outputs = write_outputs(storage.location(out) if storage.is_uri(out) else Path(out), metrics, data_split.label_names, data_split.samples, probs)
     print(f"{format} {split}{'' if fold is None else f' fold {fold}'}: UAR {100 * metrics['uar']:.2f}  "
           f"WAR {100 * metrics['war']:.2f}  F1 macro {100 * metrics['f1_macro']:.2f}  (n={metrics['n']}) -> {out}")

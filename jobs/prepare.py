@@ -10,18 +10,20 @@ Per video:
 3. 16 target times spread uniformly over that track's span (first to last face time, plus one sampling
    step), ``t_j = t0 + (j + 0.5) * span / 16``, each taking the nearest frame of the track -- DFEW's clips are
    16 frames spread over the whole clip; a track shorter than 16 sampled frames repeats frames;
-4. those frames are re-decoded and aligned exactly as ``s2d annotate`` aligns its clips (``pipeline.align``:
-   5-point similarity transform, the same margin), so training and inference see the same crops;
+4. those frames are re-decoded and cut with the crop ``crop`` (``pipeline.crops``; default
+   ``template:0.25@224``: 5-point similarity transform to the ArcFace template with margin 0.25, exactly as
+   ``s2d annotate`` aligns its clips by default, so training and inference see the same crops);
 5. written as ``OUT/clips/<name>/00001.jpg .. 00016.jpg`` (JPEG quality 95; ``<name>`` is the file's stem plus
-   its ``video_id``) and ``clip.json`` (source, face-stage settings hash, frames), into a temporary folder
+   its ``video_id``) and ``clip.json`` (source, face-stage settings hash, crop, frames), into a temporary folder
    renamed when complete. ``OUT`` may be a URI (``s3://...``, ``pipeline.storage``): there a clip is complete
-   when its ``clip.json`` (removed first, written last) names the current settings.
+   when its ``clip.json`` (removed first, written last) names the current settings and crop.
 
 Outputs: ``OUT/{train,val,test}.csv`` (``path,label``, paths relative to OUT: ``s2d train dynamic --data OUT
---format csv`` and ``s2d evaluate --format csv`` read them as they are) and ``OUT/prepare.json`` (settings and
-per-video status: ``ok``, ``no_faces`` or ``error`` with the reason, the chosen track, its frames). Videos without
-a usable face are reported and left out of the CSVs; the run goes on. A re-run keeps complete clip folders cut
-with the same face-stage settings (``force`` redoes them). Clip cutting runs in the driver: 16 frames per video, small next to the face stage.
+--format csv`` and ``s2d evaluate --format csv`` read them as they are), ``OUT/dataset.json`` (``{"crop": SPEC}``:
+train records it in its checkpoints) and ``OUT/prepare.json`` (settings and per-video status: ``ok``,
+``no_faces`` or ``error`` with the reason, the chosen track, its frames). Videos without a usable face are
+reported and left out of the CSVs; the run goes on. A re-run keeps complete clip folders cut with the same
+face-stage settings and crop (``force`` redoes them). Clip cutting runs in the driver: 16 frames per video, small next to the face stage.
 """
 from __future__ import annotations
 
@@ -37,11 +39,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import storage
+from pipeline.crops import Crop, parse_crop
 
 from .datasets import DatasetError, _csv_names, _read_table, parse_label
 
 FRAMES = 16
 SPLITS = ("train", "val", "test")
+DEFAULT_CROP = "template:0.25@224"  # pipeline.align's alignment: what prepare cut before crops were chosen
 
 
 def read_videos_csv(path: str | Path, labels: str | None = None) -> list[dict]:
@@ -91,34 +95,43 @@ def clip_frames(times: np.ndarray, n: int = FRAMES) -> np.ndarray:
     return np.abs(times[None, :] - targets[:, None]).argmin(1)  # [n], ties: the earlier frame
 
 
-def _clip_is_current(folder, settings_hash: str) -> bool:
-    """A complete clip folder cut from a face stage with the same settings."""
+def _clip_is_current(folder, settings_hash: str, crop: Crop) -> bool:
+    """A complete clip folder cut from a face stage with the same settings, with the same crop (a ``clip.json``
+    without one is from before crops were chosen: ``DEFAULT_CROP``)."""
     try:
         info = json.loads(storage.read_text(storage.join(folder, "clip.json")))
     except (OSError, ValueError):
         return False
     jpgs = [f for f in storage.files(folder, recursive=False) if f.path.endswith(".jpg")]
-    return info.get("faces_settings_hash") == settings_hash and len(jpgs) == FRAMES
+    return (info.get("faces_settings_hash") == settings_hash and info.get("crop", DEFAULT_CROP) == str(crop)
+            and len(jpgs) == FRAMES)
 
 
-def cut_clip(video: str, faces, rows: np.ndarray, folder, settings_hash: str, decoder: str = "pyav") -> dict:
-    """Decode the clip's frames, align them and write ``folder/00001.jpg ..`` (+ ``clip.json``) atomically: a
-    local folder is renamed into place whole; in an object store ``clip.json`` goes first and comes back last."""
+def cut_clip(video: str, faces, rows: np.ndarray, folder, settings_hash: str, decoder: str = "pyav",
+             crop: Crop | str = DEFAULT_CROP) -> dict:
+    """Decode the clip's frames, cut ``crop`` from each and write ``folder/00001.jpg ..`` (+ ``clip.json``)
+    atomically: a local folder is renamed into place whole; in an object store ``clip.json`` goes first and comes
+    back last."""
     from PIL import Image
 
-    from pipeline.align import align_clip
     from pipeline.decode import get_decoder
 
+    crop = parse_crop(crop)
     times = faces.column("time_s").to_numpy()[rows]
     slots = clip_frames(times)  # [16] positions in the track
     pick = rows[slots]  # [16] face rows
     frame_index = faces.column("frame_index").to_numpy()[pick]
+    bbox = faces.column("bbox").combine_chunks().flatten().to_numpy().reshape(-1, 4)[pick]
     kps5 = faces.column("kps5").combine_chunks().flatten().to_numpy().reshape(-1, 10)[pick]
     index, first = np.unique(frame_index, return_index=True)
     got = get_decoder(decoder).read_frames(video, index, times[slots][first])
-    clip = align_clip(dict(zip(got["frame_index"].tolist(), got["frames"])), frame_index, kps5)  # [16,224,224,3]
-    info = {"video": video, "faces_settings_hash": settings_hash, "frame_index": frame_index.tolist(),
-            "time_s": [round(float(t), 4) for t in times[slots]]}
+    frames = dict(zip(got["frame_index"].tolist(), got["frames"]))
+    missing = sorted(set(frame_index.tolist()) - set(frames))
+    if missing:
+        raise KeyError(f"frames {missing} are not among the decoded frames")
+    clip = [crop.cut(frames[i], b, k) for i, b, k in zip(frame_index.tolist(), bbox, kps5)]  # 16 x [S, S, 3]
+    info = {"video": video, "faces_settings_hash": settings_hash, "crop": str(crop),
+            "frame_index": frame_index.tolist(), "time_s": [round(float(t), 4) for t in times[slots]]}
     jpgs = []
     for frame in clip:
         buf = io.BytesIO()
@@ -142,8 +155,9 @@ def cut_clip(video: str, faces, rows: np.ndarray, folder, settings_hash: str, de
 
 
 def prepare(videos_csv: str | Path, out: str | Path, faces=None, labels: str | None = None, device: str = "auto",
-            address: str | None = None, force: bool = False, progress: bool = True) -> dict:
-    """Build the clip dataset; -> the manifest (also written to ``OUT/prepare.json``)."""
+            address: str | None = None, force: bool = False, progress: bool = True, crop: str = DEFAULT_CROP) -> dict:
+    """Build the clip dataset, each frame cut with ``crop`` (a ``pipeline.crops`` spec); -> the manifest (also
+    written to ``OUT/prepare.json``)."""
     from tqdm import tqdm
 
     from pipeline import cache
@@ -153,6 +167,7 @@ def prepare(videos_csv: str | Path, out: str | Path, faces=None, labels: str | N
 
     t0 = time.perf_counter()
     faces = faces or FaceSettings()
+    crop = parse_crop(crop)  # an unknown crop stops here, before any work
     rows = read_videos_csv(videos_csv, labels)  # a bad row stops here, before any work
     out = storage.absolute(out)
     storage.check_output(out)
@@ -178,11 +193,11 @@ def prepare(videos_csv: str | Path, out: str | Path, faces=None, labels: str | N
         track_id, track_rows = pick_track(table)
         entry.update(track_id=track_id, track_faces=len(track_rows))
         folder = storage.join(out, "clips", name)
-        if not force and _clip_is_current(folder, result.settings_hash):
+        if not force and _clip_is_current(folder, result.settings_hash, crop):
             kept += 1
             continue
         try:
-            entry.update(cut_clip(src.path, table, track_rows, folder, result.settings_hash, faces.decoder))
+            entry.update(cut_clip(src.path, table, track_rows, folder, result.settings_hash, faces.decoder, crop))
             written += 1
         except Exception as exc:  # e.g. a seek error: this video is left out, the others go on
             entry.update(status="error", error=f"clips: {type(exc).__name__}: {exc}")
@@ -200,8 +215,9 @@ def prepare(videos_csv: str | Path, out: str | Path, faces=None, labels: str | N
         w.writerows([v["clip"], v["label"]] for v in ok)
         storage.write(target, text.getvalue())
         csvs[split] = {"file": str(target), "clips": len(ok)}
+    storage.write(storage.join(out, "dataset.json"), json.dumps({"crop": str(crop)}))
     manifest = {"videos_csv": str(storage.absolute(videos_csv)), "out": str(out), "labels": labels,
-                "faces": asdict(faces), "faces_settings_hash": result.settings_hash, "csv": csvs,
+                "crop": str(crop), "faces": asdict(faces), "faces_settings_hash": result.settings_hash, "csv": csvs,
                 "clips_written": written, "clips_kept": kept, "faces_from_cache": result.cached,
                 "wall_seconds": round(time.perf_counter() - t0, 2), "videos": videos}
     storage.write(storage.join(out, "prepare.json"), json.dumps(manifest, indent=1, default=str))

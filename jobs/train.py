@@ -39,7 +39,12 @@ comma-separated class names), ``model``, ``epochs``, ``batch_size`` (per worker)
 ``init`` file outside the allow-list), ``oversample``, ``sdl``, ``landmark_weights``, ``val_fraction``,
 ``max_failures``, ``num_to_keep``, ``address``, ``num_frames``, ``warmup_epochs``, ``min_lr``,
 ``weight_decay``, ``mixup`` / ``label_smoothing`` (None: the dataset's default), ``augment``,
-``sdl_schedule`` ((from_epoch, weight) pairs), ``sdl_k``, ``sdl_queue``, ``decode_batch_size``.
+``sdl_schedule`` ((from_epoch, weight) pairs), ``sdl_k``, ``sdl_queue``, ``decode_batch_size``, ``frame_order``
+(``time`` or ``lexicographic``: how a frame folder's files are ordered, ``jobs/datasets.py``).
+
+Each checkpoint's meta records what the model was trained on: ``frame_order`` (dynamic stage; None for the
+image model) and ``crop``, the face crop the dataset names (a ``dataset.json`` beside a ``csv`` dataset's CSVs,
+as ``s2d prepare`` writes it), None when the dataset does not say.
 """
 from __future__ import annotations
 
@@ -63,6 +68,7 @@ from timm.scheduler import CosineLRScheduler
 import s2d_model as S
 from pipeline import storage
 from pipeline.cluster import data_task_cpus, init_ray, plan_workers, resources as cluster_resources
+from pipeline.crops import check_order
 from s2d_model import weights as W
 from s2d_model.files import atomic_write
 
@@ -79,7 +85,7 @@ DEFAULTS = dict(
     gpus_per_worker=0, cpus_per_worker=1, seed=0, init=None, trust=False, oversample=False, sdl=False,
     landmark_weights="mobilefacenet", val_fraction=0.1, max_failures=0, num_to_keep=2, address=None,
     num_frames=16, warmup_epochs=2, min_lr=1e-6, weight_decay=0.05, mixup=None, label_smoothing=None,
-    augment=True, sdl_schedule=DEFAULT_SCHEDULE, sdl_k=2, sdl_queue=16, decode_batch_size=4,
+    augment=True, sdl_schedule=DEFAULT_SCHEDULE, sdl_k=2, sdl_queue=16, decode_batch_size=4, frame_order="time",
 )
 
 
@@ -104,6 +110,7 @@ def _run(stage: str, data, format: str, out, **options) -> dict:
     if unknown:
         raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(DEFAULTS))}")
     o = {**DEFAULTS, **options}
+    frame_order = check_order(o["frame_order"])
     out = storage.absolute(out)
     storage.check_output(out)
 
@@ -140,12 +147,15 @@ def _run(stage: str, data, format: str, out, **options) -> dict:
         sdl_k=int(o["sdl_k"]), sdl_queue=int(o["sdl_queue"]), landmark_weights=landmark, init=init,
         trust=bool(o["trust"]), seed=int(o["seed"]), cpus_per_worker=float(o["cpus_per_worker"]),
         has_val=bool(val), n_val=len(val), run_dir=str(out),
-        data=str(storage.absolute(data)), format=format, fold=o["fold"],
+        data=str(storage.absolute(data)), format=format, fold=o["fold"], crop=split.crop,
+        frame_order=None if image_mode else frame_order,
     )
     print(f"{stage} stage: {format} {split.source}: {len(train)} train / {len(val)} val samples, "
           f"{split.num_classes} classes, {workers} worker(s) x batch {bs}, {steps} steps/epoch, "
           f"peak lr {cfg['peak_lr']:.3g}, mixup {'on' if mixup else 'off'}, "
-          f"oversample {'on' if o['oversample'] else 'off'}, sdl {'on' if o['sdl'] else 'off'} -> {out}")
+          f"oversample {'on' if o['oversample'] else 'off'}, sdl {'on' if o['sdl'] else 'off'}"
+          f"{'' if image_mode else f', frame order {frame_order}'}{f', crop {split.crop}' if split.crop else ''}"
+          f" -> {out}")
 
     init_ray(o["address"])
     have_cpus, have_gpus, _ = cluster_resources()
@@ -156,10 +166,11 @@ def _run(stage: str, data, format: str, out, **options) -> dict:
     task_cpus = data_task_cpus(have_cpus, workers, cfg["cpus_per_worker"])
     datasets = {"train": train_dataset(train, num_frames=num_frames, image_mode=image_mode, augment=o["augment"],
                                        oversample=o["oversample"], decode_batch_size=o["decode_batch_size"],
-                                       num_cpus=task_cpus)}
+                                       num_cpus=task_cpus, frame_order=frame_order)}
     if val:
         datasets["val"] = eval_dataset(val, num_frames=num_frames, image_mode=image_mode, pad_to_multiple=workers,
-                                       decode_batch_size=o["decode_batch_size"], num_cpus=task_cpus)
+                                       decode_batch_size=o["decode_batch_size"], num_cpus=task_cpus,
+                                       frame_order=frame_order)
     gpus = float(o["gpus_per_worker"])
     resources = {"CPU": cfg["cpus_per_worker"], **({"GPU": gpus} if gpus else {})}
     trainer = TorchTrainer(
@@ -288,7 +299,8 @@ def _save(model, directory: Path, cfg: dict, epoch: int, metrics: dict, state: d
     S.save_checkpoint(model, directory / "model.pth", config=cfg["model"], labels=cfg["label_set"],
                       label_names=cfg["label_names"], stage=cfg["stage"], epoch=epoch,
                       metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-                      data=cfg["data"], format=cfg["format"], fold=cfg["fold"])
+                      data=cfg["data"], format=cfg["format"], fold=cfg["fold"], crop=cfg["crop"],
+                      frame_order=cfg["frame_order"])
     torch.save(state, directory / "train_state.pt")
 
 

@@ -6,7 +6,8 @@ Formats read by ``load_checkpoint``:
 - the authors' image file ``pretrain-AffectNet-7.pth``: ``{"model_state_dict": ...}`` with ``norm.*`` for
   the final LayerNorm and possibly the landmark net embedded (keys containing "landmark");
 - our own files: ``{"model": state_dict, "s2d": {...}}`` (video) or ``{"model_state_dict": ..., "s2d": ...}``
-  (image), i.e. the authors' layouts plus a small dict of plain values describing the model.
+  (image), i.e. the authors' layouts plus a small dict of plain values describing the model (configuration,
+  labels, and the face crop and frame order it was trained on, where known).
 Anything else pickled is refused unless ``trust=True`` (only for files whose origin you trust).
 """
 from __future__ import annotations
@@ -166,12 +167,15 @@ def load_model(path: str | Path, landmark_weights: str | Path | None = None, tru
 
 
 def save_checkpoint(model: S2DBase, path: str | Path, config: str | None = None, labels: str | None = None,
-                    **extra) -> Path:
-    """Write ``model`` atomically in the authors' layout (video: {"model"}, image: {"model_state_dict"})."""
+                    crop: str | None = None, frame_order: str | None = None, **extra) -> Path:
+    """Write ``model`` atomically in the authors' layout (video: {"model"}, image: {"model_state_dict"}).
+    ``crop`` (a ``pipeline.crops`` spec) and ``frame_order`` (``time`` / ``lexicographic``): what the model was
+    trained on, None where unknown; files written before they were recorded simply lack the keys."""
     from .s2d import S2DVideo
 
     meta = {"kind": "video" if isinstance(model, S2DVideo) else "image", "config": config, "labels": labels,
-            "num_classes": model.num_classes, "num_frames": model.num_frames, **extra}
+            "num_classes": model.num_classes, "num_frames": model.num_frames, "crop": crop,
+            "frame_order": frame_order, **extra}
     key = "model" if isinstance(model, S2DVideo) else "model_state_dict"
     return atomic_write(path, lambda f: torch.save({key: model.state_dict(), "s2d": meta}, f))
 

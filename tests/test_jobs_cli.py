@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -76,6 +77,8 @@ def test_prepare_writes_aligned_clips_and_csvs(prepared, detector_weights):
     assert train[0] == test[0] == "path,label"
     assert sorted(r.split(",")[1] for r in train[1:]) == ["Happy", "Happy", "Sad", "Sad"]
     assert len(test) == 2 and test[1].endswith(",Happy") and not (out / "val.csv").exists()
+    assert json.loads((out / "dataset.json").read_text()) == {"crop": "template:0.25@224"} == \
+        {"crop": manifest["crop"]}  # the default crop, recorded for training
 
     from pipeline.retinaface import FaceDetector
 
@@ -84,6 +87,7 @@ def test_prepare_writes_aligned_clips_and_csvs(prepared, detector_weights):
     for row in train[1:] + test[1:]:
         frames = sorted((out / row.split(",")[0]).glob("*.jpg"))
         assert [f.name for f in frames] == [f"{i:05d}.jpg" for i in range(1, 17)]
+        assert json.loads((frames[0].parent / "clip.json").read_text())["crop"] == "template:0.25@224"
         clip = np.stack([np.asarray(Image.open(f)) for f in frames])  # [16, 224, 224, 3]
         assert clip.shape == (16, 224, 224, 3)
         for found in detector(clip[[0, 15]]):  # the aligned face is found again, eyes where the template puts them
@@ -123,8 +127,12 @@ def test_train_evaluate_and_annotate_weights_from_the_prepared_dataset(prepared,
     out, _ = prepared
     run = tmp_path / "run"
     result = invoke("train", "dynamic", "--data", out, "--format", "csv", "--labels", "dfew", "--model", "s2d_tiny",
-                    "--epochs", "2", "--batch-size", "2", "--workers", "2", "--out", run)  # on 2 CPUs this hung
+                    "--epochs", "2", "--batch-size", "2", "--workers", "2", "--frame-order", "lexicographic",
+                    "--out", run)  # on 2 CPUs this hung
     assert "WARNING: no --init checkpoint" in result.output and "best checkpoint: " in result.output
+    assert "frame order lexicographic, crop template:0.25@224 -> " in result.output
+    meta = torch.load(run / "best.pth", weights_only=True)["s2d"]
+    assert meta["crop"] == "template:0.25@224" and meta["frame_order"] == "lexicographic"  # what it was trained on
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1] and all(np.isfinite(r["train_loss"]) for r in rows)
     assert (run / "best.pth").is_file() and (run / "metrics.csv").is_file()
@@ -133,6 +141,9 @@ def test_train_evaluate_and_annotate_weights_from_the_prepared_dataset(prepared,
                     run / "best.pth", "--out", tmp_path / "eval")
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["n"] == 1 and metrics["war"] in (0.0, 1.0) and "recall per class: Happy " in result.output and "Sad -" in result.output
+    assert "frame order: lexicographic (the checkpoint's training order, recorded in it)" in result.output
+    assert metrics["frame_order"] == "lexicographic" and metrics["frame_order_why"] == \
+        "the checkpoint's training order, recorded in it"
     assert (tmp_path / "eval" / "confusion.png").stat().st_size > 0
 
     from pipeline.emotions import build_model, resolve_classifier
@@ -140,3 +151,30 @@ def test_train_evaluate_and_annotate_weights_from_the_prepared_dataset(prepared,
     classifier = resolve_classifier(str(run / "best.pth"), None, str(landmark_weights))  # as `s2d annotate` does
     assert classifier.labels == "dfew"
     assert build_model(classifier).num_classes == 7
+
+
+@pytest.mark.parametrize("args", [
+    ("prepare", "{videos}/videos.csv", "--out", "{tmp}/out", "--crop", "blob@224"),
+    ("train", "dynamic", "--data", "{videos}", "--format", "csv", "--out", "{tmp}/out", "--frame-order", "blob@224"),
+    ("evaluate", "--data", "{videos}", "--format", "csv", "--checkpoint", "s2d-dfew", "--out", "{tmp}/out",
+     "--frame-order", "blob@224"),
+], ids=["prepare-crop", "train-frame-order", "evaluate-frame-order"])
+def test_an_unknown_crop_or_frame_order_fails_before_any_work(tmp_path, videos, args):
+    result = runner.invoke(app, [a.format(videos=videos, tmp=tmp_path) for a in args])
+    assert result.exit_code == 1
+    assert len(result.output.splitlines()) == 1 and result.output.startswith("error: unknown ")
+    assert "'blob@224'" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepare_with_another_crop_redoes_the_clips(prepared, videos):
+    out, _ = prepared
+    clip = next((out / "clips").glob("a-*"))
+    before = np.asarray(Image.open(clip / "00001.jpg"), np.float32)
+    invoke("prepare", videos / "videos.csv", "--out", out, "--labels", "dfew", "--crop", "box:1.0@224")
+    manifest = json.loads((out / "prepare.json").read_text())
+    assert manifest["clips_kept"] == 0 and manifest["clips_written"] == 5  # none reused: they had another crop
+    assert json.loads((out / "dataset.json").read_text()) == {"crop": "box:1@224"}
+    assert json.loads((clip / "clip.json").read_text())["crop"] == "box:1@224"
+    after = np.asarray(Image.open(clip / "00001.jpg"), np.float32)
+    assert after.shape == before.shape == (224, 224, 3) and np.abs(after - before).mean() > 10

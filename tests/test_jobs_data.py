@@ -280,6 +280,56 @@ def test_decode_functions_without_ray(tmp_path, face_list):
     assert one["clip"].shape == (3, 1, 1, 224, 224, 3)
 
 
+# ============================================================================ frame order
+AUTHORS_ORDER = [1, 10, 11, 12, 13, 14, 15, 16, 2, 3, 4, 5, 6, 7, 8, 9]  # sorted(glob('*.jpg')) of 1.jpg..16.jpg
+
+
+def numbered_clip(folder: Path, n: int = 16) -> Path:
+    """DFEW-style frames ``1.jpg .. n.jpg``, frame i a flat grey of level 12 * i (tells the frames apart)."""
+    return write_frames(folder, [np.full((224, 224, 3), 12 * i, np.uint8) for i in range(1, n + 1)], pattern="{}")
+
+
+def frame_numbers(clip: np.ndarray) -> list[int]:
+    """uint8 [T, S, S, 3] of ``numbered_clip`` frames -> their numbers."""
+    return [int(round(float(f.mean()) / 12)) for f in clip]
+
+
+def test_lexicographic_listing_is_the_authors_order(tmp_path):
+    folder = numbered_clip(tmp_path / "00001")
+    (folder / "notes.txt").write_text("not a frame")
+    assert [p.name for p in list_frames(folder, "lexicographic")] == [f"{i}.jpg" for i in AUTHORS_ORDER]
+    assert [p.name for p in list_frames(folder, "time")] == [f"{i}.jpg" for i in range(1, 17)]
+    assert list_frames(folder) == list_frames(folder, "time")
+    with pytest.raises(ValueError, match="unknown frame order 'sideways'"):
+        list_frames(folder, "sideways")
+
+
+def test_decode_steps_feed_frames_in_the_asked_order(tmp_path):
+    from jobs.datasets import decode_eval, decode_train
+
+    folder = numbered_clip(tmp_path / "clip")
+    batch = {"path": np.array([str(folder)]), "kind": np.array(["frames"]), "label": np.array([0]),
+             "weight": np.array([1.0]), "index": np.array([0])}
+    for order, expected in (("time", list(range(1, 17))), ("lexicographic", AUTHORS_ORDER)):
+        ev = decode_eval(batch, num_frames=16, size=224, image_mode=False, frame_order=order)
+        assert frame_numbers(ev["clip"][0, 0]) == expected, order
+        train = decode_train(batch, num_frames=16, size=224, image_mode=False, augment=False, frame_order=order)
+        assert frame_numbers(train["clip"][0]) == expected, order
+    assert frame_numbers(decode_eval(batch, num_frames=16, size=224, image_mode=False)["clip"][0, 0]) == \
+        list(range(1, 17))  # time order unless asked
+
+
+def test_csv_dataset_json_names_the_crop(tmp_path, face_list):
+    write_frames(tmp_path / "clip", clip_frames(face_list[0], 3))
+    (tmp_path / "train.csv").write_text("path,label\nclip,0\n")
+    assert load_split(tmp_path, "csv", "train").crop is None  # no dataset.json: not known
+    (tmp_path / "dataset.json").write_text('{"crop": "box:1.0@224"}')
+    assert load_split(tmp_path, "csv", "train").crop == "box:1@224"
+    (tmp_path / "dataset.json").write_text('{"crop": "blob"}')
+    with pytest.raises(DatasetError, match="dataset.json: no valid crop .*'blob'"):
+        load_split(tmp_path, "csv", "train")
+
+
 # ============================================================================ splits and oversampling
 def test_stratified_split_is_seeded_and_stratified():
     samples = [{"path": str(i), "label": i % 3, "kind": "image"} for i in range(60)] + \

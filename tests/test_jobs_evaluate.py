@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import s2d_model as S
-from jobs.evaluate import compute_metrics, confusion_matrix, predict_views, write_outputs
+from jobs.evaluate import compute_metrics, confusion_matrix, pick_frame_order, predict_views, write_outputs
 from jobs.sdl import EmotionAnchors, sdl_weight
 
 
@@ -77,6 +77,39 @@ def test_checkpoints_round_trip_through_s2d_model(tmp_path, tiny_video, landmark
     S.save_checkpoint(image, tmp_path / "image.pth", config="s2d_tiny", labels="rafdb")
     model, report = S.load_model(tmp_path / "image.pth", landmark_weights)
     assert isinstance(model, S.S2DImage) and report.format == "image" and report.meta["labels"] == "rafdb"
+
+
+def test_checkpoints_carry_crop_and_frame_order_and_old_files_still_load(tmp_path, tiny_video, landmark_weights):
+    path = S.save_checkpoint(tiny_video, tmp_path / "video.pth", config="s2d_tiny", crop="box:1@224",
+                             frame_order="lexicographic")
+    _, report = S.load_model(path, landmark_weights)
+    assert report.meta["crop"] == "box:1@224" and report.meta["frame_order"] == "lexicographic"
+    _, report = S.load_model(S.save_checkpoint(tiny_video, tmp_path / "plain.pth", config="s2d_tiny"))
+    assert report.meta["crop"] is None and report.meta["frame_order"] is None  # not known: recorded as such
+    old = tmp_path / "old.pth"  # a file saved before crop and frame order were recorded
+    torch.save({"model": tiny_video.state_dict(), "s2d": {"kind": "video", "config": "s2d_tiny", "labels": None}}, old)
+    model, report = S.load_model(old, landmark_weights)
+    assert model.num_classes == 3 and "crop" not in report.meta and "frame_order" not in report.meta
+
+
+def test_frame_order_auto_is_the_checkpoints_training_order(tmp_path, tiny_video):
+    lex = S.load_model(S.save_checkpoint(tiny_video, tmp_path / "lex.pth", frame_order="lexicographic"))[1].meta
+    assert pick_frame_order("auto", tmp_path / "lex.pth", lex) == \
+        ("lexicographic", "the checkpoint's training order, recorded in it")
+    assert pick_frame_order("time", tmp_path / "lex.pth", lex) == \
+        ("time", "as asked; the checkpoint was trained on lexicographic order")
+    timed = S.load_model(S.save_checkpoint(tiny_video, tmp_path / "time.pth", frame_order="time"))[1].meta
+    assert pick_frame_order("auto", tmp_path / "time.pth", timed)[0] == "time"
+    assert pick_frame_order("auto", tmp_path / "old.pth", {}) == ("time", "the checkpoint records no frame order")
+    # the authors' checkpoints, by registry name: s2d-dfew was trained and tested in name order
+    assert pick_frame_order("auto", "s2d-dfew", {}) == \
+        ("lexicographic", "the checkpoint's training order, the authors' protocol")
+    order, why = pick_frame_order("time", "s2d-dfew", {})
+    assert order == "time" and "differs from the authors' protocol" in why and "lexicographic" in why
+    assert pick_frame_order("auto", "s2d-ferv39k", {})[0] == "time"
+    assert pick_frame_order("lexicographic", "s2d-dfew", {})[0] == "lexicographic"
+    with pytest.raises(ValueError, match="^unknown frame order 'sideways': choose one of auto, time, lexicographic$"):
+        pick_frame_order("sideways", "s2d-dfew", {})
 
 
 def test_outputs_written(tmp_path):

@@ -21,7 +21,8 @@ import s2d_model as S
 from jobs.evaluate import evaluate
 from jobs.train import read_metrics, train_dynamic, train_static
 from conftest import ensure_ray
-from test_jobs_data import assign, clip_frames, faces, make_dfew, make_rafdb, write_frames
+from test_jobs_data import (AUTHORS_ORDER, assign, clip_frames, faces, frame_numbers, make_dfew, make_rafdb,
+                            numbered_clip, write_frames)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +94,7 @@ def test_static_stage_learns_two_faces(static_run, datasets, landmark_weights, t
     assert history[-1]["val_war"] >= 0.75  # chance is 0.5
     ckpt = torch.load(static_run["best_checkpoint"], map_location="cpu", weights_only=True)
     assert "model_state_dict" in ckpt and ckpt["s2d"]["kind"] == "image"  # the authors' image layout
+    assert ckpt["s2d"]["frame_order"] is None and ckpt["s2d"]["crop"] is None  # images; RAF-DB names no crop
     model = S.create_image_model("s2d_tiny", 7)
     S.load_checkpoint(model, static_run["best_checkpoint"])  # strict
     lines = (Path(static_run["run_dir"]) / "metrics.csv").read_text().splitlines()
@@ -167,7 +169,8 @@ def test_dynamic_stage_survives_a_killed_worker(dynamic_run, dynamic_opts, kille
     assert all(np.isfinite(r["train_loss"]) and r["val_n"] == 3 for r in history)
     model = S.create_model("s2d_tiny", 7)
     S.load_checkpoint(model, dynamic_run["best_checkpoint"])  # strict: our file is the authors' video layout
-    assert torch.load(dynamic_run["last_checkpoint"], weights_only=True)["s2d"]["labels"] == "dfew"
+    meta = torch.load(dynamic_run["last_checkpoint"], weights_only=True)["s2d"]
+    assert meta["labels"] == "dfew" and meta["frame_order"] == "time" and meta["crop"] is None  # as trained
 
 
 def test_rerun_resumes_and_continues_the_epoch_counter(datasets, dynamic_run, dynamic_opts):
@@ -189,3 +192,42 @@ def test_evaluate_checkpoint_on_test_splits(datasets, dynamic_run, landmark_weig
     mixed = evaluate(datasets["csv"], "csv", dynamic_run["best_checkpoint"], tmp_path / "csv", labels="dfew",
                      batch_size=3, landmark_weights=str(landmark_weights))
     assert mixed["n"] == 3 and mixed["support"] == [1, 0, 1, 0, 1, 0, 0]  # Happy, Neutral, Surprise
+    assert result["frame_order"] == mixed["frame_order"] == "time"  # the order the checkpoint was trained on
+    assert result["frame_order_why"] == "the checkpoint's training order, recorded in it"
+
+
+def test_ray_datasets_read_frames_in_the_asked_order(ray_local, tmp_path):
+    from jobs.datasets import eval_dataset, train_dataset
+
+    sample = {"path": str(numbered_clip(tmp_path / "clip")), "label": 0, "kind": "frames"}
+    for order, expected in (("time", list(range(1, 17))), ("lexicographic", AUTHORS_ORDER)):
+        ev = next(iter(eval_dataset([sample], frame_order=order).iter_batches(batch_size=None)))
+        assert frame_numbers(ev["clip"][0, 0]) == expected, order
+        tr = next(iter(train_dataset([sample], augment=False, frame_order=order).iter_batches(batch_size=None)))
+        assert frame_numbers(tr["clip"][0]) == expected, order
+
+
+def test_evaluate_feeds_the_model_frames_in_the_checkpoints_order(dynamic_run, landmark_weights, tmp_path, capsys):
+    root = tmp_path / "numbered"
+    numbered_clip(root / "clip")  # 1.jpg .. 16.jpg, each frame its own grey
+    (root / "test.csv").write_text("path,label\nclip,Happy\n")
+    ckpt = torch.load(dynamic_run["best_checkpoint"], weights_only=True)
+    ckpt["s2d"]["frame_order"] = "lexicographic"  # as if trained on the authors' order
+    torch.save(ckpt, tmp_path / "lex.pth")
+
+    def run(checkpoint, order):
+        out = tmp_path / f"{Path(checkpoint).stem}-{order}"
+        result = evaluate(root, "csv", checkpoint, out, labels="dfew", batch_size=1,
+                          landmark_weights=str(landmark_weights), frame_order=order)
+        row = (out / "predictions.csv").read_text().splitlines()[1].split(",")
+        return result, [float(v) for v in row[3:]]
+
+    timed, p_time = run(dynamic_run["best_checkpoint"], "time")
+    lex, p_lex = run(dynamic_run["best_checkpoint"], "lexicographic")
+    assert timed["frame_order"] == "time" and lex["frame_order"] == "lexicographic"
+    assert lex["frame_order_why"] == "as asked; the checkpoint was trained on time order"
+    assert np.abs(np.subtract(p_time, p_lex)).max() > 1e-5  # the model saw another sequence of frames
+    capsys.readouterr()
+    auto, p_auto = run(tmp_path / "lex.pth", "auto")
+    assert auto["frame_order"] == "lexicographic" and p_auto == p_lex
+    assert "frame order: lexicographic (the checkpoint's training order, recorded in it)" in capsys.readouterr().out
