@@ -9,6 +9,7 @@ import typer
 
 from pipeline import storage
 from pipeline.cluster import ClusterError
+from pipeline.crops import FRAME_ORDERS
 from pipeline.settings import DECODERS, DETECTORS, LANDMARKS
 
 # rich_markup_mode=None: Click's plain help (flags without a "<bool>" type) and one-line usage errors
@@ -21,6 +22,9 @@ app.add_typer(weights_app, name="weights")
 train_app = typer.Typer(help="Train S2D on Ray Train: the static image stage, then the dynamic video stage.",
                         no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(train_app, name="train")
+crops_app = typer.Typer(help="Face crops: what a model's training crops look like, and the --crop that cuts them.",
+                        no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(crops_app, name="crops")
 
 
 def _version() -> str:
@@ -44,6 +48,26 @@ def version_cmd():
     typer.echo(f"s2d-pipeline {_version()}")
     typer.echo(f"torch {torch.__version__} (cuda available: {torch.cuda.is_available()}), timm {timm.__version__}, "
                f"ray {ray.__version__}, pyav {av.__version__}, pyarrow {pyarrow.__version__}")
+
+
+@crops_app.command("measure")
+def crops_measure_cmd(
+    frames: list[str] = typer.Argument(..., metavar="FRAMES...", help="face crops of a data set: image files or "
+                                       "folders (searched recursively), e.g. DFEW's clip_224x224_16f/"),
+    sample: int = typer.Option(50, min=1, help="files measured, spread over the sorted list"),
+    detector_weights: Optional[str] = typer.Option(None, envvar="S2D_DETECTOR_WEIGHTS",
+                                                   help="RetinaFace MobileNet-0.25 weights file or name"),
+):
+    """Run our detector on a sample of a data set's face crops and print their geometry (eye distance, eye and
+    mouth position, roll, aspect) and the --crop that cuts the same crop from raw video."""
+    from pipeline.crop_measure import measure_crops
+    from s2d_model.weights import WeightsNotFound, resolve
+
+    try:
+        m = measure_crops(frames, resolve(detector_weights or "retinaface-mobilenet"), sample=sample)
+    except (WeightsNotFound, ValueError) as e:
+        _fail(str(e))
+    typer.echo(m.table())
 
 
 @weights_app.command("list")
@@ -115,6 +139,19 @@ def unit_interval(v):
     return v
 
 
+def crop_spec(v):
+    """Option check: a crop spec (pipeline.crops), or None."""
+    from pipeline.crops import parse_crop
+
+    try:
+        return None if v is None else str(parse_crop(v))
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+CROP_HELP = ("the face crop the model takes: template[:MARGIN][@SIZE] (5-point alignment), box[:SCALE][@SIZE] "
+             "(detector box, squared) or mtcnn[@SIZE] (the authors' MAFW crop) [default: what the weights were "
+             "trained on; README \"Crops\"]")
 SHARD_HELP = ("seconds per time shard: a longer video is split so that several face actors share it [default: 60, "
               "and no more shards than there are face actors]")
 
@@ -128,6 +165,7 @@ Detector = _choices("Detector", DETECTORS)
 Landmarks = _choices("Landmarks", LANDMARKS)
 Decoder = _choices("Decoder", DECODERS)
 Device = _choices("Device", ("auto", "cpu", "cuda"))
+FrameOrder = _choices("FrameOrder", FRAME_ORDERS)
 DEVICE_HELP = "auto (GPU when the cluster has one), cpu or cuda"
 
 
@@ -223,10 +261,17 @@ def annotate_cmd(
     out: str = typer.Option(..., "--out", help="output folder: one timeline Parquet per video or image + "
                             "manifest.json; local or a URI (s3://bucket/run/)"),
     weights: str = typer.Option("s2d-dfew", envvar="S2D_WEIGHTS", help="S2D weights: a name from `s2d weights "
-                                "list`, a file, or random-tiny (untrained, smoke tests only)"),
+                                "list`, a file, faceapi-expression (face-api's per-frame expression net, or a path "
+                                "to its weights manifest), or random-tiny (untrained, smoke tests only)"),
     image_weights: str = typer.Option("s2d-affectnet7-image", envvar="S2D_IMAGE_WEIGHTS",
                                       help="still images: S2D's static image model (the first training stage): a "
-                                      "name, a file, or random-tiny; needed only when there are images"),
+                                      "name, a file, faceapi-expression, or random-tiny; needed only when there are "
+                                      "images"),
+    crop: Optional[str] = typer.Option(None, callback=crop_spec, help=CROP_HELP),
+    image_crop: Optional[str] = typer.Option(None, callback=crop_spec, help="the same for the image model"),
+    frame_order: Optional[FrameOrder] = typer.Option(
+        None, help="the order of a clip's 16 frames as S2D sees them: time, or lexicographic (frames named 1..16 "
+        "sorted by name: 1, 10-16, 2-9, as s2d-dfew was trained) [default: the weights' training order]"),
     labels: Optional[str] = typer.Option(None, help="label set (dfew, ferv39k, mafw, ...) or class names a,b,c; "
                                          "default: the weights'"),
     segment: float = typer.Option(2.0, callback=positive, help="segment length in seconds"),
@@ -280,7 +325,8 @@ def annotate_cmd(
     settings = AnnotateSettings(weights=weights, image_weights=image_weights, labels=labels,
                                 s2d_landmark_weights=s2d_landmarks,
                                 segment_s=segment, stride_s=stride, min_face_frames=min_face_frames, views=views,
-                                batch_size=batch_size)
+                                batch_size=batch_size, crop=crop, image_crop=image_crop,
+                                frame_order=frame_order.value if frame_order else None)
     if weights == "random-tiny":
         from pipeline.emotions import UNTRAINED_WARNING
 
@@ -476,6 +522,9 @@ def train_dynamic_cmd(
     seed: int = SEED,
     oversample: bool = typer.Option(False, help="draw classes near-uniformly every epoch"),
     sdl: bool = typer.Option(False, help="emotion-anchor self-distillation loss"),
+    frame_order: str = typer.Option("time", help="time | lexicographic: how a frame folder's files are ordered "
+                                    "(lexicographic: 1, 10..16, 2..9 by name, as the authors trained s2d-dfew); "
+                                    "recorded in the checkpoint"),
     val_fraction: float = VAL_FRACTION,
     mixup: Optional[bool] = MIXUP,
     max_failures: int = MAX_FAILURES,
@@ -489,7 +538,8 @@ def train_dynamic_cmd(
     _train("dynamic", data, format, out, fold=fold, labels=labels, init=init, model=model, epochs=epochs,
            batch_size=batch_size, lr=lr, workers=workers, gpus_per_worker=gpus_per_worker,
            cpus_per_worker=cpus_per_worker, seed=seed, oversample=oversample, sdl=sdl, val_fraction=val_fraction,
-           mixup=mixup, max_failures=max_failures, landmark_weights=landmark_weights, trust=trust, address=address)
+           mixup=mixup, max_failures=max_failures, landmark_weights=landmark_weights, trust=trust, address=address,
+           frame_order=frame_order)
 
 
 @app.command("evaluate")
@@ -508,6 +558,9 @@ def evaluate_cmd(
     gpus_per_worker: float = typer.Option(0, min=0, help="GPUs per actor"),
     landmark_weights: str = typer.Option("mobilefacenet", envvar="S2D_LANDMARK_WEIGHTS", help=LANDMARK_HELP),
     trust: bool = typer.Option(False, help="allow arbitrary pickled objects in the checkpoint"),
+    frame_order: str = typer.Option("auto", help="auto | time | lexicographic: how a frame folder's files are "
+                                    "ordered; auto: the checkpoint's training order (s2d-dfew: lexicographic, the "
+                                    "authors' protocol; ours: as recorded; else time)"),
     address: Optional[str] = ADDRESS,
     verbose: bool = VERBOSE,
 ):
@@ -525,7 +578,7 @@ def evaluate_cmd(
     try:
         m = evaluate(data, format, checkpoint, out, fold=fold, batch_size=batch_size, landmark_weights=landmark_weights,
                      address=address, split=split, labels=labels, workers=workers, gpus_per_worker=gpus_per_worker,
-                     trust=trust)
+                     trust=trust, frame_order=frame_order)
     except (WeightsNotFound, DatasetError, FileNotFoundError, ValueError, ClusterError) as e:
         _fail(str(e))
     from pipeline import storage
@@ -544,6 +597,9 @@ def prepare_cmd(
                             "train/val/test.csv"),
     labels: Optional[str] = typer.Option(None, help="check labels against a label set (dfew, ...) or names a,b,c"),
     force: bool = typer.Option(False, "--force", help="re-cut clips that already exist"),
+    crop: str = typer.Option("template:0.25@224", help="the face crop of every frame: template[:MARGIN][@SIZE], "
+                             "box[:SCALE][@SIZE] or mtcnn[@SIZE] (pipeline/crops.py); recorded in clip.json and "
+                             "dataset.json (training stores it in the checkpoint); a clip cut otherwise is redone"),
     fps: float = typer.Option(8.0, callback=positive, help="analysis rate of the face stage (frames per second)"),
     detector: Detector = typer.Option(Detector("retinaface-mobilenet"), help="face detector"),
     detector_weights: Optional[str] = typer.Option(None, envvar="S2D_DETECTOR_WEIGHTS",
@@ -558,8 +614,8 @@ def prepare_cmd(
 ):
     """Turn labelled raw videos into a DFEW-style clip dataset for training.
 
-    Per video: the face stage, its longest face track, 16 frames spread over it, aligned to 224 px as
-    `s2d annotate` aligns them. `s2d train dynamic --format csv` and `s2d evaluate --format csv` read the result.
+    Per video: the face stage, its longest face track, 16 frames spread over it, cut with --crop (by default
+    aligned to 224 px as `s2d annotate` aligns them). `s2d train dynamic --format csv` and `s2d evaluate --format csv` read the result.
     """
     _ray_output(verbose)
     from jobs.datasets import DatasetError
@@ -570,7 +626,8 @@ def prepare_cmd(
     faces = FaceSettings(fps=fps, detector=detector.value, detector_weights=detector_weights,
                          landmarks=landmarks.value, landmark_weights=landmark_weights, decoder=decoder.value)
     try:
-        m = prepare(videos_csv, out, faces, labels=labels, device=device.value, address=address, force=force)
+        m = prepare(videos_csv, out, faces, labels=labels, device=device.value, address=address, force=force,
+                    crop=crop)
     except (WeightsNotFound, DatasetError, FileNotFoundError, ValueError, ClusterError) as e:
         _fail(str(e))
     except KeyboardInterrupt:

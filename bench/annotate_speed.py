@@ -56,6 +56,13 @@ e. the README example: ``python -m cli annotate <fixtures>/videos --out <tmp> --
    S2D_DETECTOR_WEIGHTS / S2D_LANDMARK_WEIGHTS set to the fixture files, in each tree: the command's wall
    seconds (process start to exit: imports, Ray start and shutdown included).
 
+f. a trained expression model (new chain only): face-api's expression net alone, in this process on 2 torch
+   threads, as the chain's S2D actor calls it (``S2DWorker.probabilities`` on one clip of 16 distinct 112 px face
+   frames per call, after a warm-up call): faces/s; then ``run_annotate`` with ``--weights`` the fixture's
+   ``faceapi-expression`` manifest and with random-tiny on a's longest video, one after the other: video-s per
+   wall-s (goal >= 6 on 2 CPUs, and faceapi-expression at least as fast as random-tiny) and peak PSS of the tree
+   (goal < 3 GiB).
+
 Inputs are generated from the real fixture face video (``single_face.mp4``'s frames played forwards and
 backwards, slowly panned and zoomed so the face moves; made at 640x360 and resized up for b; 30 fps, libx264
 veryfast crf 23), cached in ``--workdir`` (default ``$TMPDIR/s2d-annotate-speed``) and reused; generation time is
@@ -85,7 +92,8 @@ FIXTURES = Path(os.environ.get("S2D_FIXTURES", REPO.parent / "shared" / "fixture
 BASELINE_COMMIT = "a7e3743"
 W, H, FPS = 640, 360, 30
 FIXTURE_VIDEOS = ("single_face.mp4", "face_noface.mov", "no_face.mp4")
-SECTIONS = "abcde"
+SECTIONS = "abcdef"
+EXPRESSION = "weights/face-api/face_expression_model-weights_manifest.json"  # face-api's net, in the fixtures
 LINGER_S = 10.0
 
 
@@ -519,6 +527,22 @@ class Runner:
         return m
 
 
+def expression_alone(fx: Path, min_s: float = 10.0) -> float:
+    """faces/s of face-api's expression net as the chain's S2D actor runs it (``f``), 2 torch threads."""
+    import numpy as np
+
+    from pipeline.emotions import S2DWorker, resolve_classifier
+
+    worker = S2DWorker(resolve_classifier(str(fx / EXPRESSION)), threads=2)
+    clip = np.random.default_rng(0).integers(0, 256, (1, 16, 112, 112, 3), dtype=np.uint8)
+    worker.probabilities(clip)  # warm-up: the model loads
+    calls, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < min_s:
+        worker.probabilities(clip)
+        calls += 1
+    return 16 * calls / (time.perf_counter() - t0)
+
+
 def ensure_baseline(path: Path) -> Path:
     path = path.expanduser().resolve()
     if not (path / "pipeline" / "run.py").is_file():
@@ -824,6 +848,25 @@ def main() -> None:
                  "clips/s", f"{_get(la, 'lanes')} lanes of one thread each, {_get(la, 'calls')} calls after a "
                             f"{_get(la, 'warm_s') or 0:.1f} s warm-up; end-to-end / this: "
                             f"{_per(e2e['new'], _get(la, 'clips_per_s')) or 0:.3f}")
+
+        # ------------------------------------------------------------------ f. a trained expression model
+        if "f" in only:
+            sec = "f trained expression model"
+            _row(rows, sec, "face-api expression net alone, 2 threads", expression_alone(fx), None, "faces/s",
+                 "S2DWorker.probabilities, 16 distinct 112 px faces per call (one 2 s clip at 8 fps)")
+            v = _video(workdir, fx, lengths[-1])
+            dur = _duration(v)
+            fr = {w: run.annotate(f"expr_{i}", "new", [v], w) for i, w in enumerate((str(fx / EXPRESSION),
+                                                                                      "random-tiny"))}
+            ex, tiny = fr[str(fx / EXPRESSION)], fr["random-tiny"]
+            for r in (ex, tiny):
+                r["speed"] = _per(dur, _get(r, "wall_seconds"))
+            _row(rows, sec, f"{dur:g} s {W}x{H}: faceapi-expression", ex["speed"], None, "video-s/s",
+                 f"{_status(ex)}; clips {_get(ex, 'clips')}; goal >= 6")
+            _row(rows, sec, "  random-tiny, same video", tiny["speed"], None, "video-s/s",
+                 f"{_status(tiny)}; clips {_get(tiny, 'clips')}; faceapi / tiny: {_per(ex['speed'], tiny['speed']) or 0:.3f}")
+            _row(rows, sec, "  peak PSS, whole tree: faceapi-expression", ex["peak_pss"], None, "MiB",
+                 f"random-tiny: {tiny['peak_pss']:.0f} MiB; goal < 3072; largest {ex['top']}")
 
         # ------------------------------------------------------------------ e. README example
         if "e" in only:

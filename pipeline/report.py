@@ -5,17 +5,18 @@ video's timeline Parquet and its landmark cache entry (for a face thumbnail per 
 loads nothing: the thumbnails are ``data:`` JPEGs, the timelines inline SVG, and a Content-Security-Policy that
 allows only those, so it opens from disk in any browser and a stray reference shows up as a console error.
 
-Sections: the run (warning in red, counts by status, wall time, weights, settings, versions), the files without a
-timeline and why, then per video (status, duration; per track: the aligned face crop of its best-scored detection,
-the emotion probabilities stacked over the whole video, the dominant emotion and the share of time per emotion)
-and per image (each face with its label). A file that is gone or a cache entry that is missing costs its thumbnail
-(a placeholder and a note), never the report.
+Sections, what a reader came for first: an overview (per video, who is in it and their emotions over time: each
+track's dominant emotion and its runs of one label; per image, each face's label), then per video (status,
+duration; per track: the aligned face crop of its best-scored detection, the emotion probabilities stacked over the
+whole video, the dominant emotion and the share of time per emotion) and per image (each face with its label), the
+files without a timeline and why, and last the run (warning in red at the top of the page, counts by status, wall
+time, weights, the model's input crop, settings, versions). A file that is gone or a cache entry that is missing
+costs its thumbnail (a placeholder and a note), never the report.
 """
 from __future__ import annotations
 
 import base64
 import io
-import json
 from collections import Counter
 from html import escape
 
@@ -63,7 +64,48 @@ def _pairs(items, per_row: int = 2) -> str:
 
 
 def _value(v) -> str:
-    return json.dumps(v, default=str) if isinstance(v, (dict, list)) else "none" if v is None else str(v)
+    """A setting or fingerprint as a reader reads it: dicts as ``key value; ...``, lists comma-separated."""
+    if isinstance(v, dict):
+        return "; ".join(f"{k} {_value(x)}" for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_value(x) for x in v)
+    return "none" if v is None else str(v)
+
+
+def label_runs(g: pd.DataFrame) -> str:
+    """A track's segments -> its runs of one label over time, as drawn (``columns``): "Neutral 0.0-0.9 s, Happy
+    0.9-2.4 s"."""
+    g = g.sort_values(["start_s", "end_s"])
+    runs: list[list] = []
+    for t0, t1, i in columns(g):
+        label = str(g["label"].iloc[i])
+        if runs and runs[-1][0] == label and abs(runs[-1][2] - t0) < 1e-6:
+            runs[-1][2] = t1
+        else:
+            runs.append([label, t0, t1])
+    return ", ".join(f"{label} {t0:.1f}-{t1:.1f} s" for label, t0, t1 in runs)
+
+
+def overview(records: list[dict], loaded: dict) -> str:
+    """Per file with faces: its tracks (or faces), each with its dominant emotion and its emotions over time.
+    ``loaded``: video_id -> ``_load_timeline``'s."""
+    rows = []
+    for r in records:
+        image = r.get("kind") == "image"
+        df, labels, _ = loaded.get(r["video_id"], (None, [], None))
+        if df is None or not len(df):
+            continue
+        name = storage.name(r["video_path"])
+        if image:
+            rows += [(name, f"face {t.track_id}", str(t.label), f"{t.confidence:.2f}")
+                     for t in df.sort_values("track_id").itertuples()]
+            continue
+        summary = summarize(df, labels).set_index("track_id")
+        for tid, g in df.groupby("track_id", sort=True):
+            rows.append((name, f"track {tid}", summary.loc[tid, "dominant"], label_runs(g)))
+    if not rows:
+        return "<p>no faces in any file</p>"
+    return _table(rows, ("file", "who", "dominant emotion", "emotions over time (images: confidence)"))
 
 
 def columns(g: pd.DataFrame) -> list[tuple[float, float, int]]:
@@ -178,14 +220,20 @@ def _load_timeline(out_dir, record: dict, default_labels):
     return None, list(default_labels), None
 
 
-def _video_html(out_dir, m: dict, cache_dir, record: dict) -> str:
+def _labels(m: dict, record: dict) -> list:
+    """The label set a record's timeline was written in, by the manifest."""
+    image = record.get("kind") == "image"
+    return list(m.get("image_labels") if image and m.get("image_labels") else m.get("labels") or [])
+
+
+def _video_html(m: dict, cache_dir, record: dict, loaded: tuple) -> str:
+    """One file's section; ``loaded``: its ``_load_timeline`` (or (None, labels, None) when it has no timeline)."""
     from .cache import read_entry
 
     image = record.get("kind") == "image"
-    default = m.get("image_labels") if image and m.get("image_labels") else m.get("labels") or []
     name, status = storage.name(record["video_path"]), record.get("status", "?")
     notes, thumbs, duration = [], {}, record.get("duration_s")
-    df, labels, stored = _load_timeline(out_dir, record, default) if status == "ok" else (None, list(default), None)
+    df, labels, stored = loaded
     if status == "ok" and df is None:
         notes.append("the timeline file is missing")
     if df is not None and len(df):
@@ -247,6 +295,8 @@ def build_report(out_dir) -> str:
     warnings = [w for i, w in enumerate(warnings) if not any(w in v for v in warnings[:i])]  # said once
     weights = [(k, _value(v)) for k, v in (m.get("weights") or {}).items()]
     weights += [(f"image {k}", _value(v)) for k, v in (m.get("image_weights") or {}).items()]
+    weights += [(f"input {k}", _value(v)) for k, v in (m.get("input") or {}).items() if v is not None]
+    weights += [(f"image input {k}", _value(v)) for k, v in (m.get("image_input") or {}).items() if v is not None]
     weights += [("classes", ", ".join(m.get("labels") or []))]
     if m.get("image_labels"):
         weights.append(("image classes", ", ".join(m["image_labels"])))
@@ -263,15 +313,18 @@ def build_report(out_dir) -> str:
     images = [r for r in records if r.get("kind") == "image"]
     body = [f'<h1>s2d report: {escape(storage.name(out_dir))}</h1>']
     body += [f'<p class="warning">WARNING: {escape(w)}</p>' for w in warnings]
-    body += ['<section id="run"><h2>Run</h2>', _table(run), "<h3>Weights</h3>", _table(weights),
-             "<h3>Settings</h3>", _pairs(settings), "<h3>Versions</h3>",
-             _pairs([(k, _value(v)) for k, v in (m.get("versions") or {}).items()], 5), "</section>",
-             f'<section id="errors"><h2>Errors and files without a timeline ({len(bad)})</h2>',
-             _table(bad, ("file", "status", "reason")) if bad else "<p>none</p>", "</section>"]
+    loaded = {r["video_id"]: _load_timeline(out_dir, r, _labels(m, r)) if r.get("status") == "ok" else
+              (None, _labels(m, r), None) for r in records}  # each timeline read once
+    body += ['<section id="overview"><h2>Overview</h2>', overview(records, loaded), "</section>"]
     for title, sid, recs in (("Videos", "videos", videos), ("Images", "images", images)):
         if recs:
             body += [f'<section id="{sid}"><h2>{title} ({len(recs)})</h2>']
-            body += [_video_html(out_dir, m, cache_dir, r) for r in recs] + ["</section>"]
+            body += [_video_html(m, cache_dir, r, loaded[r["video_id"]]) for r in recs] + ["</section>"]
+    body += [f'<section id="errors"><h2>Errors and files without a timeline ({len(bad)})</h2>',
+             _table(bad, ("file", "status", "reason")) if bad else "<p>none</p>", "</section>",
+             '<section id="run"><h2>Run</h2>', _table(run), "<h3>Weights</h3>", _table(weights),
+             "<h3>Settings</h3>", _pairs(settings), "<h3>Versions</h3>",
+             _pairs([(k, _value(v)) for k, v in (m.get("versions") or {}).items()], 5), "</section>"]
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}"><title>s2d report: '
             f'{escape(storage.name(out_dir))}</title><style>{STYLE}</style></head><body>\n'
