@@ -282,7 +282,7 @@ def test_the_s2d_actor_s_lanes_classify_a_batch_side_by_side_one_thread_each(lan
         as_tiny = S2DWorker(c, batch_size=1, threads=2)
         seen = []
         forward = as_tiny.probabilities
-        as_tiny.probabilities = lambda x: seen.append(threading.current_thread().name) or forward(x)
+        as_tiny.probabilities = lambda x, *slots: seen.append(threading.current_thread().name) or forward(x, *slots)
         as_tiny(batch())
         assert seen == [threading.current_thread().name] * 5
         monkeypatch.setattr(emotions, "tiny", lambda c: False)
@@ -291,12 +291,12 @@ def test_the_s2d_actor_s_lanes_classify_a_batch_side_by_side_one_thread_each(lan
         runs, barrier = [], threading.Barrier(2, timeout=60)
         forward = lanes.probabilities
 
-        def probabilities(x):  # which thread ran each clip, on how many torch threads; the lanes' first clips meet
+        def probabilities(x, *slots):  # which thread ran each clip, on how many torch threads; the lanes' first clips meet
             name = threading.current_thread().name
             runs.append((name, torch.get_num_threads()))
             if name.startswith("s2d-lane") and sum(r[0].startswith("s2d-lane") for r in runs) <= 2:
                 barrier.wait()  # both lanes are in at once (a lane on its own would time out here)
-            return forward(x)
+            return forward(x, *slots)
 
         lanes.probabilities = probabilities
         got = lanes(batch())["item"]
