@@ -25,7 +25,7 @@ from s2d_model.weights import resolve_all
 
 from . import cache, storage
 from .cluster import chain_context, init_ray, pick_device, plan_actors, resources, run_passes, stop_on_sigterm
-from .emotions import Classifier, S2DWorker, per_frame, resolve_classifier
+from .emotions import Classifier, S2DWorker, is_faceapi, resolve_classifier
 from .face_actor import FaceWorker
 from .faces_run import FacesResult, Progress, Video, error_meta, unit_rows, write_units
 from .images import is_image
@@ -181,7 +181,8 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
     resolve_all(list(dict.fromkeys([
         faces.detector_weights or faces.detector,
         (faces.landmark_weights or "mobilefacenet") if faces.landmarks == "mobilefacenet" else None,
-        *[settings.s2d_landmark_weights or "mobilefacenet" for k in kinds if not per_frame(weights[k])][:1],
+        # S2D's landmark branch (face-api's net has none)
+        (settings.s2d_landmark_weights or "mobilefacenet") if not all(is_faceapi(weights[k]) for k in kinds) else None,
         *[weights[k] for k in sorted(kinds) if weights[k] != "random-tiny"]])))
     plan = plan_faces(faces)
     crops = {"video": settings.crop, "image": settings.image_crop}

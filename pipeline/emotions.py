@@ -31,7 +31,7 @@ class Classifier:
     weights: str  # the name or path the user gave
     path: Path | None  # resolved file; None for random-tiny
     labels: str  # a label set name, or the class names of a custom-trained model joined by commas
-    landmark_path: Path
+    landmark_path: Path | None  # S2D's landmark branch (None: face-api's net has none)
     warning: str | None = None
     trust: bool = False  # the file may hold pickled code (the user said they trust it)
     config: str = "s2d_tiny"  # the model configuration (s2d_model.CONFIGS), or "faceapi-expression"
@@ -89,7 +89,7 @@ def resolve_classifier(weights: str = "s2d-dfew", labels: str | None = None,
 
     given = {"crop": parse_crop(crop) if crop else None, "frame_order": check_order(frame_order) if frame_order else None}
     spec = KNOWN.get(weights)
-    if per_frame(weights):
+    if is_faceapi(weights):
         return faceapi_classifier(weights, resolve(weights), labels, kind, given, KNOWN[FACEAPI])
     landmark_path = resolve(landmark_weights or "mobilefacenet")
     if weights == RANDOM_TINY:
@@ -126,7 +126,7 @@ def resolve_classifier(weights: str = "s2d-dfew", labels: str | None = None,
     return c
 
 
-def per_frame(weights: str) -> bool:
+def is_faceapi(weights: str) -> bool:
     """Names face-api's expression net (its registry name, or a path to its tfjs weights manifest)."""
     return weights == FACEAPI or str(weights).endswith("-weights_manifest.json")
 
@@ -349,7 +349,7 @@ class S2DWorker:
 
         c = self.classifiers[kind]
         if c.per_frame:
-            return self.per_frame(model, clips, slots)
+            return self.frame_by_frame(model, clips, slots)
         if c.frame_order != "time":  # the order its training clips were read in
             clips = clips[:, frame_permutation(c.frame_order, t)]
         clips = np.ascontiguousarray(clips)
@@ -368,7 +368,7 @@ class S2DWorker:
                 logits = model.forward_head(model.forward_features(x, landmark))[0]
         return logits.float().softmax(-1).cpu().numpy()
 
-    def per_frame(self, model, clips: np.ndarray, slots: list | None) -> np.ndarray:
+    def frame_by_frame(self, model, clips: np.ndarray, slots: list | None) -> np.ndarray:
         """face-api's net on each clip's face frames, its probabilities averaged per clip, in DFEW order."""
         import torch
 
