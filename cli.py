@@ -151,7 +151,7 @@ def crop_spec(v):
 
 CROP_HELP = ("the face crop the model takes: template[:MARGIN][@SIZE] (5-point alignment), box[:SCALE][@SIZE] "
              "(detector box, squared) or mtcnn[@SIZE] (the authors' MAFW crop) [default: what the weights were "
-             "trained on; README \"Crops\"]")
+             "trained on; README \"Crops and frame order\"]")
 SHARD_HELP = ("seconds per time shard: a longer video is split so that several face actors share it [default: 60, "
               "and no more shards than there are face actors]")
 
