@@ -401,7 +401,9 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Te
         keep.append(i)
         wh = np.clip(np.minimum(b[i, 2:], b[i + 1:, 2:]) - np.maximum(b[i, :2], b[i + 1:, :2]), 0, None)
         inter = wh[:, 0] * wh[:, 1]
-        alive[i + 1:] &= inter / (area[i] + area[i + 1:] - inter) <= threshold
+        union = area[i] + area[i + 1:] - inter
+        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)  # two empty boxes: 0, not NaN
+        alive[i + 1:] &= iou <= threshold
     return torch.from_numpy(order[keep]).to(boxes.device)
 
 

@@ -16,6 +16,14 @@ FIXTURES = Path(os.environ.get("S2D_FIXTURES", REPO.parent / "shared" / "fixture
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
+def pytest_collection_modifyitems(items):
+    """The tests on the shared local Ray cluster are marked ``ray``, as are, by hand, those that start Ray in a
+    command or nodes of their own: ``pytest -m "not ray"`` is the quick loop of everything else."""
+    for item in items:
+        if "_ray_session" in item.fixturenames:
+            item.add_marker(pytest.mark.ray)
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     if not FIXTURES.is_dir():

@@ -277,6 +277,7 @@ def _s2d(*args, env=None):
                           env={**os.environ, **(env or {})}, timeout=600)
 
 
+@pytest.mark.ray
 def test_cli_annotate_random_tiny_warns_and_timeline_summarises(inputs, tmp_path, detector_weights,
                                                                landmark_weights):
     env = {"S2D_DETECTOR_WEIGHTS": str(detector_weights), "S2D_LANDMARK_WEIGHTS": str(landmark_weights),

@@ -117,6 +117,7 @@ class _Code:
         return os.getpid, ()
 
 
+@pytest.mark.ray
 def test_weights_holding_code_are_refused_in_one_line_unless_trusted(env, fixtures_dir, tmp_path):
     model = S.create_model("s2d_tiny", 7)
     path = tmp_path / "code.pth"
@@ -186,6 +187,7 @@ def long_video(fixtures_dir, tmp_path_factory) -> Path:
     return write_video(tmp_path_factory.mktemp("long") / "b.mp4", (frames + frames[::-1]) * 20, fps=30)
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("command, sig", [("annotate", "SIGTERM"), ("faces", "SIGINT")])
 def test_an_interrupted_run_keeps_what_is_done_and_marks_the_rest(command, sig, env, fixtures_dir, long_video,
                                                                   tmp_path):
@@ -264,6 +266,7 @@ def _running(procs: dict[int, str]) -> list[int]:
     return alive
 
 
+@pytest.mark.ray
 def test_a_killed_driver_leaves_no_ray_processes(env, fixtures_dir, tmp_path):
     import signal
 

@@ -19,6 +19,8 @@ from golden.make_golden import inputs
 from loopback import running
 from pipeline import storage
 
+pytestmark = pytest.mark.ray  # nodes of its own on loopback
+
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 

@@ -168,6 +168,7 @@ def _s2d(*args, env=None):
                           env={**os.environ, **(env or {})}, timeout=600)
 
 
+@pytest.mark.ray
 def test_cli_faces_summary_and_all_failed_exit_code(inputs, tmp_path, detector_weights, landmark_weights):
     weights = tmp_path / "weights"
     weights.mkdir()

@@ -283,6 +283,20 @@ def test_nms_keeps_what_torchvision_keeps():
             assert torch.equal(rf.nms(boxes, scores, threshold), torchvision.ops.nms(boxes, scores, threshold))
 
 
+def test_nms_of_empty_boxes_is_defined_and_keeps_them_as_torchvision_does():
+    """Zero-area boxes (a point, a line, the same point twice) overlap nothing: kept, as torchvision keeps them,
+    without a division by zero."""
+    import warnings
+
+    torchvision = pytest.importorskip("torchvision")
+    boxes = torch.tensor([[5, 5, 5, 5], [5, 5, 5, 5], [0, 0, 10, 0], [0, 0, 10, 10], [1, 1, 10, 10.0]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = rf.nms(boxes, scores, 0.4)
+    assert got.tolist() == [0, 1, 2, 3] and torch.equal(got, torchvision.ops.nms(boxes, scores, 0.4))
+
+
 def test_the_face_actor_path_does_not_import_torchvision():
     import subprocess
     import sys

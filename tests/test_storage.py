@@ -97,6 +97,7 @@ def s2d(s3, detector_weights, landmark_weights):
         yield run
 
 
+@pytest.mark.ray
 def test_annotate_reads_from_and_writes_to_s3_as_it_does_locally(s3, s2d, tmp_path):
     """Videos, cache and timelines on the object store only: the timelines equal the golden copy; a re-run skips
     every video; ``s2d timeline`` reads them back; ``s2d faces`` writes a cache there too."""
@@ -127,6 +128,7 @@ def test_annotate_reads_from_and_writes_to_s3_as_it_does_locally(s3, s2d, tmp_pa
 from test_jobs_cli import videos  # noqa: E402,F401  (the labelled raw videos fixture)
 
 
+@pytest.mark.ray
 def test_prepare_train_and_evaluate_with_data_and_outputs_on_s3(s3, s2d, videos, tmp_path):
     """The training side with no local folder: ``prepare`` reads its CSV and videos from the store and writes the
     clip dataset there (the same clips as a local ``prepare``); ``train dynamic`` reads that dataset and keeps its
