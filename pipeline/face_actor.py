@@ -136,10 +136,10 @@ def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
     here), run on ``workers`` batches at once (``analysed``). ``a``: the annotate settings (windows and clips), or
     None for faces only. ``crops``: {"video": ..., "image": ...}, the crop each kind's model takes (default
     ``THUMB``'s). Never raises: a failure ends the unit with an ``error`` status (clips already sent stay counted)."""
-    crop = (crops or {}).get("image" if (unit.info or {}).get("image") else "video", THUMB)
     started = time.perf_counter()
     info = unit.info or {}
     image = bool(info.get("image"))
+    crop = (crops or {}).get("image" if image else "video", THUMB)
     step = sampling_step(s.fps, info.get("native_fps"))
     tracker = OnlineTracker(step, s.max_gap_s)
     windows = OnlineWindows(step, info.get("duration_s"), a.segment_s, a.stride_s, a.min_face_frames, a.views,
