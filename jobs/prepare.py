@@ -39,13 +39,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import storage
-from pipeline.crops import Crop, parse_crop
+from pipeline.crops import OUR_CROP, Crop, parse_crop
 
 from .datasets import DatasetError, _csv_names, _read_table, parse_label
 
 FRAMES = 16
 SPLITS = ("train", "val", "test")
-DEFAULT_CROP = "template:0.25@224"  # pipeline.align's alignment: what prepare cut before crops were chosen
+DEFAULT_CROP = str(OUR_CROP)  # pipeline.align's alignment: what prepare cut before crops were chosen
 
 
 def read_videos_csv(path: str | Path, labels: str | None = None) -> list[dict]:

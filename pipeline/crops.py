@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .align import similarity_transform, template
+from .align import MARGIN, similarity_transform, template
 
 GEOMETRIES = ("template", "box", "mtcnn")
 DEFAULT_S = {"template": 0.25, "box": 1.0, "mtcnn": 1.0}
@@ -61,6 +61,9 @@ class Crop:
         """uint8[H,W,3] frame -> uint8[size,size,3]: this crop of one face (bilinear, black outside the frame)."""
         return cv2.warpAffine(np.ascontiguousarray(frame), self.matrix(bbox, kps5), (self.size, self.size),
                               flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+OUR_CROP = Crop("template", MARGIN, 224)  # what `s2d prepare` cuts by default, random-tiny and report thumbnails get
 
 
 def parse_crop(text: str | Crop) -> Crop:

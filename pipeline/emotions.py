@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from . import storage
-from .crops import Crop, check_order, frame_permutation, parse_crop
+from .crops import OUR_CROP, Crop, check_order, frame_permutation, parse_crop
 
 RANDOM_TINY = "random-tiny"
-OUR_CROP = Crop("template", 0.25, 224)  # what `s2d prepare` cuts by default, and random-tiny gets
 FACEAPI = "faceapi-expression"
 FACEAPI_TO_DFEW = (1, 2, 0, 3, 6, 5, 4)  # for each DFEW class (Happy, Sad, Neutral, ...), face-api's output index
 UNTRAINED_WARNING = "weights 'random-tiny' (an s2d_tiny with random weights) are untrained: labels are meaningless"

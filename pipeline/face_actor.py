@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .align import align_face
-from .crops import Crop
+from .crops import OUR_CROP, Crop
 from .decode import DecodeError, get_decoder, sampling_step
 from .images import image_frames
 from .report import thumbnail_uri
@@ -125,9 +125,6 @@ def cached_faces(table, start_s: float = 0.0, end_s: float | None = None) -> Cal
     return analyse
 
 
-THUMB = Crop("template", 0.25, 224)  # a report thumbnail's crop (then made 96 px): the whole face, eyes level
-
-
 def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
              a: AnnotateSettings | None, workers: int = 1, crops: dict[str, Crop] | None = None
              ) -> Iterator[Clip | UnitFaces]:
@@ -135,11 +132,11 @@ def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
     (detections {"bbox" [k,4], "score" [k], "kps5" [k,10]}, landmarks [k,68,2], track ids [k] or None: tracked
     here), run on ``workers`` batches at once (``analysed``). ``a``: the annotate settings (windows and clips), or
     None for faces only. ``crops``: {"video": ..., "image": ...}, the crop each kind's model takes (default
-    ``THUMB``'s). Never raises: a failure ends the unit with an ``error`` status (clips already sent stay counted)."""
+    ``OUR_CROP``). Never raises: a failure ends the unit with an ``error`` status (clips already sent stay counted)."""
     started = time.perf_counter()
     info = unit.info or {}
     image = bool(info.get("image"))
-    crop = (crops or {}).get("image" if image else "video", THUMB)
+    crop = (crops or {}).get("image" if image else "video", OUR_CROP)
     step = sampling_step(s.fps, info.get("native_fps"))
     tracker = OnlineTracker(step, s.max_gap_s)
     windows = OnlineWindows(step, info.get("duration_s"), a.segment_s, a.stride_s, a.min_face_frames, a.views,
@@ -205,7 +202,7 @@ def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
     yield done
 
 
-def image_clips(unit: Unit, faces: dict, frame: np.ndarray, crop: Crop = THUMB) -> list[Clip]:
+def image_clips(unit: Unit, faces: dict, frame: np.ndarray, crop: Crop = OUR_CROP) -> list[Clip]:
     """A still image's faces (its face columns) -> one one-frame clip each: segment 0 at time 0, its face's crop."""
     return [Clip(unit.video_id, unit.index,
                  Segment(int(tid), 0, 0.0, 0.0, np.zeros(1, np.int64), np.zeros(1), kps[None], box[None], 1),
