@@ -3,7 +3,8 @@
     python bench/annotate_speed.py [--quick] [--only a,b,c,d,e] [--no-base] [--baseline DIR]
                                    [--workdir DIR] [--interval S] [--timeout S] [--out-json FILE]
 
-"baseline" is commit a7e3743 (the chain before the rebuild: ``pipeline.run.run_annotate``), checked out as a git
+"baseline" is commit a7e3743 (the chain before the rebuild: ``pipeline.run.run_annotate``; ``--baseline-commit``
+names another, run through the new API), checked out as a git
 worktree (``--baseline``, default ``$TMPDIR/s2d-baseline``, made with ``git worktree add --detach`` if missing;
 no install: it runs with PYTHONPATH and cwd = that folder, so ``import pipeline`` resolves there). "new" is this
 working tree (``pipeline.annotate_run.run_annotate``). Every measured run is a fresh subprocess
@@ -344,7 +345,8 @@ def _actor_alone(weights: str, mfn: str, threads: int, min_s: float, min_calls: 
     """The new chain's S2D actor as the chain calls it on CPU: 8 clips per call, one at a time in each of its lanes."""
     import numpy as np
 
-    from pipeline.emotions import S2DWorker, resolve_classifier
+    from pipeline.classifier import resolve_classifier
+    from pipeline.s2d_actor import S2DWorker
     from pipeline.units import Clip
 
     clf = S2DWorker(resolve_classifier(weights, None, mfn), "cpu", 1, threads=threads)
@@ -357,17 +359,32 @@ def _actor_alone(weights: str, mfn: str, threads: int, min_s: float, min_calls: 
     return {**_timed(clf, batch, 8, min_s, min_calls), "lanes": clf.lanes}
 
 
+def _before_rebuild() -> bool:
+    """This child runs a tree of the chain before the rebuild (``pipeline/run.py``; cwd is the tree)."""
+    return Path("pipeline", "run.py").is_file()
+
+
+def _s2d_actor_api():
+    """(S2DWorker, resolve_classifier) of this tree: before the house issue they lived in ``pipeline.emotions``."""
+    try:
+        from pipeline.classifier import resolve_classifier
+        from pipeline.s2d_actor import S2DWorker
+    except ImportError:
+        from pipeline.emotions import S2DWorker, resolve_classifier
+    return S2DWorker, resolve_classifier
+
+
 def _model_alone(chain: str, weights: str, mfn: str, batch: int, threads: int, min_s: float, min_calls: int) -> dict:
     import numpy as np
     import torch
 
     torch.set_num_threads(threads)
-    if chain == "baseline":
+    if chain == "baseline" and _before_rebuild():
         from pipeline.classify import ClassifyClips, resolve_classifier
 
         clf = ClassifyClips(resolve_classifier(weights, None, mfn), device="cpu", batch_size=batch)
     else:
-        from pipeline.emotions import S2DWorker, resolve_classifier
+        S2DWorker, resolve_classifier = _s2d_actor_api()
 
         clf = S2DWorker(resolve_classifier(weights, None, mfn), "cpu", batch, threads=threads)
     rng = np.random.default_rng(0)
@@ -376,7 +393,7 @@ def _model_alone(chain: str, weights: str, mfn: str, batch: int, threads: int, m
 
 
 def _annotate(spec: dict) -> dict:
-    if spec["chain"] == "baseline":
+    if spec["chain"] == "baseline" and _before_rebuild():
         from pipeline.run import AnnotateSettings, FaceSettings, run_annotate
     else:
         from pipeline.annotate_run import run_annotate
@@ -531,7 +548,8 @@ def expression_alone(fx: Path, min_s: float = 10.0) -> float:
     """faces/s of face-api's expression net as the chain's S2D actor runs it (``f``), 2 torch threads."""
     import numpy as np
 
-    from pipeline.emotions import S2DWorker, resolve_classifier
+    from pipeline.classifier import resolve_classifier
+    from pipeline.s2d_actor import S2DWorker
 
     worker = S2DWorker(resolve_classifier(str(fx / EXPRESSION)), threads=2)
     clip = np.random.default_rng(0).integers(0, 256, (1, 16, 112, 112, 3), dtype=np.uint8)
@@ -543,13 +561,12 @@ def expression_alone(fx: Path, min_s: float = 10.0) -> float:
     return 16 * calls / (time.perf_counter() - t0)
 
 
-def ensure_baseline(path: Path) -> Path:
+def ensure_baseline(path: Path, commit: str = BASELINE_COMMIT) -> Path:
     path = path.expanduser().resolve()
-    if not (path / "pipeline" / "run.py").is_file():
+    if not (path / "pipeline" / "__init__.py").is_file():
         if path.exists() and any(path.iterdir()):
-            sys.exit(f"--baseline {path} exists but holds no pipeline/run.py (expected a checkout of "
-                     f"{BASELINE_COMMIT})")
-        cmd = ["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), BASELINE_COMMIT]
+            sys.exit(f"--baseline {path} exists but holds no pipeline/ (expected a checkout of {commit})")
+        cmd = ["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), commit]
         if subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode != 0:  # e.g. registered, folder deleted
             subprocess.run(cmd[:5] + ["--force"] + cmd[5:], check=True, stdout=subprocess.DEVNULL)
     return path
@@ -562,9 +579,10 @@ def sum_of_parts(video: Path, fx: Path, clips: int, threads: int = 2) -> dict:
 
     from pipeline.align import align_face
     from pipeline.decode import get_decoder
-    from pipeline.emotions import S2DWorker, resolve_classifier
+    from pipeline.classifier import resolve_classifier
+    from pipeline.s2d_actor import S2DWorker
     from pipeline.landmarks import get_landmarker
-    from pipeline.retinaface import FaceDetector
+    from pipeline.detector import FaceDetector
     from pipeline.settings import FaceSettings
 
     torch.set_num_threads(threads)
@@ -655,250 +673,257 @@ def _status(r: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------ main
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one measured run (a JSON spec)
     ap.add_argument("--quick", action="store_true", help="small run: 30 s + 60 s in a, 1080p vs 2160p in b, no d")
     ap.add_argument("--only", default=",".join(SECTIONS), help="sections to run, e.g. a,c (default: all)")
     ap.add_argument("--no-base", action="store_true", help="skip d (the base model on CPU)")
     ap.add_argument("--baseline", type=Path, default=Path(tempfile.gettempdir()) / "s2d-baseline",
-                    help=f"checkout of {BASELINE_COMMIT} (made as a git worktree if missing)")
+                    help="checkout of --baseline-commit (made as a git worktree if missing)")
+    ap.add_argument("--baseline-commit", default=BASELINE_COMMIT,
+                    help=f"the baseline's commit (default {BASELINE_COMMIT}, the chain before the rebuild; a later "
+                         "one runs through the same API as the new tree)")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "s2d-annotate-speed",
                     help="generated inputs are cached here; run folders go here too and are removed at the end")
     ap.add_argument("--fixtures", type=Path, default=FIXTURES, help="the shared fixtures folder")
     ap.add_argument("--interval", type=float, default=0.5, help="PSS sampling interval, seconds")
     ap.add_argument("--timeout", type=float, default=None, help="per run, seconds (default 3600; --quick 900)")
     ap.add_argument("--out-json", type=Path, default=None, help="also write the rows and notes as JSON")
-    args = ap.parse_args()
-    if args.one:
-        return child_main(json.loads(args.one))
+    return ap.parse_args()
 
-    quick = args.quick
+
+def _sections(args: argparse.Namespace) -> set[str]:
+    """The sections to run: --only, less d with --quick or --no-base (exits on an unknown one)."""
     only = set(args.only.replace(",", "").replace(" ", ""))
     if bad := only - set(SECTIONS):
         sys.exit(f"--only: unknown section(s) {', '.join(sorted(bad))}; choose from {','.join(SECTIONS)}")
-    if quick or args.no_base:
+    if args.quick or args.no_base:
         only.discard("d")
-    fx = args.fixtures.resolve()
+    return only
+
+
+def _check_fixtures(fx: Path) -> None:
     for p in (fx / "weights" / "mobilenet0.25_Final.pth", fx / "weights" / "mobilefacenet_68pt.pth.tar",
               *(fx / "videos" / n for n in FIXTURE_VIDEOS)):
         if not p.is_file():
             sys.exit(f"missing fixture {p}: clone next to shared/ or set S2D_FIXTURES / --fixtures")
-    sys.path.insert(0, str(REPO))  # this process (section c) uses the new tree
-    baseline = ensure_baseline(args.baseline)
-    workdir = args.workdir.expanduser().resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    timeout = args.timeout or (900 if quick else 3600)
 
-    t_all, load0 = time.perf_counter(), os.getloadavg()
-    runs_dir = Path(tempfile.mkdtemp(prefix="runs_", dir=workdir))
-    run = Runner({"baseline": baseline, "new": REPO}, runs_dir, fx, args.interval, timeout)
-    mfn = str(fx / "weights" / "mobilefacenet_68pt.pth.tar")
-    rows: list[dict] = []
-    notes: list[str] = []
-    chains = ("baseline", "new")
-    lengths = (30.0, 60.0) if quick else (30.0, 300.0)
-    sizes = ((1920, 1080), (3840, 2160)) if quick else ((1920, 1080), (7680, 4320))
+
+CHAINS = ("baseline", "new")
+
+
+def section_length(rows: list, run: Runner, workdir: Path, fx: Path, lengths: tuple) -> None:
+    """a. length."""
+    a: dict = {}
+    for L in lengths:
+        v = _video(workdir, fx, L)
+        dur = _duration(v)
+        for ch in CHAINS:
+            a[L, ch] = dict(run.annotate(f"len{L:g}s", ch, [v], "random-tiny"), video_s=dur)
+    sec = "a length"
+    for L in lengths:
+        b, n = a[L, "baseline"], a[L, "new"]
+        for r in (b, n):
+            r["wall"] = _get(r, "wall_seconds")
+            r["speed"] = _per(r["video_s"], r["wall"])
+            r["cps"] = _per(_get(r, "clips"), r["wall"])
+        tag = f"{L:g} s {W}x{H}"
+        _row(rows, sec, f"{tag}: wall", n["wall"], b["wall"], "s",
+             f"new {_status(n)}; baseline {_status(b)}; processes {n['process_s']:.0f} / {b['process_s']:.0f} s")
+        _row(rows, sec, "  video-s per wall-s", n["speed"], b["speed"], "video-s/s", f"{n['video_s']:.1f} s of video")
+        _row(rows, sec, "  clips/s", n["cps"], b["cps"], "clips/s",
+             f"clips new {_get(n, 'clips')}, baseline {_get(b, 'clips')}")
+        _row(rows, sec, "  peak PSS, whole tree", n["peak_pss"], b["peak_pss"], "MiB",
+             f"new: {n['procs']} procs, largest {n['top']}; baseline: {b['procs']} procs, largest {b['top']}")
+        _row(rows, sec, "  first face found (new)", _get(n, "first_face_seconds"), None, "s",
+             "from Ray being up (face actor's clock)")
+        _row(rows, sec, "  first timeline written", _get(n, "first_timeline_seconds"),
+             _get(b, "first_timeline_seconds"), "s", "from the call")
+    l0, l1 = lengths
+    _row(rows, sec, f"peak PSS {l1:g} s / {l0:g} s", _per(a[l1, "new"]["peak_pss"], a[l0, "new"]["peak_pss"]),
+         _per(a[l1, "baseline"]["peak_pss"], a[l0, "baseline"]["peak_pss"]), "x",
+         "1.0 = memory does not grow with length")
+
+
+def section_resolution(rows: list, run: Runner, workdir: Path, fx: Path, sizes: tuple) -> None:
+    """b. resolution."""
+    sec, bres = "b resolution", {}
+    for w, h in sizes:
+        v = _video(workdir, fx, 2.0, (w, h))
+        for ch in CHAINS:
+            bres[w, ch] = run.annotate(f"res{w}x{h}", ch, [v], "random-tiny")
+    for w, h in sizes:
+        n, b = bres[w, "new"], bres[w, "baseline"]
+        _row(rows, sec, f"2 s {w}x{h}: peak PSS", n["peak_pss"], b["peak_pss"], "MiB",
+             f"new {_status(n)}, wall {_get(n, 'wall_seconds') or 0:.1f} s, largest {n['top']}; "
+             f"baseline {_status(b)}, wall {_get(b, 'wall_seconds') or 0:.1f} s, largest {b['top']}")
+    (w0, h0), (w1, h1) = sizes
+    _row(rows, sec, f"{w1}x{h1} minus {w0}x{h0}", bres[w1, "new"]["peak_pss"] - bres[w0, "new"]["peak_pss"],
+         bres[w1, "baseline"]["peak_pss"] - bres[w0, "baseline"]["peak_pss"], "MiB",
+         "peak PSS difference: what the larger frames cost")
+
+
+def section_parts(rows: list, run: Runner, workdir: Path, fx: Path, lengths: tuple) -> None:
+    """c. sum of parts."""
+    sec, L = "c sum of parts", lengths[-1]
+    # the timed run: PSS read every 30 s only (every 0.5 s the sampler takes ~9% of one core here, 45 ms
+    # of kernel time per sample of ~12 processes, slowing the run it measures)
+    n = run.annotate(f"len{L:g}s_timing", "new", [_video(workdir, fx, L)], "random-tiny", interval=30.0)
+    if not _ok(n):
+        rows.append(dict(section=sec, item="skipped", value=None, unit="",
+                         detail=f"the new {L:g} s run failed: {_status(n)}"))
+        return
+    n["video_s"] = _duration(_video(workdir, fx, L))
+    print(f"[{time.strftime('%H:%M:%S')}] sum of parts on {L:g} s (this process) ...", file=sys.stderr,
+          flush=True)
+    sp = sum_of_parts(_video(workdir, fx, L), fx, n["clips"])
+    p, total = sp["parts"], sum(sp["parts"].values())
+    what = dict(decode=f"{sp['frames']} frames sampled at 8 fps",
+                retinaface=f"{sp['frames']} frames, batches of {sp['batch']}",
+                mobilefacenet=f"{sp['faces']} faces", alignment=f"{sp['faces']} faces, 224 px",
+                s2d=f"{sp['clips']} random clips, half their frames shared as in the chain, "
+                    "one per forward, tiny")
+    for k, v in p.items():
+        rows.append(dict(section=sec, item=f"{k}", value=v, unit="s", ratio=v / total, vs="sum",
+                         detail=what[k]))
+    rows.append(dict(section=sec, item="sum of parts", value=total, unit="s",
+                     detail=f"{sp['threads']} torch threads, one process; model loading "
+                            f"{sp['load_s']:.1f} s not counted"))
+    rows.append(dict(section=sec, item=f"new {L:g} s run, PSS sampled every 30 s: wall",
+                     value=n["wall_seconds"], unit="s", detail=f"{_status(n)}; first face "
+                     f"{_get(n, 'first_face_seconds') or 0:.2f} s from Ray being up"))
+    ratio = n["wall_seconds"] / total
+    rows.append(dict(section=sec, item=f"new {L:g} s run wall / sum of parts", value=ratio, unit="x",
+                     vs="target <= 1.3", detail=f"{n['wall_seconds']:.1f} s / {total:.1f} s: "
+                     + ("meets target" if ratio <= 1.3 else "misses target")))
+    speed = n["video_s"] / n["wall_seconds"]
+    rows.append(dict(section=sec, item=f"new {L:g} s run video-s per wall-s", value=speed,
+                     unit="video-s/s", vs="target >= 3.2",
+                     detail=("meets target" if speed >= 3.2 else "misses target")
+                     + ("" if L >= 300 else f" (target is for 300 s; this is {L:g} s)")))
+
+
+def _base_runs(run: Runner, workdir: Path, fx: Path, mfn: str, model: str) -> dict:
+    """d's measured runs: per chain the model alone (batch 1 before and after, batch 8) around the end-to-end
+    run; for the new chain also the model in a Ray worker and the S2D actor's lanes."""
+    wdir = Path(tempfile.mkdtemp(prefix="weights_", dir=workdir))
     try:
-        # ------------------------------------------------------------------ a. length
-        a: dict = {}
-        if "a" in only:
-            for L in lengths:
-                v = _video(workdir, fx, L)
-                dur = _duration(v)
-                for ch in chains:
-                    a[L, ch] = dict(run.annotate(f"len{L:g}s", ch, [v], "random-tiny"), video_s=dur)
-        if "a" in only:
-            sec = "a length"
-            for L in lengths:
-                b, n = a[L, "baseline"], a[L, "new"]
-                for r in (b, n):
-                    r["wall"] = _get(r, "wall_seconds")
-                    r["speed"] = _per(r["video_s"], r["wall"])
-                    r["cps"] = _per(_get(r, "clips"), r["wall"])
-                tag = f"{L:g} s {W}x{H}"
-                _row(rows, sec, f"{tag}: wall", n["wall"], b["wall"], "s",
-                     f"new {_status(n)}; baseline {_status(b)}; processes {n['process_s']:.0f} / {b['process_s']:.0f} s")
-                _row(rows, sec, "  video-s per wall-s", n["speed"], b["speed"], "video-s/s", f"{n['video_s']:.1f} s of video")
-                _row(rows, sec, "  clips/s", n["cps"], b["cps"], "clips/s",
-                     f"clips new {_get(n, 'clips')}, baseline {_get(b, 'clips')}")
-                _row(rows, sec, "  peak PSS, whole tree", n["peak_pss"], b["peak_pss"], "MiB",
-                     f"new: {n['procs']} procs, largest {n['top']}; baseline: {b['procs']} procs, largest {b['top']}")
-                _row(rows, sec, "  first face found (new)", _get(n, "first_face_seconds"), None, "s",
-                     "from Ray being up (face actor's clock)")
-                _row(rows, sec, "  first timeline written", _get(n, "first_timeline_seconds"),
-                     _get(b, "first_timeline_seconds"), "s", "from the call")
-            l0, l1 = lengths
-            _row(rows, sec, f"peak PSS {l1:g} s / {l0:g} s", _per(a[l1, "new"]["peak_pss"], a[l0, "new"]["peak_pss"]),
-                 _per(a[l1, "baseline"]["peak_pss"], a[l0, "baseline"]["peak_pss"]), "x",
-                 "1.0 = memory does not grow with length")
+        ckpt = _random_s2d(wdir / f"{model}-random-seed0.pth", model)
+        vids = [_video(workdir, fx, 25.0, phase=k) for k in range(3)] + [fx / "videos" / n
+                                                                         for n in FIXTURE_VIDEOS]
+        dres = {}
 
-        # ------------------------------------------------------------------ b. resolution
-        if "b" in only:
-            sec, bres = "b resolution", {}
-            for w, h in sizes:
-                v = _video(workdir, fx, 2.0, (w, h))
-                for ch in chains:
-                    bres[w, ch] = run.annotate(f"res{w}x{h}", ch, [v], "random-tiny")
-            for w, h in sizes:
-                n, b = bres[w, "new"], bres[w, "baseline"]
-                _row(rows, sec, f"2 s {w}x{h}: peak PSS", n["peak_pss"], b["peak_pss"], "MiB",
-                     f"new {_status(n)}, wall {_get(n, 'wall_seconds') or 0:.1f} s, largest {n['top']}; "
-                     f"baseline {_status(b)}, wall {_get(b, 'wall_seconds') or 0:.1f} s, largest {b['top']}")
-            (w0, h0), (w1, h1) = sizes
-            _row(rows, sec, f"{w1}x{h1} minus {w0}x{h0}", bres[w1, "new"]["peak_pss"] - bres[w0, "new"]["peak_pss"],
-                 bres[w1, "baseline"]["peak_pss"] - bres[w0, "baseline"]["peak_pss"], "MiB",
-                 "peak PSS difference: what the larger frames cost")
+        def alone(ch: str, b: int, when: str, in_actor: bool = False, lanes: bool = False) -> dict:
+            return run.one(f"base_model_alone_b{b}_{when}", ch, dict(  # OpenMP threads spinning
+                kind="model", weights=str(ckpt), mfn=mfn, batch=b, threads=2, min_s=10.0, min_calls=3,
+                in_actor=in_actor, lanes=lanes), env={**run.env(ch), "OMP_WAIT_POLICY": "ACTIVE"},
+                interval=10.0)
 
-        # ------------------------------------------------------------------ c. sum of parts
-        if "c" in only:
-            sec, L = "c sum of parts", lengths[-1]
-            # the timed run: PSS read every 30 s only (every 0.5 s the sampler takes ~9% of one core here, 45 ms
-            # of kernel time per sample of ~12 processes, slowing the run it measures)
-            n = run.annotate(f"len{L:g}s_timing", "new", [_video(workdir, fx, L)], "random-tiny", interval=30.0)
-            if _ok(n):
-                n["video_s"] = _duration(_video(workdir, fx, L))
-                print(f"[{time.strftime('%H:%M:%S')}] sum of parts on {L:g} s (this process) ...", file=sys.stderr,
-                      flush=True)
-                sp = sum_of_parts(_video(workdir, fx, L), fx, n["clips"])
-                p, total = sp["parts"], sum(sp["parts"].values())
-                what = dict(decode=f"{sp['frames']} frames sampled at 8 fps",
-                            retinaface=f"{sp['frames']} frames, batches of {sp['batch']}",
-                            mobilefacenet=f"{sp['faces']} faces", alignment=f"{sp['faces']} faces, 224 px",
-                            s2d=f"{sp['clips']} random clips, half their frames shared as in the chain, "
-                                "one per forward, tiny")
-                for k, v in p.items():
-                    rows.append(dict(section=sec, item=f"{k}", value=v, unit="s", ratio=v / total, vs="sum",
-                                     detail=what[k]))
-                rows.append(dict(section=sec, item="sum of parts", value=total, unit="s",
-                                 detail=f"{sp['threads']} torch threads, one process; model loading "
-                                        f"{sp['load_s']:.1f} s not counted"))
-                rows.append(dict(section=sec, item=f"new {L:g} s run, PSS sampled every 30 s: wall",
-                                 value=n["wall_seconds"], unit="s", detail=f"{_status(n)}; first face "
-                                 f"{_get(n, 'first_face_seconds') or 0:.2f} s from Ray being up"))
-                ratio = n["wall_seconds"] / total
-                rows.append(dict(section=sec, item=f"new {L:g} s run wall / sum of parts", value=ratio, unit="x",
-                                 vs="target <= 1.3", detail=f"{n['wall_seconds']:.1f} s / {total:.1f} s: "
-                                 + ("meets target" if ratio <= 1.3 else "misses target")))
-                speed = n["video_s"] / n["wall_seconds"]
-                rows.append(dict(section=sec, item=f"new {L:g} s run video-s per wall-s", value=speed,
-                                 unit="video-s/s", vs="target >= 3.2",
-                                 detail=("meets target" if speed >= 3.2 else "misses target")
-                                 + ("" if L >= 300 else f" (target is for 300 s; this is {L:g} s)")))
-            else:
-                rows.append(dict(section=sec, item="skipped", value=None, unit="",
-                                 detail=f"the new {L:g} s run failed: {_status(n)}"))
-
-        # ------------------------------------------------------------------ d. base model
-        if "d" in only:
-            sec = "d base model"
-            model = "s2d_base_patch16_224"
-            wdir = Path(tempfile.mkdtemp(prefix="weights_", dir=workdir))
-            try:
-                ckpt = _random_s2d(wdir / f"{model}-random-seed0.pth", model)
-                vids = [_video(workdir, fx, 25.0, phase=k) for k in range(3)] + [fx / "videos" / n
-                                                                                 for n in FIXTURE_VIDEOS]
-                dres = {}
-
-                def alone(ch: str, b: int, when: str, in_actor: bool = False, lanes: bool = False) -> dict:
-                    return run.one(f"base_model_alone_b{b}_{when}", ch, dict(  # OpenMP threads spinning
-                        kind="model", weights=str(ckpt), mfn=mfn, batch=b, threads=2, min_s=10.0, min_calls=3,
-                        in_actor=in_actor, lanes=lanes), env={**run.env(ch), "OMP_WAIT_POLICY": "ACTIVE"},
-                        interval=10.0)
-
-                for ch in chains:  # batch 1 just before and just after the end-to-end run: the machine's drift
-                    dres[ch, "model", 1, "before"] = alone(ch, 1, "before")
-                    dres[ch] = run.annotate("base", ch, vids, str(ckpt), interval=10.0)
-                    dres[ch, "model", 1, "after"] = alone(ch, 1, "after")
-                    dres[ch, "model", 8] = alone(ch, 8, "after")
-                    if ch == "new":  # Ray's share: the model alone again, in a Ray worker; the actor's lanes
-                        dres[ch, "actor", 1] = alone(ch, 1, "in_actor", in_actor=True)
-                        dres[ch, "lanes"] = alone(ch, 8, "in_lanes", lanes=True)
-                    b1 = [_get(dres[ch, "model", 1, w], "clips_per_s") for w in ("before", "after")]
-                    dres[ch, "model", 1] = {**dres[ch, "model", 1, "after"],
-                                            "clips_per_s": sum(b1) / 2 if None not in b1 else None}
-            finally:
-                shutil.rmtree(wdir, ignore_errors=True)
-            e2e = {ch: _per(_get(dres[ch], "clips"), _get(dres[ch], "wall_seconds")) for ch in chains}
-            alone = {ch: max(_get(dres[ch, "model", b], "clips_per_s") or 0 for b in (1, 8)) or None
-                     for ch in chains}
-            eff = {ch: _per(e2e[ch], alone[ch]) for ch in chains}
-            nb, bb = dres["new"], dres["baseline"]
-            _row(rows, sec, "end-to-end clips/s", e2e["new"], e2e["baseline"], "clips/s",
-                 f"new {_get(nb, 'clips')} clips in {_get(nb, 'wall_seconds') or 0:.1f} s ({_status(nb)}), "
-                 f"baseline {_get(bb, 'clips')} in {_get(bb, 'wall_seconds') or 0:.1f} s; peak PSS "
-                 f"{nb['peak_pss']:.0f} / {bb['peak_pss']:.0f} MiB")
-            for what, key in (("batch 1, just before end-to-end", ("model", 1, "before")),
-                              ("batch 1, just after end-to-end", ("model", 1, "after")),
-                              ("batch 1, the mean of the two", ("model", 1)), ("batch 8", ("model", 8))):
-                m = dres[("new",) + key]
-                _row(rows, sec, f"model alone clips/s, {what}", _get(m, "clips_per_s"),
-                     _get(dres[("baseline",) + key], "clips_per_s"), "clips/s",
-                     f"2 threads, {_get(m, 'calls')} calls after a {_get(m, 'warm_s') or 0:.1f} s warm-up")
-            _row(rows, sec, "efficiency: end-to-end / model alone", eff["new"], eff["baseline"], "",
-                 "target >= 0.85 (new): " + ("meets target" if (eff["new"] or 0) >= 0.85 else "misses target"))
-            act = dres["new", "actor", 1]
-            a1 = _get(act, "clips_per_s")
-            _row(rows, sec, "model alone clips/s, batch 1, in a Ray worker (new)", a1, None, "clips/s",
-                 f"a local Ray up, a task reserving 1 CPU, 2 threads, {_get(act, 'calls')} calls; "
-                 f"/ the batch-1 mean: {_per(a1, _get(dres['new', 'model', 1], 'clips_per_s')) or 0:.3f}; "
-                 f"end-to-end / this: {_per(e2e['new'], a1) or 0:.3f}")
-            la = dres["new", "lanes"]
-            _row(rows, sec, "the S2D actor alone, 8 clips per call, 2 lanes (new)", _get(la, "clips_per_s"), None,
-                 "clips/s", f"{_get(la, 'lanes')} lanes of one thread each, {_get(la, 'calls')} calls after a "
-                            f"{_get(la, 'warm_s') or 0:.1f} s warm-up; end-to-end / this: "
-                            f"{_per(e2e['new'], _get(la, 'clips_per_s')) or 0:.3f}")
-
-        # ------------------------------------------------------------------ f. a trained expression model
-        if "f" in only:
-            sec = "f trained expression model"
-            _row(rows, sec, "face-api expression net alone, 2 threads", expression_alone(fx), None, "faces/s",
-                 "S2DWorker.probabilities, 16 distinct 112 px faces per call (one 2 s clip at 8 fps)")
-            v = _video(workdir, fx, lengths[-1])
-            dur = _duration(v)
-            fr = {w: run.annotate(f"expr_{i}", "new", [v], w) for i, w in enumerate((str(fx / EXPRESSION),
-                                                                                      "random-tiny"))}
-            ex, tiny = fr[str(fx / EXPRESSION)], fr["random-tiny"]
-            for r in (ex, tiny):
-                r["speed"] = _per(dur, _get(r, "wall_seconds"))
-            _row(rows, sec, f"{dur:g} s {W}x{H}: faceapi-expression", ex["speed"], None, "video-s/s",
-                 f"{_status(ex)}; clips {_get(ex, 'clips')}; goal >= 6")
-            _row(rows, sec, "  random-tiny, same video", tiny["speed"], None, "video-s/s",
-                 f"{_status(tiny)}; clips {_get(tiny, 'clips')}; faceapi / tiny: {_per(ex['speed'], tiny['speed']) or 0:.3f}")
-            _row(rows, sec, "  peak PSS, whole tree: faceapi-expression", ex["peak_pss"], None, "MiB",
-                 f"random-tiny: {tiny['peak_pss']:.0f} MiB; goal < 3072; largest {ex['top']}")
-
-        # ------------------------------------------------------------------ e. README example
-        if "e" in only:
-            sec = "e README example"
-            er = {ch: run.readme(ch) for ch in chains}
-            _row(rows, sec, "s2d annotate fixtures --weights random-tiny", er["new"]["process_s"] if
-                 er["new"]["rc"] == 0 else None, er["baseline"]["process_s"] if er["baseline"]["rc"] == 0 else None,
-                 "s", f"python -m cli, process start to exit; rc new {er['new']['rc']}, baseline "
-                      f"{er['baseline']['rc']}; manifest written: new {er['new']['manifest']}, baseline "
-                      f"{er['baseline']['manifest']}; peak PSS {er['new']['peak_pss']:.0f} / "
-                      f"{er['baseline']['peak_pss']:.0f} MiB")
-        load1 = os.getloadavg()
+        for ch in CHAINS:  # batch 1 just before and just after the end-to-end run: the machine's drift
+            dres[ch, "model", 1, "before"] = alone(ch, 1, "before")
+            dres[ch] = run.annotate("base", ch, vids, str(ckpt), interval=10.0)
+            dres[ch, "model", 1, "after"] = alone(ch, 1, "after")
+            dres[ch, "model", 8] = alone(ch, 8, "after")
+            if ch == "new":  # Ray's share: the model alone again, in a Ray worker; the actor's lanes
+                dres[ch, "actor", 1] = alone(ch, 1, "in_actor", in_actor=True)
+                dres[ch, "lanes"] = alone(ch, 8, "in_lanes", lanes=True)
+            b1 = [_get(dres[ch, "model", 1, w], "clips_per_s") for w in ("before", "after")]
+            dres[ch, "model", 1] = {**dres[ch, "model", 1, "after"],
+                                    "clips_per_s": sum(b1) / 2 if None not in b1 else None}
     finally:
-        shutil.rmtree(runs_dir, ignore_errors=True)
+        shutil.rmtree(wdir, ignore_errors=True)
+    return dres
 
+
+def section_base(rows: list, run: Runner, workdir: Path, fx: Path, mfn: str) -> None:
+    """d. base model."""
+    sec = "d base model"
+    dres = _base_runs(run, workdir, fx, mfn, "s2d_base_patch16_224")
+    e2e = {ch: _per(_get(dres[ch], "clips"), _get(dres[ch], "wall_seconds")) for ch in CHAINS}
+    alone = {ch: max(_get(dres[ch, "model", b], "clips_per_s") or 0 for b in (1, 8)) or None
+             for ch in CHAINS}
+    eff = {ch: _per(e2e[ch], alone[ch]) for ch in CHAINS}
+    nb, bb = dres["new"], dres["baseline"]
+    _row(rows, sec, "end-to-end clips/s", e2e["new"], e2e["baseline"], "clips/s",
+         f"new {_get(nb, 'clips')} clips in {_get(nb, 'wall_seconds') or 0:.1f} s ({_status(nb)}), "
+         f"baseline {_get(bb, 'clips')} in {_get(bb, 'wall_seconds') or 0:.1f} s; peak PSS "
+         f"{nb['peak_pss']:.0f} / {bb['peak_pss']:.0f} MiB")
+    for what, key in (("batch 1, just before end-to-end", ("model", 1, "before")),
+                      ("batch 1, just after end-to-end", ("model", 1, "after")),
+                      ("batch 1, the mean of the two", ("model", 1)), ("batch 8", ("model", 8))):
+        m = dres[("new",) + key]
+        _row(rows, sec, f"model alone clips/s, {what}", _get(m, "clips_per_s"),
+             _get(dres[("baseline",) + key], "clips_per_s"), "clips/s",
+             f"2 threads, {_get(m, 'calls')} calls after a {_get(m, 'warm_s') or 0:.1f} s warm-up")
+    _row(rows, sec, "efficiency: end-to-end / model alone", eff["new"], eff["baseline"], "",
+         "target >= 0.85 (new): " + ("meets target" if (eff["new"] or 0) >= 0.85 else "misses target"))
+    act = dres["new", "actor", 1]
+    a1 = _get(act, "clips_per_s")
+    _row(rows, sec, "model alone clips/s, batch 1, in a Ray worker (new)", a1, None, "clips/s",
+         f"a local Ray up, a task reserving 1 CPU, 2 threads, {_get(act, 'calls')} calls; "
+         f"/ the batch-1 mean: {_per(a1, _get(dres['new', 'model', 1], 'clips_per_s')) or 0:.3f}; "
+         f"end-to-end / this: {_per(e2e['new'], a1) or 0:.3f}")
+    la = dres["new", "lanes"]
+    _row(rows, sec, "the S2D actor alone, 8 clips per call, 2 lanes (new)", _get(la, "clips_per_s"), None,
+         "clips/s", f"{_get(la, 'lanes')} lanes of one thread each, {_get(la, 'calls')} calls after a "
+                    f"{_get(la, 'warm_s') or 0:.1f} s warm-up; end-to-end / this: "
+                    f"{_per(e2e['new'], _get(la, 'clips_per_s')) or 0:.3f}")
+
+
+def section_expression(rows: list, run: Runner, workdir: Path, fx: Path, lengths: tuple) -> None:
+    """f. a trained expression model."""
+    sec = "f trained expression model"
+    _row(rows, sec, "face-api expression net alone, 2 threads", expression_alone(fx), None, "faces/s",
+         "S2DWorker.probabilities, 16 distinct 112 px faces per call (one 2 s clip at 8 fps)")
+    v = _video(workdir, fx, lengths[-1])
+    dur = _duration(v)
+    fr = {w: run.annotate(f"expr_{i}", "new", [v], w) for i, w in enumerate((str(fx / EXPRESSION),
+                                                                              "random-tiny"))}
+    ex, tiny = fr[str(fx / EXPRESSION)], fr["random-tiny"]
+    for r in (ex, tiny):
+        r["speed"] = _per(dur, _get(r, "wall_seconds"))
+    _row(rows, sec, f"{dur:g} s {W}x{H}: faceapi-expression", ex["speed"], None, "video-s/s",
+         f"{_status(ex)}; clips {_get(ex, 'clips')}; goal >= 6")
+    _row(rows, sec, "  random-tiny, same video", tiny["speed"], None, "video-s/s",
+         f"{_status(tiny)}; clips {_get(tiny, 'clips')}; faceapi / tiny: {_per(ex['speed'], tiny['speed']) or 0:.3f}")
+    _row(rows, sec, "  peak PSS, whole tree: faceapi-expression", ex["peak_pss"], None, "MiB",
+         f"random-tiny: {tiny['peak_pss']:.0f} MiB; goal < 3072; largest {ex['top']}")
+
+
+def section_readme(rows: list, run: Runner) -> None:
+    """e. README example."""
+    sec = "e README example"
+    er = {ch: run.readme(ch) for ch in CHAINS}
+    _row(rows, sec, "s2d annotate fixtures --weights random-tiny", er["new"]["process_s"] if
+         er["new"]["rc"] == 0 else None, er["baseline"]["process_s"] if er["baseline"]["rc"] == 0 else None,
+         "s", f"python -m cli, process start to exit; rc new {er['new']['rc']}, baseline "
+              f"{er['baseline']['rc']}; manifest written: new {er['new']['manifest']}, baseline "
+              f"{er['baseline']['manifest']}; peak PSS {er['new']['peak_pss']:.0f} / "
+              f"{er['baseline']['peak_pss']:.0f} MiB")
+
+
+def _git(*a):
+    return subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True).stdout.strip()
+
+
+def _print_header(quick: bool, baseline: Path) -> None:
     import av
     import ray
     import torch
 
-    def git(*a):
-        return subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True).stdout.strip()
-
-    dirty = len([x for x in git("status", "--porcelain").splitlines() if x.strip()])
+    dirty = len([x for x in _git("status", "--porcelain").splitlines() if x.strip()])
     print(f"\nAnnotate speed, before and after ({'quick' if quick else 'full'} run) on {platform.machine()} "
           f"{os.cpu_count()} CPUs, CPU only; torch {torch.__version__}, PyAV {av.__version__}, Ray {ray.__version__}\n"
-          f"baseline {BASELINE_COMMIT} at {baseline}; new = {REPO} (HEAD {git('rev-parse', '--short', 'HEAD')} "
+          f"baseline {_git('-C', str(baseline), 'rev-parse', '--short', 'HEAD')} at {baseline}; new = {REPO} (HEAD {_git('rev-parse', '--short', 'HEAD')} "
           f"+ {dirty} changed paths)\n")
-    print_table(rows)
-    notes += [
+
+
+def _run_notes(interval: float, run: Runner, workdir: Path, load0, load1, t_all: float) -> list[str]:
+    return [
         "value = new chain, ratio = new / baseline, vs = baseline's figure. Each run: a fresh child process on a "
         "fresh out + cache dir, local Ray started by run_annotate (plain ray.init(): all CPUs), one run at a time.",
-        f"peak PSS: sum of Pss over the child and all its descendants, sampled every {args.interval:g} s "
+        f"peak PSS: sum of Pss over the child and all its descendants, sampled every {interval:g} s "
         f"(c's timing run 30 s, d's runs 10 s; {run.samples} samples in {run.sampled_s:.0f} s of runs; the sampler used {run.sample_cost:.1f} CPU-s, "
         f"{100 * run.sample_cost / max(run.sampled_s, 1e-9):.0f}% of one core); largest = the biggest processes "
         f"at the peak (MiB).",
@@ -909,6 +934,51 @@ def main() -> None:
         f"{load1[0]:.2f}/{load1[1]:.2f}/{load1[2]:.2f} on {os.cpu_count()} CPUs: other processes may have been "
         f"running, so treat the numbers as rough. Total {time.perf_counter() - t_all:.0f} s.",
     ]
+
+
+def main() -> None:
+    args = _parse_args()
+    if args.one:
+        return child_main(json.loads(args.one))
+
+    quick = args.quick
+    only = _sections(args)
+    fx = args.fixtures.resolve()
+    _check_fixtures(fx)
+    sys.path.insert(0, str(REPO))  # this process (section c) uses the new tree
+    baseline = ensure_baseline(args.baseline, args.baseline_commit)
+    workdir = args.workdir.expanduser().resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    timeout = args.timeout or (900 if quick else 3600)
+
+    t_all, load0 = time.perf_counter(), os.getloadavg()
+    runs_dir = Path(tempfile.mkdtemp(prefix="runs_", dir=workdir))
+    run = Runner({"baseline": baseline, "new": REPO}, runs_dir, fx, args.interval, timeout)
+    mfn = str(fx / "weights" / "mobilefacenet_68pt.pth.tar")
+    rows: list[dict] = []
+    notes: list[str] = []
+    lengths = (30.0, 60.0) if quick else (30.0, 300.0)
+    sizes = ((1920, 1080), (3840, 2160)) if quick else ((1920, 1080), (7680, 4320))
+    try:
+        if "a" in only:
+            section_length(rows, run, workdir, fx, lengths)
+        if "b" in only:
+            section_resolution(rows, run, workdir, fx, sizes)
+        if "c" in only:
+            section_parts(rows, run, workdir, fx, lengths)
+        if "d" in only:
+            section_base(rows, run, workdir, fx, mfn)
+        if "f" in only:
+            section_expression(rows, run, workdir, fx, lengths)
+        if "e" in only:
+            section_readme(rows, run)
+        load1 = os.getloadavg()
+    finally:
+        shutil.rmtree(runs_dir, ignore_errors=True)
+
+    _print_header(quick, baseline)
+    print_table(rows)
+    notes += _run_notes(args.interval, run, workdir, load0, load1, t_all)
     print("\nnotes:")
     for n in notes:
         print(f"- {n}")

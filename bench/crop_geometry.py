@@ -47,7 +47,7 @@ def main() -> None:
     from s2d_model.faceapi import CLASSES, expression_probs, load_expression_net
     from pipeline.decode import get_decoder
     from pipeline.images import read_image
-    from pipeline.retinaface import FaceDetector
+    from pipeline.detector import FaceDetector
 
     fx = args.fixtures
     net = load_expression_net(fx / "weights/face-api/face_expression_model-weights_manifest.json")

@@ -194,9 +194,9 @@ def bench_decode(rows: list, notes: list, video: Path, repeats: int, seconds: in
     for name in ("pyav", "decord"):
         dec = get_decoder(name)
         _consume(dec, video, 8.0)  # warm-up (imports, codec init), not timed
-        dt, (n_out, n_all, times) = _best(lambda: _consume(dec, video, None), repeats)
+        dt, (n_out, n_all, times) = _best(lambda dec=dec: _consume(dec, video, None), repeats)
         res[(name, "seq")] = dict(s=dt, frames=n_out, decoded=n_all, times=times)
-        dt, (n_out, n_all, _) = _best(lambda: _consume(dec, video, 8.0), repeats)
+        dt, (n_out, n_all, _) = _best(lambda dec=dec: _consume(dec, video, 8.0), repeats)
         res[(name, "fps8")] = dict(s=dt, frames=n_out, decoded=n_all)
     n_frames = res[("pyav", "seq")]["frames"]
     times = res[("pyav", "seq")]["times"]
@@ -262,7 +262,7 @@ def _postprocess_ms(det, frame) -> float:
     """ms per frame for prior decoding + threshold + NMS alone (outputs of one forward, reused)."""
     import torch
 
-    from pipeline.retinaface import decode_boxes, decode_landmarks
+    from pipeline.detector import decode_boxes, decode_landmarks
 
     h, w = frame.shape[:2]
     with torch.inference_mode():
@@ -281,7 +281,7 @@ def _postprocess_ms(det, frame) -> float:
 
 
 def bench_detect(rows: list, notes: list, frames, mnet: Path, rn_random: Path, min_s: float, quick: bool):
-    from pipeline.retinaface import FaceDetector
+    from pipeline.detector import FaceDetector
 
     out, post = {}, {}
     boxes = None
@@ -295,7 +295,7 @@ def bench_detect(rows: list, notes: list, frames, mnet: Path, rn_random: Path, m
             det(frames[:bs])  # warm-up at this batch shape
             state = {"i": 0, "faces": 0}
 
-            def one():
+            def one(det=det, state=state, call_n=call_n):
                 s = state["i"] % (len(frames) - call_n + 1)
                 r = det(frames[s:s + call_n])
                 state["i"] += call_n
@@ -343,7 +343,7 @@ def bench_landmarks(rows: list, notes: list, frames, boxes, mfn: Path, fan_rando
         lm(frames[:2], boxes[:2])  # warm-up
         state = {"i": 0}
 
-        def one():
+        def one(lm=lm, state=state, k=k):
             s = state["i"] % (len(frames) - k + 1)
             lm(frames[s:s + k], boxes[s:s + k])
             state["i"] += k
@@ -585,7 +585,7 @@ def main() -> None:
         boxes = bench_detect(rows, notes, frames, mnet, rn_random, min_s, quick) if "detect" not in args.skip else None
         if "landmarks" not in args.skip:
             if boxes is None:
-                from pipeline.retinaface import FaceDetector
+                from pipeline.detector import FaceDetector
 
                 boxes = [d["bbox"] for d in FaceDetector(str(mnet), "mobilenet0.25")(frames)]
             bench_landmarks(rows, notes, frames, boxes, mfn, fan_random, min_s, quick)

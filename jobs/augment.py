@@ -24,8 +24,7 @@ import random
 import numpy as np
 import torch
 from PIL import Image
-
-from s2d_model import IMAGENET_MEAN, IMAGENET_STD
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN, IMAGENET_DEFAULT_STD as IMAGENET_STD
 
 RAND_AUGMENT = "rand-m7-n4-mstd0.5-inc1"
 

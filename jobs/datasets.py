@@ -449,20 +449,19 @@ def decode_eval(batch: dict, *, num_frames: int, size: int, image_mode: bool, fr
     -> {"clip": uint8 [B, V, T, S, S, 3] (V = 2; V = T = 1 in image mode), "views": 1 where both views are the
     same clip (n <= T frames) else 2, "label", "weight" (0 for padding rows), "index"}.
     """
-    clips, views = [], []
+    clips, views, count = [], [], {}
+
+    def both(n):  # both views' frame indices; notes the clip's frame count
+        count["n"] = n
+        first, last = eval_windows(n, num_frames)
+        return np.concatenate([first, last])
+
     for path, kind in zip(batch["path"], batch["kind"]):
         if image_mode:
             middle = read_clip(str(path), str(kind), lambda n: [n // 2], size, frame_order)  # [1, S, S, 3]
             clips.append(middle[None])
             views.append(1)
             continue
-        count = {}
-
-        def both(n):
-            count["n"] = n
-            first, last = eval_windows(n, num_frames)
-            return np.concatenate([first, last])
-
         frames = read_clip(str(path), str(kind), both, size, frame_order)  # [2T, S, S, 3]
         clips.append(frames.reshape(2, num_frames, *frames.shape[1:]))
         views.append(1 if count["n"] <= num_frames else 2)

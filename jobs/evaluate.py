@@ -31,8 +31,9 @@ import torch
 
 import s2d_model as S
 from pipeline import storage
-from pipeline.cluster import data_task_cpus, init_ray, plan_workers, resources
+from pipeline.cluster import init_ray, resources
 from pipeline.crops import FRAME_ORDERS
+from pipeline.plans import data_task_cpus, plan_workers
 
 from .augment import to_model_input
 
@@ -244,19 +245,26 @@ def evaluate(data: str | Path, format: str, checkpoint: str | Path, out: str | P
                                                               trust=trust),
                         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers),
                         num_cpus=each, num_gpus=gpus_per_worker or None)
-    probs = np.zeros((len(data_split.samples), data_split.num_classes), dtype=np.float32)
-    seen = np.zeros(len(data_split.samples), dtype=bool)
+    probs = _collect(ds, len(data_split.samples), data_split.num_classes)
+    y_true = np.array([s["label"] for s in data_split.samples])
+    metrics = compute_metrics(y_true, probs.argmax(1), data_split.num_classes)
+    metrics.update(checkpoint=given, data=str(data), format=format, split=split, fold=fold, frame_order=order,
+                   frame_order_why=why)
+    outputs = write_outputs(storage.location(out) if storage.is_uri(out) else Path(out), metrics,
+                            data_split.label_names, data_split.samples, probs)
+    print(f"{format} {split}{'' if fold is None else f' fold {fold}'}: UAR {100 * metrics['uar']:.2f}  "
+          f"WAR {100 * metrics['war']:.2f}  F1 macro {100 * metrics['f1_macro']:.2f}  (n={metrics['n']}) -> {out}")
+    return {**metrics, "outputs": outputs}
+
+
+def _collect(ds, n: int, num_classes: int) -> np.ndarray:
+    """The predictor's rows back in sample order -> probs [n, C]; padding rows dropped, a lost sample an error."""
+    probs = np.zeros((n, num_classes), dtype=np.float32)
+    seen = np.zeros(n, dtype=bool)
     for batch in ds.iter_batches(batch_size=None):
         keep = batch["weight"] > 0
         probs[batch["index"][keep]] = batch["probs"][keep]
         seen[batch["index"][keep]] = True
     if not seen.all():
         raise RuntimeError(f"evaluation lost {int((~seen).sum())} samples")
-    y_true = np.array([s["label"] for s in data_split.samples])
-    metrics = compute_metrics(y_true, probs.argmax(1), data_split.num_classes)
-    metrics.update(checkpoint=given, data=str(data), format=format, split=split, fold=fold, frame_order=order,
-                   frame_order_why=why)
-    outputs = write_outputs(storage.location(out) if storage.is_uri(out) else Path(out), metrics, data_split.label_names, data_split.samples, probs)
-    print(f"{format} {split}{'' if fold is None else f' fold {fold}'}: UAR {100 * metrics['uar']:.2f}  "
-          f"WAR {100 * metrics['war']:.2f}  F1 macro {100 * metrics['f1_macro']:.2f}  (n={metrics['n']}) -> {out}")
-    return {**metrics, "outputs": outputs}
+    return probs

@@ -23,7 +23,8 @@ Outputs: ``OUT/{train,val,test}.csv`` (``path,label``, paths relative to OUT: ``
 train records it in its checkpoints) and ``OUT/prepare.json`` (settings and per-video status: ``ok``,
 ``no_faces`` or ``error`` with the reason, the chosen track, its frames). Videos without a usable face are
 reported and left out of the CSVs; the run goes on. A re-run keeps complete clip folders cut with the same
-face-stage settings and crop (``force`` redoes them). Clip cutting runs in the driver: 16 frames per video, small next to the face stage.
+face-stage settings and crop (``force`` redoes them). Clip cutting runs in the driver: 16 frames per video, small
+next to the face stage.
 """
 from __future__ import annotations
 
@@ -158,12 +159,7 @@ def prepare(videos_csv: str | Path, out: str | Path, faces=None, labels: str | N
             address: str | None = None, force: bool = False, progress: bool = True, crop: str = DEFAULT_CROP) -> dict:
     """Build the clip dataset, each frame cut with ``crop`` (a ``pipeline.crops`` spec); -> the manifest (also
     written to ``OUT/prepare.json``)."""
-    from tqdm import tqdm
-
-    from pipeline import cache
-    from pipeline.faces_run import run_faces
     from pipeline.settings import FaceSettings
-    from pipeline.sources import make_source
 
     t0 = time.perf_counter()
     faces = faces or FaceSettings()
@@ -173,13 +169,40 @@ def prepare(videos_csv: str | Path, out: str | Path, faces=None, labels: str | N
     storage.check_output(out)
     if not storage.is_uri(out):
         (out / "clips").mkdir(parents=True, exist_ok=True)
+    sources, result = _face_stage(rows, out, faces, device, address, progress)
+    videos, written, kept = _cut_clips(rows, sources, result, out, faces.decoder, crop, force, progress)
+    csvs = _write_csvs(out, videos)
+    storage.write(storage.join(out, "dataset.json"), json.dumps({"crop": str(crop)}))
+    manifest = {"videos_csv": str(storage.absolute(videos_csv)), "out": str(out), "labels": labels,
+                "crop": str(crop), "faces": asdict(faces), "faces_settings_hash": result.settings_hash, "csv": csvs,
+                "clips_written": written, "clips_kept": kept, "faces_from_cache": result.cached,
+                "wall_seconds": round(time.perf_counter() - t0, 2), "videos": videos}
+    storage.write(storage.join(out, "prepare.json"), json.dumps(manifest, indent=1, default=str))
+    return manifest
+
+
+def _face_stage(rows: list[dict], out, faces, device: str, address: str | None, progress: bool):
+    """The face stage on every listed video (each once), its cache under ``OUT/cache`` -> (a source per row, the
+    run's result). KeyboardInterrupt when it was interrupted: no clips or CSVs from part of the videos."""
+    from pipeline.faces_run import run_faces
+    from pipeline.sources import make_source
+
     sources = [make_source(r["path"]) for r in rows]
     result = run_faces(list({s.video_id: s for s in sources}.values()), storage.join(out, "cache"), faces,
                        device=device, address=address, progress=progress)
-    if result.interrupted:  # Ctrl-C or SIGTERM: no clips or CSVs from part of the videos
+    if result.interrupted:  # Ctrl-C or SIGTERM
         raise KeyboardInterrupt("the face stage was interrupted")
-    metas = {m["video_id"]: m for m in result.videos}
+    return sources, result
 
+
+def _cut_clips(rows: list[dict], sources: list, result, out, decoder: str, crop: Crop, force: bool,
+               progress: bool) -> tuple[list[dict], int, int]:
+    """A clip per video with faces (kept when current, unless ``force``) -> (manifest entries, written, kept)."""
+    from tqdm import tqdm
+
+    from pipeline import cache
+
+    metas = {m["video_id"]: m for m in result.videos}
     videos, written, kept = [], 0, 0
     for row, src in tqdm(list(zip(rows, sources)), unit="clip", desc="clips", disable=not progress):
         meta = metas[src.video_id]
@@ -197,11 +220,16 @@ def prepare(videos_csv: str | Path, out: str | Path, faces=None, labels: str | N
             kept += 1
             continue
         try:
-            entry.update(cut_clip(src.path, table, track_rows, folder, result.settings_hash, faces.decoder, crop))
+            entry.update(cut_clip(src.path, table, track_rows, folder, result.settings_hash, decoder, crop))
             written += 1
         except Exception as exc:  # e.g. a seek error: this video is left out, the others go on
             entry.update(status="error", error=f"clips: {type(exc).__name__}: {exc}")
+    return videos, written, kept
 
+
+def _write_csvs(out, videos: list[dict]) -> dict:
+    """``OUT/{split}.csv`` (``path,label``) of each split's ok clips; a split without any loses its old CSV.
+    -> {split: {"file", "clips"}}."""
     csvs = {}
     for split in SPLITS:
         ok = [v for v in videos if v["split"] == split and v["status"] == "ok"]
@@ -215,10 +243,4 @@ def prepare(videos_csv: str | Path, out: str | Path, faces=None, labels: str | N
         w.writerows([v["clip"], v["label"]] for v in ok)
         storage.write(target, text.getvalue())
         csvs[split] = {"file": str(target), "clips": len(ok)}
-    storage.write(storage.join(out, "dataset.json"), json.dumps({"crop": str(crop)}))
-    manifest = {"videos_csv": str(storage.absolute(videos_csv)), "out": str(out), "labels": labels,
-                "crop": str(crop), "faces": asdict(faces), "faces_settings_hash": result.settings_hash, "csv": csvs,
-                "clips_written": written, "clips_kept": kept, "faces_from_cache": result.cached,
-                "wall_seconds": round(time.perf_counter() - t0, 2), "videos": videos}
-    storage.write(storage.join(out, "prepare.json"), json.dumps(manifest, indent=1, default=str))
-    return manifest
+    return csvs

@@ -44,7 +44,7 @@ def annotate(paths, out, cache=None, *, device: str = "auto", address: str | Non
         settings = replace(settings, s2d_landmark_weights=face_settings.landmark_weights)  # one MobileFaceNet file
     result = run_annotate(_paths(paths), out, cache, face_settings, settings, device=device, address=address, force=force,
                           progress=progress, trust=trust, report=report, overlay=overlay)
-    df = read_timeline_files([v["timeline"] for v in result.videos if v.get("timeline")])
+    df = read_timeline_files([r.timeline for r in result.records if r.timeline])
     df.attrs["manifest"] = read_manifest(out)
     return df
 

@@ -11,18 +11,9 @@ eyes levelled, 224x224) and the DFEW 224x224 face clips.
 
 MARGIN = 0.25: the template spans 1 / 1.5 = 2/3 of the crop (eye distance 47 px at 224). Why: the bare ArcFace crop
 (margin 0) is tight - it cuts the chin and the top of the forehead - while S2D was trained on MTCNN-style face crops
-(DFEW clips, MAFW frames) that show the whole face, filling most of the crop, with a little context. Measured on
-the fixture stills (single_face.jpg and the four posed stills, 0-45 deg yaw; RetinaFace-mnet key points and box,
-MobileFaceNet 68 points; pinned in tests/test_align.py), in the 224 crop:
-    margin  detector box (forehead..chin) y range   chin (68-pt #8) y   face box height / crop
-    0.00    12..246 (cut at both ends)               226..232 (cut)      0.93..1.04
-    0.15    35..215                                   200..204            0.72..0.80
-    0.20    41..208                                   193..198            0.67..0.74
-    0.25    46..201, x 53..196                        188..192            0.63..0.69
-    0.30    50..196                                   183..187            0.58..0.65
-With 0.25 the whole face (box and all 68 points) lies inside with >= 23 px (10 %) of context on every side, and the
-face is still as large as in the datasets' tight face crops; 0.15-0.20 leave only 9-19 px under the box (too little
-once the head pitches down), 0.3+ makes the face smaller than the training crops for no gain.
+(DFEW clips, MAFW frames) that show the whole face, filling most of the crop, with a little context. With 0.25 the
+whole face (detector box and 68 landmarks) lies inside the crop with some context on every side, and the face is
+about as large as in the datasets' crops (tests/test_align.py pins this on the fixture stills).
 """
 from __future__ import annotations
 
@@ -78,22 +69,3 @@ def align_face(frame: np.ndarray, kps5, size: int = 224, margin: float = MARGIN)
     m = similarity_transform(np.asarray(kps5, np.float64).reshape(5, 2), template(size, margin))
     return cv2.warpAffine(np.ascontiguousarray(frame), m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                           borderValue=0)
-
-
-def align_clip(frames: dict, frame_index, kps5, size: int = 224, margin: float = MARGIN) -> np.ndarray:
-    """frames {frame_index: uint8[H,W,3]}, frame_index int64[T], kps5 [T,10] -> uint8[T,size,size,3].
-    Repeated (frame, key points) slots - filled gaps of a segment - are warped once."""
-    frame_index = np.asarray(frame_index, np.int64).reshape(-1)
-    kps5 = np.asarray(kps5, np.float64).reshape(len(frame_index), 10)
-    out = np.empty((len(frame_index), size, size, 3), np.uint8)
-    done: dict = {}  # (frame_index, key point bytes) -> slot already computed
-    for j, (fi, k) in enumerate(zip(frame_index.tolist(), kps5)):
-        key = (fi, k.tobytes())
-        if key in done:
-            out[j] = out[done[key]]
-            continue
-        if fi not in frames:
-            raise KeyError(f"align_clip: frame {fi} is not among the decoded frames")
-        out[j] = align_face(frames[fi], k, size, margin)
-        done[key] = j
-    return out

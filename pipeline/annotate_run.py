@@ -1,20 +1,18 @@
-"""``run_annotate``: videos -> one emotion timeline Parquet per video (+ ``manifest.json``), one chain top to bottom.
+"""``run_annotate``: videos and images -> one emotion timeline Parquet each under ``out`` (+ ``manifest.json``,
+``report.html``, overlays). The chain is drawn in the README's "Architecture"; this file reads top to bottom:
 
-    list, probe, cut long videos into time shards [driver]
-         -> [face actors] decode -> detect -> landmarks -> track -> each window's aligned clip as the window closes
-         -> [S2D actors] probabilities, ``batch_size`` clips at a time
-         -> [driver] when a video's units and clips are all in: its cache entry, then its timeline (atomic)
+    1. run_annotate: check every input and weights file, keep complete timelines, drive the chain, write
+    2. chain: units [driver] -> face actors (faces, each window's clip) -> S2D actors (probabilities)
+    3. Timelines: the collector; when a video's units and clips are all in, its cache entry and timeline
+    4. writers: the manifest (``manifest.py``), the overlays, the report
 
-Frames never leave the face actor that decoded them: what travels is uint8 clips and face rows. A video's clips
-are classified while its later shards and the next videos are still being decoded. A video whose timeline is
-complete for the same settings is skipped; one whose landmark-cache entry is complete is not detected again (its
-clips are cut from the entry and a second decode). A still image is a unit of one frame whose faces go to S2D's
-static image model (``--image-weights``): its timeline has one row per face (segment 0, start_s = end_s = 0).
+A video whose timeline is complete for the same settings is skipped; one whose landmark-cache entry is complete is
+not detected again (its clips are cut from the entry and a second decode). A still image is a unit of one frame
+whose faces go to S2D's static image model (``--image-weights``): one timeline row per face.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,11 +22,17 @@ import numpy as np
 from s2d_model.weights import resolve_all
 
 from . import cache, storage
-from .cluster import chain_context, init_ray, pick_device, plan_actors, resources, run_passes, stop_on_sigterm
-from .emotions import Classifier, S2DWorker, is_faceapi, resolve_classifier
+from .classifier import Classifier, is_faceapi, resolve_classifier
+from .cluster import resources
+from .driver import Done, Video, drive, unit_rows
+from .entries import error_meta, write_units
 from .face_actor import FaceWorker
-from .faces_run import FacesResult, Progress, Video, error_meta, unit_rows, write_units
+from .faces_run import FacesResult
 from .images import is_image
+from .manifest import VideoRecord, write_manifest
+from .plans import plan_actors
+from .progress import Progress
+from .s2d_actor import S2DWorker
 from .settings import AnnotateSettings, FacePlan, FaceSettings, plan_faces, timeline_record
 from .sources import Source, check_paths, find_videos
 from .timeline import is_complete, timeline_path, windows_table, write_timeline
@@ -40,11 +44,11 @@ class AnnotateResult:
     out_dir: Path | str  # a local folder, or a URI (s3://...)
     settings_hash: str
     cache_dir: Path | str | None = None  # the landmark cache it used
-    videos: list[dict] = field(default_factory=list)  # per video: status, error, n_tracks, n_segments, timeline
+    records: list[VideoRecord] = field(default_factory=list)  # per input, in input order
     skipped: int = 0  # videos whose complete timeline was kept
     clips: int = 0  # clips classified in this run
     wall_seconds: float = 0.0
-    s2d_seconds: float = 0.0  # time in the model (normalise + forward), summed over clips (lanes: over each lane)
+    s2d_seconds: float = 0.0  # time in the model, summed over clips
     first_timeline_seconds: float | None = None  # when the first timeline file of this run was written
     first_face_seconds: float | None = None  # from Ray being up to the first face found (face actor's clock)
     faces: FacesResult | None = None  # the face stage's part (its wall_seconds: when the last video's faces were in)
@@ -53,13 +57,18 @@ class AnnotateResult:
     report: Path | str | None = None  # OUT/report.html, once written
     report_error: str | None = None  # why the report could not be written (the run's outputs stand)
 
+    @property
+    def videos(self) -> list[dict]:
+        """The records as the manifest's rows."""
+        return [asdict(r) for r in self.records]
+
     def count(self, status: str) -> int:
-        return sum(v["status"] == status for v in self.videos)
+        return sum(r.status == status for r in self.records)
 
     def summary(self) -> str:
         stop = f", {self.count('interrupted')} interrupted" if self.interrupted else ""
         return (f"videos: {self.count('ok')} ok, {self.count('no_faces')} no faces, {self.count('error')} failed{stop} "
-                f"({self.skipped} already done); segments: {sum(v['n_segments'] for v in self.videos)}; "
+                f"({self.skipped} already done); segments: {sum(r.n_segments for r in self.records)}; "
                 f"clips classified: {self.clips} in {self.wall_seconds:.1f} s")
 
 
@@ -73,6 +82,78 @@ class Labelling:
     key: str
 
 
+# 1. the entry ---------------------------------------------------------------------------------------------------
+
+def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None,
+                 faces: FaceSettings = FaceSettings(), settings: AnnotateSettings = AnnotateSettings(),
+                 device: str = "auto", address: str | None = None, force: bool = False,
+                 progress: bool = True, trust: bool = False, report: bool = True,
+                 overlay: bool = False) -> AnnotateResult:
+    """Videos -> one emotion timeline Parquet per video under ``out_dir`` (+ ``manifest.json``), then
+    ``report.html`` (``report``) and, with ``overlay``, an overlay video per video with faces (``overlays/``).
+    ``trust``: the S2D weights file may hold pickled code (only for a file you made or trust)."""
+    t0 = time.perf_counter()
+    out_dir = storage.location(out_dir)
+    cache_dir = storage.location(cache_dir) if cache_dir else storage.join(out_dir, "cache")
+    check_paths(paths, out_dir, cache_dir)  # what can fail for lack of a file fails now, before any work
+    sources = find_videos(paths)
+    kinds = {kind(s) for s in sources}
+    resolve_weights(kinds, faces, settings)  # every missing weights file named at once
+    plan = plan_faces(faces)
+    labellings = plan_labellings(kinds, settings, plan.key, trust)
+    main = labellings["video"] or labellings["image"]
+    warning = "; ".join(lab.classifier.warning for lab in labellings.values() if lab and lab.classifier.warning)
+    result = AnnotateResult(out_dir, main.key, cache_dir, warning=warning or None)
+    done = {} if force else {s.video_id: r for s in sources if (r := kept(s, out_dir, labellings, skipped=True))}
+    result.skipped = len(done)
+    todo = {s.video_id: s for s in sources if s.video_id not in done}
+    if todo:
+        entries = {vid: e for vid in todo if (e := cache.read_entry(cache_dir, plan.key, vid)) is not None}
+        timelines = Timelines(todo, plan, cache_dir, out_dir, labellings, entries, result, t0)
+        records, result.interrupted = drive(
+            todo, timelines, lambda left, dev: chain(timelines.videos(left), plan, settings, labellings, dev),
+            "videos", address=address, device=device, progress=progress)
+        done.update(records)
+        result.faces.videos = [timelines.face_metas.get(vid) or error_meta(s, plan.record, records[vid].error)
+                               for vid, s in todo.items()]
+    result.records = [done[s.video_id] for s in sources]
+    result.wall_seconds = time.perf_counter() - t0
+    write_manifest(result, plan.key, settings, faces, labellings)
+    if overlay:  # from the outputs just written (the cache, the timelines, the manifest)
+        write_overlays(result, progress)
+        write_manifest(result, plan.key, settings, faces, labellings)  # with each video's overlay
+    if report:
+        write_report(result)
+    return result
+
+
+def resolve_weights(kinds: set[str], faces: FaceSettings, settings: AnnotateSettings) -> None:
+    """Every weights file the run needs, resolved at once (WeightsNotFound naming each missing one)."""
+    weights = {"video": settings.weights, "image": settings.image_weights}
+    resolve_all(list(dict.fromkeys([
+        faces.detector_weights or faces.detector,
+        (faces.landmark_weights or "mobilefacenet") if faces.landmarks == "mobilefacenet" else None,
+        # S2D's landmark branch (face-api's net has none)
+        (settings.s2d_landmark_weights or "mobilefacenet") if not all(is_faceapi(weights[k]) for k in kinds) else None,
+        *[weights[k] for k in sorted(kinds) if weights[k] != "random-tiny"]])))
+
+
+def plan_labellings(kinds: set[str], settings: AnnotateSettings, face_key: str,
+                    trust: bool) -> dict[str, Labelling | None]:
+    """Each kind's classifier (None for a kind the run has no input of), its model name and timeline key."""
+    weights = {"video": settings.weights, "image": settings.image_weights}
+    crops = {"video": settings.crop, "image": settings.image_crop}
+    labellings = {}
+    for k in ("video", "image"):
+        if k not in kinds:
+            labellings[k] = None
+            continue
+        c = resolve_classifier(weights[k], settings.labels if k == "video" else None, settings.s2d_landmark_weights,
+                               trust, kind=k, crop=crops[k], frame_order=settings.frame_order if k == "video" else None)
+        labellings[k] = labelling(c, weights[k], face_key, settings)
+    return labellings
+
+
 def labelling(classifier: Classifier, weights: str, face_key: str, settings: AnnotateSettings) -> Labelling:
     path = classifier.path
     model = weights if path is None or Path(weights).name != path.name else path.name
@@ -83,6 +164,41 @@ def labelling(classifier: Classifier, weights: str, face_key: str, settings: Ann
 def kind(src: Source) -> str:
     return "image" if is_image(src.path) else "video"
 
+
+def kept(s: Source, out_dir, labellings: dict, skipped: bool) -> VideoRecord | None:
+    """The record of a video whose timeline is complete for these settings (None: it is not)."""
+    path = timeline_path(out_dir, s.video_id, s.path)
+    if (meta := is_complete(path, labellings[kind(s)].key)) is None:
+        return None
+    table = storage.read_table(path, columns=["track_id"])
+    return VideoRecord(s.video_id, s.path, kind(s), meta["status"], timeline=str(path), n_segments=table.num_rows,
+                       n_tracks=len(set(table.column("track_id").to_pylist())), skipped=skipped)
+
+
+# 2. the chain ---------------------------------------------------------------------------------------------------
+
+def chain(videos: list[Video], plan: FacePlan, settings: AnnotateSettings, labellings: dict[str, Labelling | None],
+          device: str):
+    """The Ray Data chain over ``videos``, its actor pools planned on the nodes alive now."""
+    cpus, gpus, nodes = resources()
+    pools = plan_actors(cpus, gpus if device == "cuda" else 0, nodes, emotions=True)
+    crops = {k: lab.classifier.crop for k, lab in labellings.items() if lab is not None}
+    # units: the driver probes each video and cuts long ones into time shards
+    ds = unit_rows(videos, plan.settings, settings.segment_s, pools["faces"].size)
+    # face actors: decode -> detect -> landmarks -> track -> each model's crop -> clips as windows close
+    ds = ds.map_batches(FaceWorker, batch_size=1, **pools["faces"].args(tasks_per_actor=1),
+                        fn_constructor_kwargs=dict(plan=plan, device=device, emotions=settings,
+                                                   threads=pools["faces"].threads, crops=crops))
+    # S2D actors: probabilities, ``batch`` clips per forward
+    batch = settings.batch_size or (8 if device == "cuda" else 1)
+    video, image = labellings["video"], labellings["image"]
+    return ds.map_batches(S2DWorker, batch_size=max(8, batch), **pools["s2d"].args(),  # >= 8 rows per task
+                          fn_constructor_kwargs=dict(classifier=video and video.classifier,
+                                                     image=image and image.classifier, device=device,
+                                                     batch_size=batch, threads=pools["s2d"].threads))
+
+
+# 3. the collector -----------------------------------------------------------------------------------------------
 
 def video_segment(s, tracks: dict[int, int], offset: int):
     """A unit's segment in its video's terms: the video's track id and frame indices."""
@@ -99,244 +215,124 @@ class Timelines:
     are in, writes the video's cache entry (unless it came from the cache) and its timeline, and returns its record.
     Items of a video already finished (a retried task sends them again) are ignored."""
 
-    def __init__(self, sources: dict[str, Source], plan: FacePlan, cache_dir: Path, out_dir: Path,
-                 labellings: dict[str, Labelling | None], entries: dict[str, dict]):
+    def __init__(self, sources: dict[str, Source], plan: FacePlan, cache_dir, out_dir,
+                 labellings: dict[str, Labelling | None], entries: dict[str, tuple],
+                 result: AnnotateResult | None = None, t0: float | None = None):
+        """``entries``: {video id: (rows, meta)} of the videos with a complete cache entry; ``result``: the run's,
+        whose counts and times (from ``t0``, the run's start) it keeps."""
         self.sources, self.plan, self.cache_dir, self.out_dir = sources, plan, cache_dir, out_dir
         self.labellings, self.entries = labellings, entries
+        self.result = result or AnnotateResult(out_dir, "", cache_dir)
+        self.t0 = time.perf_counter() if t0 is None else t0
         self.units: dict[str, dict[int, UnitFaces]] = {}
         self.clips: dict[str, dict[tuple, Clip]] = {}
         self.face_metas: dict[str, dict] = {}
         self.finished: set[str] = set()
+        self.ray_up = time.time()
+        self.result.faces = FacesResult(cache_dir, plan.key, cached=len(entries))
 
-    def forget(self, vids) -> None:
-        """Drop what came of these videos so far (a pass that broke off): they are done again from the start."""
-        for vid in vids:
+    def connected(self) -> None:
+        self.ray_up = time.time()
+
+    def videos(self, left: dict[str, Source]) -> list[Video]:
+        """The chain's input: the videos left, with their cache entry's rows where they have one."""
+        return [Video(vid, s.path, self.entries[vid][0] if vid in self.entries else None) for vid, s in left.items()]
+
+    def forget(self, video_ids) -> None:
+        for vid in video_ids:
             self.units.pop(vid, None)
             self.clips.pop(vid, None)
             self.finished.discard(vid)
 
-    def add(self, item: Clip | UnitFaces) -> dict | None:
+    def add(self, item: Clip | UnitFaces) -> Done | None:
         vid = item.video_id
         if vid in self.finished:
             return None
         if isinstance(item, UnitFaces):
             self.units.setdefault(vid, {})[item.index] = item
+            if item.first_face_at is not None:
+                first = item.first_face_at - self.ray_up
+                self.result.first_face_seconds = min(first, self.result.first_face_seconds or first)
         else:
             self.clips.setdefault(vid, {})[(item.unit, clip_key(item.segment))] = item
+            self.result.clips += 1
+            self.result.s2d_seconds += item.s2d_seconds
         units = self.units.get(vid, {})
         if not units or len(units) < next(iter(units.values())).count:
             return None
         if len(self.clips.get(vid, {})) < sum(u.n_clips for u in units.values()):
             return None
         self.finished.add(vid)
-        return self.finish(vid, [units[i] for i in range(len(units))], list(self.clips.pop(vid, {}).values()))
+        rec = self.finish(vid, [units[i] for i in range(len(units))], list(self.clips.pop(vid, {}).values()))
+        self.result.faces.decoded += vid not in self.entries
+        self.result.faces.wall_seconds = time.perf_counter() - self.t0
+        if rec.timeline and self.result.first_timeline_seconds is None:
+            self.result.first_timeline_seconds = time.perf_counter() - self.t0
+        return Done(vid, rec, storage.name(rec.video_path), rec.status, self.face_metas[vid].get("duration_s"))
 
-    def finish(self, vid: str, units: list[UnitFaces], clips: list[Clip]) -> dict:
+    def finish(self, vid: str, units: list[UnitFaces], clips: list[Clip]) -> VideoRecord:
+        """A video's cache entry (unless it came from the cache), then its timeline -> its record."""
         src = self.sources[vid]
         del self.units[vid]
         error = next((u.error for u in units if u.status == "error"), None)
         if vid in self.entries:  # faces from the cache entry: its track ids are the video's
-            meta = self.entries[vid] if error is None else error_meta(src, self.plan.record, error)
+            meta = self.entries[vid][1] if error is None else error_meta(src, self.plan.record, error)
             maps = None
         else:
             meta, maps = write_units(self.cache_dir, self.plan, src, units)
         self.face_metas[vid] = meta
-        record = {"video_id": vid, "video_path": src.path, "kind": kind(src), "status": meta["status"],
-                  "error": meta["error"],
-                  "duration_s": meta.get("duration_s"), "timeline": None, "n_segments": 0, "n_tracks": 0,
-                  "nodes": {"faces": sorted({u.node for u in units} - {""}),  # Ray node ids that did its work
-                            "s2d": sorted({c.node for c in clips} - {""})}}
+        rec = VideoRecord(vid, src.path, kind(src), meta["status"], meta["error"], meta.get("duration_s"),
+                          nodes={"faces": sorted({u.node for u in units} - {""}),
+                                 "s2d": sorted({c.node for c in clips} - {""})})
         if meta["status"] == "error":
-            return record
+            return rec
         bad = [c for c in clips if c.probs is None or not np.isfinite(c.probs).all()]
         if bad:  # never a timeline row without a real probability
-            return {**record, "status": "error", "error": f"S2D: {len(bad)} of {len(clips)} clips were not classified"}
+            return dataclasses.replace(rec, status="error",
+                                       error=f"S2D: {len(bad)} of {len(clips)} clips were not classified")
         segments = [(c.segment if maps is None else video_segment(c.segment, *maps[c.unit]), c.probs) for c in clips]
         lab = self.labellings[kind(src)]
-        table = windows_table(vid, src.path, segments, lab.classifier.class_names, lab.model, lab.key,
-                              "ok" if segments else meta["status"],
+        status = "ok" if segments else meta["status"]
+        table = windows_table(vid, src.path, segments, lab.classifier.class_names, lab.model, lab.key, status,
                               video_thumbnails(units, None if maps is None else [m for m, _ in maps]),
                               lab.classifier.input)
         path = write_timeline(table, timeline_path(self.out_dir, vid, src.path))
-        return {**record, "status": "ok" if segments else meta["status"], "timeline": str(path),
-                "n_segments": table.num_rows, "n_tracks": len(set(table.column("track_id").to_pylist()))}
+        return dataclasses.replace(rec, status=status, timeline=str(path), n_segments=table.num_rows,
+                                   n_tracks=len(set(table.column("track_id").to_pylist())))
+
+    def left_over(self, src: Source, status: str, message: str) -> VideoRecord:
+        if status == "interrupted" and src.video_id in self.finished:  # its timeline was written as it came
+            rec = kept(src, self.out_dir, self.labellings, skipped=False)
+            if rec is not None:
+                return rec
+        return VideoRecord(src.video_id, src.path, kind(src), status, message)
 
 
-def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None,
-                 faces: FaceSettings = FaceSettings(), settings: AnnotateSettings = AnnotateSettings(),
-                 device: str = "auto", address: str | None = None, force: bool = False,
-                 progress: bool = True, trust: bool = False, report: bool = True,
-                 overlay: bool = False) -> AnnotateResult:
-    """Videos -> one emotion timeline Parquet per video under ``out_dir`` (+ ``manifest.json``), then
-    ``report.html`` (``report``) and, with ``overlay``, an overlay video per video with faces (``overlays/``).
-    ``trust``: the S2D weights file may hold pickled code (only for a file you made or trust)."""
-    t0 = time.perf_counter()
-    out_dir = storage.location(out_dir)
-    cache_dir = storage.location(cache_dir) if cache_dir else storage.join(out_dir, "cache")
-    # 0. everything that can fail for lack of a file fails now, before any work (every missing file at once)
-    check_paths(paths, out_dir, cache_dir)
-    sources = find_videos(paths)
-    kinds = {kind(s) for s in sources}  # the weights of a kind the run has none of are not needed
-    weights = {"video": settings.weights, "image": settings.image_weights}
-    resolve_all(list(dict.fromkeys([
-        faces.detector_weights or faces.detector,
-        (faces.landmark_weights or "mobilefacenet") if faces.landmarks == "mobilefacenet" else None,
-        # S2D's landmark branch (face-api's net has none)
-        (settings.s2d_landmark_weights or "mobilefacenet") if not all(is_faceapi(weights[k]) for k in kinds) else None,
-        *[weights[k] for k in sorted(kinds) if weights[k] != "random-tiny"]])))
-    plan = plan_faces(faces)
-    crops = {"video": settings.crop, "image": settings.image_crop}
-    labellings = {k: labelling(resolve_classifier(weights[k], settings.labels if k == "video" else None,
-                                                  settings.s2d_landmark_weights, trust, kind=k, crop=crops[k],
-                                                  frame_order=settings.frame_order if k == "video" else None),
-                               weights[k], plan.key, settings) if k in kinds else None for k in ("video", "image")}
-    main = labellings["video"] or labellings["image"]
-    warning = "; ".join(lab.classifier.warning for lab in labellings.values() if lab and lab.classifier.warning)
-    result = AnnotateResult(out_dir, main.key, cache_dir, warning=warning or None)
-    done: dict[str, dict] = {}
-
-    def kept(s: Source, skipped: bool) -> dict | None:
-        """The record of a video whose timeline is complete for these settings (None: it is not)."""
-        path = timeline_path(out_dir, s.video_id, s.path)
-        if (meta := is_complete(path, labellings[kind(s)].key)) is None:
-            return None
-        table = storage.read_table(path, columns=["track_id"])
-        return {"video_id": s.video_id, "video_path": s.path, "kind": kind(s), "error": None,
-                "status": meta["status"], "timeline": str(path), "n_segments": table.num_rows,
-                "n_tracks": len(set(table.column("track_id").to_pylist())), "skipped": skipped}
-
-    for s in sources:  # 1. complete timelines of the same settings are kept (unless --force)
-        if not force and (rec := kept(s, True)) is not None:
-            done[s.video_id] = rec
-    result.skipped = len(done)
-    todo = {s.video_id: s for s in sources if s.video_id not in done}
-
-    if todo:
-        entries = {vid: e for vid in todo if (e := cache.read_entry(cache_dir, plan.key, vid)) is not None}
-        init_ray(address)
-        chain_context()
-        ray_up = time.time()
-        device = pick_device(device)
-        stop_on_sigterm()
-        timelines = Timelines(todo, plan, cache_dir, out_dir, labellings, {vid: e[1] for vid, e in entries.items()})
-        result.faces = FacesResult(cache_dir, plan.key, cached=len(entries))
-
-        def run() -> object:  # one pass: the chain over what is not done
-            left = {vid: s for vid, s in todo.items() if vid not in done}
-            timelines.forget(left)  # what a broken pass left half-way is done again
-            videos = [Video(vid, s.path, entries[vid][0] if vid in entries else None) for vid, s in left.items()]
-            return chain(videos, plan, faces, settings, labellings, device)
-
-        def take(item) -> None:
-            rec = collect(item, timelines, result, ray_up)
-            if rec is None:
-                return
-            done[rec["video_id"]] = rec
-            result.faces.decoded += rec["video_id"] not in entries
-            result.faces.wall_seconds = time.perf_counter() - t0
-            if rec["timeline"] and result.first_timeline_seconds is None:
-                result.first_timeline_seconds = time.perf_counter() - t0
-            meta = timelines.face_metas.get(rec["video_id"]) or {}
-            bar.done(storage.name(rec["video_path"]), rec["status"], meta.get("duration_s"))
-
-        with Progress(len(todo), "videos", progress) as bar:
-            ended = run_passes(run, take, lambda why: bar.note(
-                f"{why}: {sum(v not in done for v in todo)} videos again, on the nodes left"))
-        status, message = ended or ("error", "pipeline: the video never completed; run again")
-        result.interrupted = status == "interrupted"
-        for vid, s in todo.items():
-            if vid in done:
-                continue
-            rec = kept(s, False) if result.interrupted and vid in timelines.finished else None  # written as it came
-            done[vid] = rec or {"video_id": vid, "video_path": s.path, "kind": kind(s), "status": status,
-                                "error": message, "timeline": None, "n_segments": 0, "n_tracks": 0}
-        result.faces.videos = [timelines.face_metas.get(vid) or error_meta(s, plan.record, message)
-                               for vid, s in todo.items()]
-    result.videos = [done[s.video_id] for s in sources]
-    result.wall_seconds = time.perf_counter() - t0
-    write_manifest(result, plan.key, settings, faces, labellings)
-    if overlay:  # from the outputs just written (the cache, the timelines, the manifest)
-        write_overlays(result, progress)
-        write_manifest(result, plan.key, settings, faces, labellings)  # with each video's overlay
-    if report:
-        from .report import write_report
-
-        try:
-            result.report = write_report(out_dir)
-        except Exception as exc:  # the run's outputs are written and stand; the CLI says why the page is missing
-            result.report_error = f"report: {type(exc).__name__}: {exc}"
-    return result
-
+# 4. the writers -------------------------------------------------------------------------------------------------
 
 def write_overlays(result: AnnotateResult, progress: bool) -> None:
     """``s2d overlay`` for every video of the run with faces, into ``OUT/overlays/``; one that is newer than its
     timeline is kept. Each record gets ``overlay`` (its path) or ``overlay_error`` (why not)."""
     from .overlay import overlay_path, write_overlay
 
-    todo = [v for v in result.videos if v.get("kind") == "video" and v["status"] == "ok"]
+    todo = [r for r in result.records if r.kind == "video" and r.status == "ok"]
     with Progress(len(todo), "overlays", progress) as bar:
-        for v in todo:
-            path = overlay_path(result.out_dir, v["video_id"], v["video_path"])
+        for r in todo:
+            path = overlay_path(result.out_dir, r.video_id, r.video_path)
             try:
-                if not (storage.is_file(path) and storage.info(path).mtime >= storage.info(v["timeline"]).mtime):
-                    write_overlay(result.out_dir, v["video_id"], path)
-                v["overlay"], status = str(path), "ok"
+                if not (storage.is_file(path) and storage.info(path).mtime >= storage.info(r.timeline).mtime):
+                    write_overlay(result.out_dir, r.video_id, path)
+                r.overlay, status = str(path), "ok"
             except Exception as exc:  # one video's overlay failing loses nothing else
-                v["overlay_error"], status = f"overlay: {type(exc).__name__}: {exc}", "error"
-            bar.done(storage.name(v["video_path"]), status, v.get("duration_s"))
+                r.overlay_error, status = f"overlay: {type(exc).__name__}: {exc}", "error"
+            bar.done(storage.name(r.video_path), status, r.duration_s)
 
 
-def chain(videos: list[Video], plan: FacePlan, faces: FaceSettings, settings: AnnotateSettings,
-          labellings: dict[str, Labelling | None], device: str):
-    """The Ray Data chain over ``videos``, its actor pools planned on the nodes alive now."""
-    cpus, gpus, nodes = resources()
-    pools = plan_actors(cpus, gpus if device == "cuda" else 0, nodes, emotions=True)
-    # 1. units: the driver probes each video and cuts long ones into time shards
-    ds = unit_rows(videos, faces, settings.segment_s, pools["faces"].size)
-    # 2. face actors: decode -> detect -> landmarks -> track -> aligned clips as windows close (or the cache)
-    ds = ds.map_batches(FaceWorker, batch_size=1, **pools["faces"].args(tasks_per_actor=1),
-                        fn_constructor_kwargs=dict(plan=plan, device=device, emotions=settings,
-                                                   threads=pools["faces"].threads,
-                                                   crops={k: lab.classifier.crop for k, lab in labellings.items()
-                                                          if lab is not None}))
-    # 3. S2D actors: probabilities, batch clips per forward
-    batch = settings.batch_size or (8 if device == "cuda" else 1)
-    return ds.map_batches(S2DWorker, batch_size=max(8, batch), **pools["s2d"].args(),  # >= 8 rows per task
-                          fn_constructor_kwargs=dict(classifier=labellings["video"] and labellings["video"].classifier,
-                                                     image=labellings["image"] and labellings["image"].classifier,
-                                                     device=device, batch_size=batch,
-                                                     threads=pools["s2d"].threads))
+def write_report(result: AnnotateResult) -> None:
+    """``OUT/report.html``; if it cannot be written, the run's outputs stand and ``report_error`` says why."""
+    from .report import write_report as write
 
-
-def collect(item: Clip | UnitFaces, timelines: Timelines, result: AnnotateResult, ray_up: float) -> dict | None:
-    """4. the driver: one item from the chain; a video's record once its last unit and clip are in (its cache
-    entry and timeline written)."""
-    if isinstance(item, Clip) and item.video_id not in timelines.finished:
-        result.clips += 1
-        result.s2d_seconds += item.s2d_seconds
-    elif isinstance(item, UnitFaces) and item.first_face_at is not None:
-        first = item.first_face_at - ray_up
-        result.first_face_seconds = min(first, result.first_face_seconds or first)
-    return timelines.add(item)
-
-
-def write_manifest(result: AnnotateResult, face_key: str, settings: AnnotateSettings, faces: FaceSettings,
-                   labellings: dict[str, Labelling | None]) -> Path | str:
-    """``<out>/manifest.json``: settings, weights, versions, per-input status and timings (atomic). ``weights``,
-    ``labels``: the video model's (the image model's when the run has no video); ``image_*``: the image model's,
-    when the run has images."""
-    main, image = labellings["video"] or labellings["image"], labellings["image"]
-    manifest = {"settings_hash": result.settings_hash, "settings": asdict(settings), "face_settings": asdict(faces),
-                "face_settings_hash": face_key, "cache_dir": str(result.cache_dir),
-                "weights": main.classifier.fingerprint, "labels": list(main.classifier.class_names),
-                "input": main.classifier.input, "image_weights": image.classifier.fingerprint if image else None,
-                "image_input": image.classifier.input if image else None,
-                "image_labels": list(image.classifier.class_names) if image else None,
-                "image_settings_hash": image.key if image else None, "warning": result.warning,
-                "versions": cache.library_versions(), "wall_seconds": result.wall_seconds,
-                "clips_classified": result.clips, "s2d_seconds": result.s2d_seconds, "skipped": result.skipped,
-                "videos": result.videos,
-                "faces_wall_seconds": result.faces.wall_seconds if result.faces else 0.0,
-                "first_timeline_seconds": result.first_timeline_seconds,
-                "first_face_seconds": result.first_face_seconds}
-    return storage.write(storage.join(result.out_dir, "manifest.json"), json.dumps(manifest, indent=1, default=str))
+    try:
+        result.report = write(result.out_dir)
+    except Exception as exc:
+        result.report_error = f"report: {type(exc).__name__}: {exc}"

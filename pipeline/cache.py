@@ -21,6 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from s2d_model.files import sha256_file
+
 from . import storage
 
 
@@ -92,11 +94,7 @@ def file_fingerprint(path: str | Path, sha256: bool = True) -> dict:
     st = p.stat()
     fp = {"name": p.name, "size": st.st_size}
     if sha256:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        fp["sha256"] = h.hexdigest()
+        fp["sha256"] = sha256_file(p)
     else:
         fp["mtime"] = st.st_mtime
     return fp

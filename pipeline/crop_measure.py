@@ -182,7 +182,7 @@ def measure_crops(paths: list[str], detector_weights: str | Path, sample: int = 
                   seed: int = 0) -> CropMeasurement:
     """Measure a sample of pre-cut face crops (image files and/or folders) and suggest the ``--crop`` that cuts
     the same crop from raw video. ValueError where no file is found or no face is found in any."""
-    from .retinaface import FaceDetector
+    from .detector import FaceDetector
 
     files = spread_sample(list_images(paths), sample, seed)
     if not files:

@@ -3,7 +3,12 @@
 Two backends share one small protocol (:class:`Decoder`):
 
 * :class:`PyAVDecoder` (default): accurate, threaded, memory-bounded.
-* :class:`DecordDecoder`: decord.VideoReader; optional, see its docstring for why it is not the default.
+* ``DecordDecoder`` (``pipeline.decord_decoder``): decord.VideoReader; optional, see its docstring for why it is
+  not the default.
+
+Opening a video (with clear errors) and the index and time of each decoded frame are ``pipeline.video``'s
+(``FrameClock``: index in decoding order; the PTS, or the previous frame's time plus one frame interval for a frame
+without one); the overlay counts its frames with the same clock.
 
 Sampling rule (both backends): with an analysis rate ``fps`` the grid times are ``t_k = k / fps``
 (k = 0, 1, 2, ...). Frames are walked in presentation order; a frame is kept when its PTS is at or
@@ -25,182 +30,33 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+import time
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import av
 import numpy as np
+
+from .video import (DecodeError, FrameClock, NotAVideoError, display_rotation, max_fps, native_fps, open_video,
+                    rotate_upright)
 
 __all__ = [
     "DecodeError",
     "NotAVideoError",
     "Decoder",
     "PyAVDecoder",
-    "DecordDecoder",
     "get_decoder",
     "open_video",
     "display_rotation",
+    "native_fps",
     "rotate_upright",
     "PtsSampler",
     "sampling_step",
+    "grid_time",
 ]
 
 _EPS = 1e-6  # seconds; absorbs float error when a PTS lies exactly on a grid time
 _RESEEK_GAP_S = 2.0  # read_frames: seek again instead of decoding through gaps longer than this
-_IMAGE_FORMATS = {"image2", "image2pipe"}  # FFmpeg demuxers for still images (plus any "*_pipe")
-
-
-class DecodeError(Exception):
-    """A video cannot be opened or decoded. The message names the file and the reason."""
-
-
-class NotAVideoError(DecodeError):
-    """The file is readable media but holds no video (audio-only, still image)."""
-
-
-# --------------------------------------------------------------------------- opening / errors
-
-
-def _is_utf8(head: bytes) -> bool:
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return exc.start >= len(head) - 3  # only a character cut at the end of the sample
-    return True
-
-
-def _sniff_reason(path) -> str:
-    """A human reason for a file FFmpeg refuses to open, from its first bytes."""
-    from . import storage
-
-    try:
-        with storage.open_input(path) as fh:
-            head = fh.read(512)
-    except OSError as exc:
-        return f"cannot read file ({exc.strerror or exc})"
-    if head[4:8] == b"ftyp":
-        return "MP4/QuickTime file that cannot be parsed: truncated or corrupt (index 'moov' missing or damaged)"
-    if head and b"\0" not in head and _is_utf8(head):
-        return "not a media file (looks like text)"
-    return "not a media file, or a corrupt/unsupported container"
-
-
-def open_video(path: str | os.PathLike) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
-    """Open ``path`` with PyAV and return (container, first video stream).
-
-    Raises DecodeError with a clear reason: missing, directory, empty (0 bytes), permission denied,
-    not a media file / truncated, still image, no video stream (e.g. audio-only).
-    The caller closes the container. A URI (``s3://...``) is read through pyarrow's filesystem.
-    """
-    from . import storage
-
-    if storage.is_uri(path):
-        return _open_uri(str(path))
-    p = Path(path)
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        if p.is_symlink():
-            raise DecodeError(f"{path}: broken symbolic link (to {os.readlink(p)}, which does not exist)") from None
-        raise DecodeError(f"{path}: file not found") from None
-    except PermissionError:
-        raise DecodeError(f"{path}: permission denied (cannot stat)") from None
-    except OSError as exc:
-        raise DecodeError(f"{path}: cannot stat file ({exc})") from None
-    if p.is_dir():
-        raise DecodeError(f"{path}: is a directory, not a video file")
-    if st.st_size == 0:
-        raise DecodeError(f"{path}: empty file (0 bytes)")
-    if not os.access(p, os.R_OK):
-        raise DecodeError(f"{path}: permission denied (file is not readable)")
-    try:
-        container = av.open(str(p), metadata_errors="ignore")
-    except PermissionError:
-        raise DecodeError(f"{path}: permission denied (file is not readable)") from None
-    except (av.error.FFmpegError, OSError) as exc:
-        raise DecodeError(f"{path}: {_sniff_reason(p)} [ffmpeg: {exc}]") from exc
-    return _video_stream(container, path)
-
-
-def _open_uri(uri: str):
-    """``open_video`` for an object in a filesystem pyarrow knows (read through a seekable pyarrow file)."""
-    from pyarrow.fs import FileType
-
-    from . import storage
-
-    try:
-        found = storage.info(uri)
-    except (OSError, ValueError) as exc:
-        raise DecodeError(f"{uri}: cannot reach it ({exc})") from None
-    if found.type == FileType.NotFound:
-        raise DecodeError(f"{uri}: file not found")
-    if found.type == FileType.Directory:
-        raise DecodeError(f"{uri}: is a directory, not a video file")
-    if found.size == 0:
-        raise DecodeError(f"{uri}: empty file (0 bytes)")
-    try:
-        container = av.open(storage.open_input(uri), metadata_errors="ignore")
-    except (av.error.FFmpegError, OSError) as exc:
-        raise DecodeError(f"{uri}: {_sniff_reason(uri)} [ffmpeg: {exc}]") from exc
-    return _video_stream(container, uri)
-
-
-def _video_stream(container, path):
-    """(container, its first video stream), or NotAVideoError (closed) for no video stream or a still image."""
-    fmt = container.format.name
-    if not container.streams.video:
-        kinds = sorted({s.type for s in container.streams})
-        container.close()
-        if kinds == ["audio"]:
-            raise NotAVideoError(f"{path}: no video stream (audio-only file)")
-        raise NotAVideoError(f"{path}: no video stream (streams: {', '.join(kinds) or 'none'})")
-    if fmt in _IMAGE_FORMATS or fmt.endswith("_pipe"):
-        container.close()
-        raise NotAVideoError(f"{path}: still image ({fmt}) of a kind not read here: images must be JPEG, PNG, "
-                             "WebP or BMP")
-    return container, container.streams.video[0]
-
-
-def native_fps(stream) -> float:
-    """Nominal frame rate of a stream (average_rate, else guessed_rate); 0.0 when unknown."""
-    rate = stream.average_rate or stream.guessed_rate
-    return float(rate) if rate else 0.0
-
-
-def _max_fps(stream) -> float:
-    """Highest plausible frame rate (for matching tolerances): r_frame_rate is the max rate of a VFR file."""
-    rates = [float(r) for r in (stream.guessed_rate, stream.base_rate, stream.average_rate) if r]
-    return max(rates) if rates else 30.0
-
-
-def _normalize_rotation(deg: float) -> int:
-    """Round to a multiple of 90 in {0, 90, 180, -90}."""
-    k = int(round(deg / 90.0)) % 4
-    return {0: 0, 1: 90, 2: 180, 3: -90}[k]
-
-
-def display_rotation(stream, frame=None) -> int:
-    """Counter-clockwise display rotation in degrees (0, 90, 180, -90).
-
-    PyAV 18 exposes the display matrix only per frame (``VideoFrame.rotation``, FFmpeg's
-    ``av_display_rotation_get``: the angle the display transform rotates the frame counter-clockwise).
-    Older FFmpeg builds exported a ``rotate`` stream tag instead (clockwise degrees); used as a fallback.
-    """
-    if frame is not None and frame.rotation:
-        return _normalize_rotation(frame.rotation)
-    tag = stream.metadata.get("rotate") if stream.metadata else None
-    if tag:
-        try:
-            return _normalize_rotation(-float(tag))
-        except ValueError:
-            pass
-    return 0
-
-
-def rotate_upright(img: np.ndarray, rotation: int) -> np.ndarray:
-    """Apply a counter-clockwise display rotation to an HxWxC image (np.rot90 rotates counter-clockwise)."""
-    k = (rotation // 90) % 4
-    return np.ascontiguousarray(np.rot90(img, k)) if k else img
 
 
 # --------------------------------------------------------------------------- sampling / chunks
@@ -296,17 +152,15 @@ class PyAVDecoder:
             stream.codec_context.thread_count = 1  # one 8K frame is 100 MB: no queue of frames in threads
         return container, stream
 
-    def _frames(self, path, container, stream) -> Iterator[tuple[int, float, "av.VideoFrame"]]:
-        """(index, time_s, frame) for every decoded frame; FFmpeg errors become DecodeError.
+    def _frames(self, path, container, clock: FrameClock) -> Iterator[tuple[int, float, av.VideoFrame]]:
+        """(index, time_s, frame) for every decoded frame, by ``clock``; FFmpeg errors become DecodeError.
 
         Packets are demuxed here (not ``container.decode``) to see the demuxer's corrupt flag: with
         frame threading FFmpeg swallows the decoder's error for a truncated last packet, so a file
         cut mid-stream would otherwise just end early without any error.
         """
-        step = 1.0 / (native_fps(stream) or 30.0)
-        index, prev_t = 0, None
         last_corrupt = None  # byte offset of the last non-empty packet, when it was flagged corrupt
-        packets = container.demux(stream)
+        packets = container.demux(clock.stream)
         while True:
             try:
                 packet = next(packets, None)
@@ -316,18 +170,12 @@ class PyAVDecoder:
                     last_corrupt = (packet.pos if packet.pos is not None else -1) if packet.is_corrupt else None
                 frames = packet.decode()
             except (av.error.FFmpegError, OSError) as exc:
-                raise DecodeError(f"{path}: decode failed at frame {index}: {exc}") from exc
+                raise DecodeError(f"{path}: decode failed at frame {clock.index}: {exc}") from exc
             for frame in frames:
-                if frame.pts is not None and frame.time is not None:
-                    t = float(frame.time)
-                else:
-                    t = 0.0 if prev_t is None else prev_t + step
-                prev_t = t
-                yield index, t, frame
-                index += 1
+                yield *clock.tick(frame), frame
         if last_corrupt is not None:
             raise DecodeError(
-                f"{path}: decode failed at frame {index}: the file ends inside a packet "
+                f"{path}: decode failed at frame {clock.index}: the file ends inside a packet "
                 f"(byte {last_corrupt}); it is truncated or corrupt"
             )
 
@@ -344,15 +192,13 @@ class PyAVDecoder:
                     container.seek(int(math.floor(start_s / stream.time_base)), stream=stream, backward=True)
                 except (av.error.FFmpegError, OSError) as exc:
                     raise DecodeError(f"{path}: cannot seek to {start_s:.3f}s: {exc}") from exc
-            rotation, n_seen = None, 0
-            for i, t, frame in self._frames(path, container, stream):
+            clock, n_seen = FrameClock(stream), 0
+            for i, t, frame in self._frames(path, container, clock):
                 if end_s is not None and t >= end_s:
                     break
                 n_seen += 1
-                if rotation is None:
-                    rotation = display_rotation(stream, frame)
                 if t >= start_s - _EPS and sampler.keep(t):
-                    yield i, t, rotate_upright(frame.to_ndarray(format="rgb24"), rotation)
+                    yield i, t, clock.upright(frame)
             if n_seen == 0 and start_s <= 0:
                 raise DecodeError(f"{path}: no decodable video frames")
             return n_seen
@@ -384,12 +230,10 @@ class PyAVDecoder:
         got: dict[int, tuple[float, np.ndarray]] = {}
         container, stream = self._open(path)
         try:
-            rotation = None
-            for i, t, frame in self._frames(path, container, stream):
-                if rotation is None:
-                    rotation = display_rotation(stream, frame)
+            clock = FrameClock(stream)
+            for i, t, frame in self._frames(path, container, clock):
                 if i in todo:
-                    got[i] = (t, rotate_upright(frame.to_ndarray(format="rgb24"), rotation))
+                    got[i] = (t, clock.upright(frame))
                 if i >= last:
                     break
         finally:
@@ -409,40 +253,17 @@ class PyAVDecoder:
         got: dict[int, tuple[float, np.ndarray]] = {}
         container, stream = self._open(path)
         try:
-            tol = 0.5 / _max_fps(stream)
-            tb = stream.time_base
-            step = 1.0 / (native_fps(stream) or 30.0)
-            rotation = None
-            j = 0
-            while j < len(pending):
+            tol = 0.5 / max_fps(stream)
+            clock, j, more = FrameClock(stream), 0, True
+            while more and j < len(pending):
                 target = pending[j][1]
                 try:
-                    container.seek(int(math.floor((target - tol) / tb)), stream=stream, backward=True)
+                    container.seek(int(math.floor((target - tol) / stream.time_base)), stream=stream, backward=True)
                 except (av.error.FFmpegError, OSError):
                     break  # not seekable (e.g. raw elementary stream): sequential fallback
-                prev_t = None
+                clock.restart()
                 try:
-                    for frame in container.decode(stream):
-                        if frame.pts is not None:
-                            t = float(frame.time)
-                        elif prev_t is not None:
-                            t = prev_t + step
-                        else:
-                            continue  # cannot place this frame in time right after a seek
-                        prev_t = t
-                        if rotation is None:
-                            rotation = display_rotation(stream, frame)
-                        while j < len(pending) and t > pending[j][1] + tol:
-                            j += 1  # passed without a match: the sequential fallback gets it
-                        if j == len(pending):
-                            break
-                        if abs(t - pending[j][1]) <= tol:
-                            got[pending[j][0]] = (t, rotate_upright(frame.to_ndarray(format="rgb24"), rotation))
-                            j += 1
-                            if j < len(pending) and pending[j][1] - t > _RESEEK_GAP_S:
-                                break  # long gap: seek again (progress is made: j advanced)
-                    else:
-                        break  # end of stream: whatever is left goes to the fallback
+                    j, more = _match_times(container.decode(stream), clock, pending, j, tol, got)
                 except (av.error.FFmpegError, OSError) as exc:
                     raise DecodeError(f"{path}: decode failed near t={target:.3f}s: {exc}") from exc
         finally:
@@ -450,109 +271,65 @@ class PyAVDecoder:
         return got
 
 
-# --------------------------------------------------------------------------- decord
+def _match_times(frames, clock: FrameClock, pending: list, j: int, tol: float, got: dict) -> tuple[int, bool]:
+    """The frames decoded after a seek, matched by time to ``pending[j:]`` ((index, time) by time) into ``got``.
+    Returns (the first pending position not yet matched or passed, False when the stream ended). It stops to seek
+    again when the next wanted time is more than ``_RESEEK_GAP_S`` ahead."""
+    for frame in frames:
+        if frame.pts is None and clock.prev_t is None:
+            continue  # cannot place this frame in time right after a seek
+        t = clock.tick(frame)[1]
+        while j < len(pending) and t > pending[j][1] + tol:
+            j += 1  # passed without a match: the sequential fallback gets it
+        if j == len(pending):
+            return j, True
+        if abs(t - pending[j][1]) <= tol:
+            got[pending[j][0]] = (t, clock.upright(frame))
+            j += 1
+            if j < len(pending) and pending[j][1] - t > _RESEEK_GAP_S:
+                return j, True  # long gap: seek again (progress is made: j advanced)
+    return j, False  # end of stream: whatever is left goes to the fallback
 
 
-class DecordDecoder:
-    """decord.VideoReader backend. Not the default: decord is known to leak memory on long files
-    (its reader keeps decoded state around), and in 0.6 it mishandles some files:
+class FrameBatches:
+    """A decoder's sampled frames (index, time, array) in batches of at most ``n`` frames and ``nbytes`` (one frame
+    may be larger); after the loop, ``count`` is the generator's return value (frames decoded) and ``seconds`` the
+    time spent decoding."""
 
-    * MP4/MOV edit lists: decord counts the pre-roll packets (negative PTS) that FFmpeg drops, so its
-      frame count is too high and its timestamps are shifted by those frames; the decoded pictures
-      themselves line up by index, and the tail is padded with copies of the last frame. We drop the
-      leading negative-PTS timestamps and the padded tail, which makes it agree with PyAV.
-    * Rotation: decord applies the display rotation itself. 180 degrees comes out right; +-90 degrees
-      yields a buffer of the wrong shape (garbage), so such files raise DecodeError (use PyAV).
+    def __init__(self, frames: Iterator, n: int, nbytes: float = math.inf):
+        self.frames, self.n, self.nbytes, self.count, self.seconds = frames, n, nbytes, 0, 0.0
 
-    The file is first checked with PyAV (:func:`open_video`) so bad inputs give the same clear errors.
-    """
-
-    name = "decord"
-
-    def __init__(self, num_threads: int = 0):
-        self.num_threads = num_threads
-
-    def _open(self, path):
-        import decord
-
-        container, stream = open_video(path)
-        try:
-            first = next(container.decode(stream), None)
-            rotation = display_rotation(stream, first)
-        except (av.error.FFmpegError, OSError) as exc:
-            raise DecodeError(f"{path}: decode failed at frame 0: {exc}") from exc
-        finally:
-            container.close()
-        if rotation in (90, -90):
-            raise DecodeError(f"{path}: rotated by {rotation} degrees; decord 0.6 mis-decodes that, use the pyav backend")
-        try:
-            vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=self.num_threads)
-            n = len(vr)
-            ts = vr.get_frame_timestamp(np.arange(n))[:, 0].astype(np.float64) if n else np.zeros(0)
-        except decord.DECORDError as exc:
-            raise DecodeError(f"{path}: decord cannot open it: {exc}") from exc
-        skip = int(np.argmax(ts >= -_EPS)) if n and (ts >= -_EPS).any() else 0
-        times = ts[skip:]  # times[i] is the PTS of decoded picture i
-        if times.size == 0:
-            raise DecodeError(f"{path}: no decodable video frames")
-        return vr, times
-
-    def _batch(self, path, vr, indices: list[int]) -> np.ndarray:
-        import decord
-
-        try:
-            return vr.get_batch(indices).asnumpy()
-        except decord.DECORDError as exc:
-            raise DecodeError(f"{path}: decode failed at frame {indices[0]}: {exc}") from exc
-
-    def iter_frames(self, path, fps: float | None = 8.0, start_s: float = 0.0,
-                    end_s: float | None = None) -> Iterator[tuple[int, float, np.ndarray]]:
-        """As PyAVDecoder.iter_frames; indices are always the stream's own (decord reads by index)."""
-        vr, times = self._open(path)
-        sampler = PtsSampler(fps, start_s)
-        inside = [i for i, t in enumerate(times) if t >= start_s - _EPS and (end_s is None or t < end_s)]
-        keep = [i for i in inside if sampler.keep(float(times[i]))]
-        for s in range(0, len(keep), 8):  # decord decodes a batch of indices at once
-            idx = keep[s: s + 8]
-            for i, frame in zip(idx, self._batch(path, vr, idx)):
-                yield i, float(times[i]), frame
-        return inside[-1] + 1 if inside else 0  # frames up to the last one in range, as PyAV counts them
-
-    def iter_chunks(self, path, fps: float | None = 8.0, chunk_size: int = 32) -> Iterator[dict]:
-        return _chunks(self.iter_frames(path, fps), chunk_size)
-
-    def read_frames(self, path, frame_indices, times_s=None) -> dict:
-        requested = np.asarray(frame_indices, dtype=np.int64).reshape(-1)
-        if requested.size == 0:
-            return _pack([], [], [])
-        vr, times = self._open(path)
-        bad = requested[(requested < 0) | (requested >= len(times))]
-        if bad.size:
-            raise DecodeError(f"{path}: frame indices {bad[:10].tolist()} not in the video ({len(times)} frames)")
-        uniq = sorted(set(int(i) for i in requested))
-        frames = self._batch(path, vr, uniq)
-        got = {i: (float(times[i]), frames[k]) for k, i in enumerate(uniq)}
-        return _reorder(got, requested)
+    def __iter__(self):
+        batch, size = [], 0
+        while True:
+            t = time.perf_counter()
+            try:
+                item = next(self.frames)
+            except StopIteration as stop:
+                self.count = int(stop.value or 0)
+                self.seconds += time.perf_counter() - t
+                break
+            self.seconds += time.perf_counter() - t
+            if batch and size + item[2].nbytes > self.nbytes:
+                yield batch
+                batch, size = [], 0
+            batch.append(item)
+            size += item[2].nbytes
+            if len(batch) >= self.n or size >= self.nbytes:
+                yield batch
+                batch, size = [], 0
+        if batch:
+            yield batch
 
 
 def _chunks(frames: Iterator[tuple[int, float, np.ndarray]], chunk_size: int) -> Iterator[dict]:
     """Frames one by one -> chunks of at most ``chunk_size``; returns the frames' generator's return value."""
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
-    idx, times, arrays = [], [], []
-    while True:
-        try:
-            i, t, a = next(frames)
-        except StopIteration as stop:
-            if arrays:
-                yield _pack(idx, times, arrays)
-            return stop.value
-        idx.append(i)
-        times.append(t)
-        arrays.append(a)
-        if len(arrays) >= chunk_size:
-            yield _pack(idx, times, arrays)
-            idx, times, arrays = [], [], []
+    batches = FrameBatches(frames, chunk_size)
+    for batch in batches:
+        yield _pack(*map(list, zip(*batch)))
+    return batches.count
 
 
 # --------------------------------------------------------------------------- factory
@@ -564,5 +341,12 @@ def get_decoder(name: str = "pyav") -> Decoder:
     if key == "pyav":
         return PyAVDecoder()
     if key == "decord":
+        from importlib.util import find_spec
+
+        if find_spec("decord") is None:
+            raise ValueError("the decord decoder needs the optional decord package: pip install "
+                             "'s2d-pipeline[decord]' (or use the default decoder, pyav)")
+        from .decord_decoder import DecordDecoder
+
         return DecordDecoder()
     raise ValueError(f"unknown decoder {name!r}; use 'pyav' or 'decord'")

@@ -17,15 +17,15 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
 from .align import align_face
 from .crops import OUR_CROP, Crop
-from .decode import DecodeError, get_decoder, sampling_step
+from .decode import DecodeError, FrameBatches, get_decoder, sampling_step
 from .images import image_frames
-from .report import thumbnail_uri
+from .thumbnails import thumbnail_uri
 from .segments import OnlineWindows, Segment
 from .settings import DETECTORS, AnnotateSettings, FacePlan, FaceSettings
 from .track import OnlineTracker
@@ -36,37 +36,6 @@ FRAME_BYTES = 64 << 20  # frames per detector forward: at most this many bytes o
 
 def error_text(stage: str, exc: BaseException) -> str:
     return str(exc) if isinstance(exc, DecodeError) else f"{stage}: {type(exc).__name__}: {exc}"
-
-
-class Frames:
-    """A decoder's sampled frames in batches of at most ``n`` frames and ``nbytes`` (one frame may be larger);
-    after the loop, ``count`` is the generator's return value (frames decoded) and ``seconds`` the time spent
-    decoding."""
-
-    def __init__(self, frames: Iterator, n: int, nbytes: int = FRAME_BYTES):
-        self.frames, self.n, self.nbytes, self.count, self.seconds = frames, n, nbytes, 0, 0.0
-
-    def __iter__(self):
-        batch, size = [], 0
-        while True:
-            t = time.perf_counter()
-            try:
-                item = next(self.frames)
-            except StopIteration as stop:
-                self.count = int(stop.value or 0)
-                self.seconds += time.perf_counter() - t
-                break
-            self.seconds += time.perf_counter() - t
-            if batch and size + item[2].nbytes > self.nbytes:
-                yield batch
-                batch, size = [], 0
-            batch.append(item)
-            size += item[2].nbytes
-            if len(batch) >= self.n or size >= self.nbytes:
-                yield batch
-                batch, size = [], 0
-        if batch:
-            yield batch
 
 
 def analysed(analyse: Callable, batches: Iterable[list], workers: int = 1) -> Iterator[tuple[list, list]]:
@@ -151,40 +120,24 @@ def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
         if unit.error:
             raise DecodeError(unit.error)
         source = image_frames(unit.path) if image else decoder.iter_frames(unit.path, s.fps, unit.start_s, unit.end_s)
-        frames = Frames(source, s.batch_frames, FRAME_BYTES // workers)
+        frames = FrameBatches(source, s.batch_frames, FRAME_BYTES // workers)
         for batch, results in analysed(analyse, frames, workers):
             for (index, t, frame), (det, marks, ids) in zip(batch, results):
-                if ids is None:
-                    ids = tracker.update(t, det["bbox"], marks)
                 own = unit.own_start_s <= t < unit.own_end_s
+                rows = face_rows(index, t, det, marks, tracker.update(t, det["bbox"], marks) if ids is None else ids,
+                                 own)
+                parts.append(rows)
                 sampled.append((index, t))
-                done.n_sampled_own += own
-                done.height, done.width = frame.shape[:2]
-                k = len(ids)
-                if k and done.first_face_at is None:
-                    done.first_face_at = time.time()
-                parts.append({"frame_index": np.full(k, index, np.int64), "time_s": np.full(k, t),
-                              "face": np.arange(k, dtype=np.int16), "track_id": np.asarray(ids, np.int32),
-                              "score": np.asarray(det["score"], np.float32),
-                              "bbox": np.asarray(det["bbox"], np.float32).reshape(k, 4),
-                              "kps5": np.asarray(det["kps5"], np.float32).reshape(k, 10),
-                              "landmarks68": np.asarray(marks, np.float32).reshape(k, 136), "own": np.full(k, own)})
+                note_frame(done, frame, own, len(rows["track_id"]))
                 if a is not None and (own or image):
-                    for tid, score, kps in zip(ids, parts[-1]["score"], parts[-1]["kps5"]):
+                    for tid, score, kps in zip(rows["track_id"], rows["score"], rows["kps5"]):
                         keep_best(best, int(tid), float(score), lambda f=frame, k=kps: align_face(f, k))
-                if image and a is not None:
-                    for clip in image_clips(unit, parts[-1], frame, crop):
-                        done.n_clips += 1
-                        yield clip
-                if windows is not None:
-                    cut = [crop.cut(frame, box, kps) for box, kps in zip(parts[-1]["bbox"], parts[-1]["kps5"])]
-                    for seg, slots in windows.add(t, index, ids, parts[-1]["kps5"], parts[-1]["bbox"], cut):
-                        done.n_clips += 1
-                        yield Clip(unit.video_id, unit.index, seg, np.stack(slots))
+                if a is not None:
+                    yield from counted(done, image_clips(unit, rows, frame, crop) if image else
+                                       window_clips(unit, windows, t, index, rows, frame, crop))
         if windows is not None:
-            for seg, slots in windows.finish():
-                done.n_clips += 1
-                yield Clip(unit.video_id, unit.index, seg, np.stack(slots))
+            yield from counted(done, (Clip(unit.video_id, unit.index, seg, np.stack(slots))
+                                      for seg, slots in windows.finish()))
         if getattr(analyse, "unmatched", None):
             raise ValueError(f"{len(analyse.unmatched)} frame times of the landmark cache entry were not decoded "
                              "(the video or the decoder changed?); run with --force on a fresh cache")
@@ -192,14 +145,44 @@ def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
         done.thumbs = {tid: (score, thumbnail_uri(face)) for tid, (score, face) in best.items()}
     except Exception as exc:  # a bad file fails its own video, never the run
         done.status, done.error = "error", error_text("faces", exc)
-    faces = empty_faces()
-    if parts:
-        faces = {k: np.concatenate([p[k] for p in parts]) for k in faces}
-    done.faces = faces
+    done.faces = {k: np.concatenate([p[k] for p in parts]) for k in empty_faces()} if parts else empty_faces()
     done.sampled = (np.array([i for i, _ in sampled], np.int64), np.array([t for _, t in sampled], np.float64))
     done.decode_seconds = frames.seconds if frames else 0.0
     done.seconds = time.perf_counter() - started
     yield done
+
+
+def face_rows(index: int, t: float, det: dict, marks, ids, own: bool) -> dict:
+    """One frame's faces as face columns (``units.FACE_COLUMNS`` and ``own``: in the unit's own time range)."""
+    k = len(ids)
+    return {"frame_index": np.full(k, index, np.int64), "time_s": np.full(k, t),
+            "face": np.arange(k, dtype=np.int16), "track_id": np.asarray(ids, np.int32),
+            "score": np.asarray(det["score"], np.float32), "bbox": np.asarray(det["bbox"], np.float32).reshape(k, 4),
+            "kps5": np.asarray(det["kps5"], np.float32).reshape(k, 10),
+            "landmarks68": np.asarray(marks, np.float32).reshape(k, 136), "own": np.full(k, own)}
+
+
+def note_frame(done: UnitFaces, frame: np.ndarray, own: bool, faces: int) -> None:
+    """A sampled frame's share of the unit's counts."""
+    done.n_sampled_own += own
+    done.height, done.width = frame.shape[:2]
+    if faces and done.first_face_at is None:
+        done.first_face_at = time.time()
+
+
+def counted(done: UnitFaces, clips: Iterable[Clip]) -> Iterator[Clip]:
+    """The clips, each counted in ``done.n_clips`` as it leaves."""
+    for clip in clips:
+        done.n_clips += 1
+        yield clip
+
+
+def window_clips(unit: Unit, windows: OnlineWindows, t: float, index: int, rows: dict, frame: np.ndarray,
+                 crop: Crop) -> Iterator[Clip]:
+    """A video frame's faces cut as the model's crop, given to the windows -> the clips of the windows it closes."""
+    cut = [crop.cut(frame, box, kps) for box, kps in zip(rows["bbox"], rows["kps5"])]
+    for seg, slots in windows.add(t, index, rows["track_id"], rows["kps5"], rows["bbox"], cut):
+        yield Clip(unit.video_id, unit.index, seg, np.stack(slots))
 
 
 def image_clips(unit: Unit, faces: dict, frame: np.ndarray, crop: Crop = OUR_CROP) -> list[Clip]:
@@ -217,8 +200,7 @@ class FaceWorker:
                  threads: int = 1, crops: dict[str, Crop] | None = None):
         from .cluster import torch_threads
 
-        # CPU: ``threads`` batches analysed at once, one intra-op thread each (measured on 2 cores, 60 s of video
-        # in one process: 11.3 s against 14.0 s for one batch at a time with 2 intra-op threads)
+        # CPU: ``threads`` batches analysed at once, one intra-op thread each (no core waits at an OpenMP barrier)
         self.workers = threads if device == "cpu" else 1
         torch_threads(1 if self.workers > 1 else threads)
         self.plan, self.device, self.emotions, self.crops = plan, device, emotions, crops
@@ -239,7 +221,7 @@ class FaceWorker:
 
     def load(self, s: FaceSettings) -> None:
         from .landmarks import get_landmarker
-        from .retinaface import FaceDetector
+        from .detector import FaceDetector
 
         self.detector = FaceDetector(self.plan.detector_path, DETECTORS[s.detector], device=self.device,
                                      score_threshold=s.score_threshold, nms_threshold=s.nms_threshold,

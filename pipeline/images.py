@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .decode import DecodeError
+from .video import DecodeError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 IMAGE_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "MPO"})  # Pillow's names (MPO: a camera's JPEG)

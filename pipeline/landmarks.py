@@ -25,8 +25,8 @@ FAN (face-alignment 1.5, ``LandmarksType.TWO_D``, network size 4). Findings from
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -84,7 +84,7 @@ class MobileFaceNetLandmarks:
             net.load_state_dict(ckpt["state_dict"], strict=True)
         except RuntimeError as e:
             raise ValueError(f"{path}: state_dict does not match MobileFaceNet([112,112],136): {e}") from e
-        from .retinaface import fuse_conv_bn, onednn_pointwise
+        from .fuse import fuse_conv_bn, onednn_pointwise
 
         self.net = onednn_pointwise(fuse_conv_bn(net.eval()).to(device, memory_format=torch.channels_last))
         self.device, self.batch_size, self.weights = device, int(batch_size), path
@@ -152,7 +152,7 @@ class FANLandmarks:
             net.load_state_dict(sd, strict=True)
         except Exception as e:
             raise ValueError(f"{path}: not a face-alignment FAN(4) state_dict: {e}") from e
-        from .retinaface import fuse_conv_bn
+        from .fuse import fuse_conv_bn
 
         self.net = fuse_conv_bn(net.eval()).to(device, memory_format=torch.channels_last)  # faster on CPU
         self.device, self.batch_size, self.weights = device, int(batch_size), path

@@ -9,8 +9,9 @@ background, and a stacked bar of the class probabilities under the box; each tra
 
 Faces are detected only at sampled frames (``--fps``, 8 by default): a sampled frame's boxes are drawn on the
 frames after it until the next sampled frame, for at most ``HOLD_STEPS`` sampling steps (a sampled frame without
-faces has no cache rows, so a face that left is not drawn on). Frames are counted and made upright exactly as
-``pipeline/decode.py``'s PyAVDecoder does, which is how the cache's ``frame_index`` and box coordinates were made.
+faces has no cache rows, so a face that left is not drawn on). Frames are counted, timed and made upright by
+``pipeline.video.FrameClock``, as the face stage's decoder did when it made the cache's ``frame_index``, ``time_s``
+and box coordinates.
 
 The file is written atomically through ``storage.write``: locally a temp file in the destination folder renamed
 into place; for a URI destination the MP4 is made in memory and uploaded whole. An odd width or height is padded
@@ -27,8 +28,9 @@ import numpy as np
 
 from . import storage
 from .cache import read_entry
-from .decode import DecodeError, display_rotation, native_fps, open_video, rotate_upright, sampling_step
+from .decode import sampling_step
 from .timeline import _stem, prob_columns, read_manifest, read_timeline_meta, run_cache
+from .video import DecodeError, FrameClock, native_fps, open_video
 
 HOLD_STEPS = 1.5  # a sampled frame's boxes stay on screen for at most this many sampling steps
 TRACK_COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -188,66 +190,82 @@ def _encode(src, fileobj, samples, timeline, fps) -> None:
         raise DecodeError(f"{src}: no decodable video frames")
 
 
+class _Muxer:
+    """The overlay MP4's streams: H.264 video, added at the first frame (its size is known after rotation), with
+    the source's timestamps; the source's first audio stream copied packet for packet, or re-encoded to AAC where
+    MP4 cannot hold its codec. Audio demuxed before the first video frame waits for the video stream."""
+
+    def __init__(self, out, vin, ain):
+        self.out, self.vin, self.ain = out, vin, ain
+        self.vout = self.aout = None
+        self.copy_audio = ain is not None and ain.codec_context.codec.canonical_name in out.supported_codecs
+        self.pending: list = []  # audio packets demuxed before the first video frame
+        self.last_pts = None
+
+    def audio(self, packet) -> None:
+        if self.vout is None:
+            self.pending.append(packet)
+        elif self.copy_audio:
+            if packet.dts is not None:
+                packet.stream = self.aout
+                self.out.mux(packet)
+        else:  # MP4 cannot hold this codec: AAC
+            for frame in packet.decode():
+                self.out.mux(self.aout.encode(frame))
+
+    def _add_streams(self, width: int, height: int) -> None:
+        vin, ain, out = self.vin, self.ain, self.out
+        self.vout = out.add_stream("libx264", rate=vin.average_rate or vin.guessed_rate or 30,
+                                   options={"crf": "20", "preset": "veryfast"})
+        self.vout.width, self.vout.height, self.vout.pix_fmt = width, height, "yuv420p"
+        self.vout.time_base = self.vout.codec_context.time_base = vin.time_base
+        if ain is not None:
+            self.aout = out.add_stream_from_template(ain) if self.copy_audio else \
+                out.add_stream("aac", rate=ain.codec_context.sample_rate, layout=ain.codec_context.layout)
+        pending, self.pending = self.pending, []
+        for p in pending:
+            self.audio(p)
+
+    def video(self, img: np.ndarray, pts: int | None, t: float) -> None:
+        """One upright RGB frame at the source frame's ``pts`` (None: from its time ``t``)."""
+        h, w = img.shape[:2]
+        if h % 2 or w % 2:  # yuv420p: pad to even sizes (black row / column at the bottom / right)
+            img = np.pad(img, ((0, h % 2), (0, w % 2), (0, 0)))
+        if self.vout is None:
+            self._add_streams(img.shape[1], img.shape[0])
+        pts = pts if pts is not None else round(t / self.vin.time_base)
+        pts = pts if self.last_pts is None or pts > self.last_pts else self.last_pts + 1  # the encoder needs rising pts
+        self.last_pts = pts
+        new = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+        new.pts, new.time_base = pts, self.vin.time_base
+        self.out.mux(self.vout.encode(new))
+
+    def close(self) -> None:
+        """Flush the encoders."""
+        if self.vout is not None:
+            self.out.mux(self.vout.encode())
+        if self.aout is not None and not self.copy_audio:
+            self.out.mux(self.aout.encode())
+
+
 def _transcode(container, vin, out, samples, timeline, fps) -> int:
-    """The decode-draw-encode loop (audio copied or re-encoded on the way); returns the number of frames."""
+    """The decode-draw-encode loop (audio copied or re-encoded on the way); returns the number of frames. Frames are
+    indexed, timed and made upright by ``FrameClock``, as the face stage's decoder does."""
     sample_index, sample_time, sample_faces = samples
     ain = container.streams.audio[0] if container.streams.audio else None
     vin.thread_type = "AUTO"
-    step = 1.0 / (native_fps(vin) or 30.0)
     hold_s = HOLD_STEPS * sampling_step(fps, native_fps(vin))
-    vout = aout = None
-    copy_audio = ain is not None and ain.codec_context.codec.canonical_name in out.supported_codecs
-    pending = []  # audio packets demuxed before the first video frame (the video stream is added then)
-
-    def audio(packet):
-        if copy_audio and packet.dts is not None:
-            packet.stream = aout
-            out.mux(packet)
-        elif not copy_audio:  # MP4 cannot hold this codec: AAC
-            for frame in packet.decode():
-                out.mux(aout.encode(frame))
-
-    index, prev_t, last_pts, rotation = 0, None, None, None
+    clock, mux = FrameClock(vin), _Muxer(out, vin, ain)
     for packet in container.demux(*[s for s in (vin, ain) if s is not None]):
         if packet.stream is ain:
-            if vout is None:
-                pending.append(packet)
-            else:
-                audio(packet)
+            mux.audio(packet)
             continue
         for frame in packet.decode():
-            t = float(frame.time) if frame.pts is not None and frame.time is not None else \
-                (0.0 if prev_t is None else prev_t + step)
-            prev_t = t
-            if rotation is None:
-                rotation = display_rotation(vin, frame)
-            img = rotate_upright(frame.to_ndarray(format="rgb24"), rotation)
+            index, t = clock.tick(frame)
+            img = clock.upright(frame)
             j = held_sample(sample_index, sample_time, index, t, hold_s)
             if j is not None:
                 img = draw_faces(img, _labels_at(timeline, sample_faces[j], t))
-            h, w = img.shape[:2]
-            if h % 2 or w % 2:  # yuv420p: pad to even sizes (black row / column at the bottom / right)
-                img = np.pad(img, ((0, h % 2), (0, w % 2), (0, 0)))
-            if vout is None:  # the size is known after rotation, from the first frame
-                vout = out.add_stream("libx264", rate=vin.average_rate or vin.guessed_rate or 30,
-                                      options={"crf": "20", "preset": "veryfast"})
-                vout.width, vout.height, vout.pix_fmt = img.shape[1], img.shape[0], "yuv420p"
-                vout.time_base = vout.codec_context.time_base = vin.time_base
-                if ain is not None:
-                    aout = out.add_stream_from_template(ain) if copy_audio else \
-                        out.add_stream("aac", rate=ain.codec_context.sample_rate, layout=ain.codec_context.layout)
-                for p in pending:
-                    audio(p)
-                pending = []
-            pts = frame.pts if frame.pts is not None else round(t / vin.time_base)
-            pts = pts if last_pts is None or pts > last_pts else last_pts + 1  # the encoder needs rising pts
-            last_pts = pts
-            new = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
-            new.pts, new.time_base = pts, vin.time_base
-            out.mux(vout.encode(new))
-            index += 1
-    if vout is not None:
-        out.mux(vout.encode())
-    if aout is not None and not copy_audio:
-        out.mux(aout.encode())
-    return index
+            mux.video(img, frame.pts, t)
+    mux.close()
+    return clock.index

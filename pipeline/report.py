@@ -15,8 +15,6 @@ costs its thumbnail (a placeholder and a note), never the report.
 """
 from __future__ import annotations
 
-import base64
-import io
 from collections import Counter
 from html import escape
 
@@ -24,10 +22,10 @@ import numpy as np
 import pandas as pd
 
 from . import storage
-from .timeline import (prob_columns, read_manifest, run_cache, summarize, timeline_meta, timeline_path,
-                       timeline_thumbnails, track_panels)
+from .summary import summarize, track_panels
+from .thumbnails import thumbnails
+from .timeline import prob_columns, read_manifest, run_cache, timeline_meta, timeline_path, timeline_thumbnails
 
-THUMB_PX = 96
 SVG_W, SVG_H, PAD_L, PAD_R, PAD_T, PAD_B = 720, 110, 34, 8, 6, 20  # timeline plot, px
 COLOURS = {"happy": "#f2c14e", "happiness": "#f2c14e", "sad": "#3b6fb6", "sadness": "#3b6fb6",
            "neutral": "#9e9e9e", "angry": "#d62728", "anger": "#d62728", "surprise": "#ff7f0e",
@@ -168,41 +166,6 @@ def legend(labels) -> str:
                                             for j, c in enumerate(labels)) + "</div>"
 
 
-def thumbnail_uri(crop: np.ndarray) -> str:
-    """An aligned face crop (uint8 RGB) -> the data: URI of its THUMB_PX JPEG (the face actor makes them as it
-    aligns faces; ``thumbnails`` makes them again from the video for a timeline without them)."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(crop).resize((THUMB_PX, THUMB_PX), Image.LANCZOS).save(buf, "JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def thumbnails(record: dict, faces) -> dict[int, str]:
-    """track_id -> data: URI of the aligned crop of its highest-score face row (faces: the cache entry's table).
-    A video is decoded once, for all its tracks' frames; an image is read upright (EXIF applied)."""
-    from .align import align_face
-
-    df = faces.select(["frame_index", "time_s", "track_id", "score", "kps5"]).to_pandas()
-    if df.empty:
-        return {}
-    best = df.loc[df.groupby("track_id")["score"].idxmax()]
-    if record.get("kind") == "image":
-        from .images import read_image
-
-        image = read_image(record["video_path"])
-        frames = {int(i): image for i in best["frame_index"]}
-    else:
-        from .decode import get_decoder
-
-        want = best.drop_duplicates("frame_index")
-        got = get_decoder("pyav").read_frames(record["video_path"], want["frame_index"].to_numpy(),
-                                              want["time_s"].to_numpy())
-        frames = dict(zip(got["frame_index"].tolist(), got["frames"]))
-    return {int(r.track_id): thumbnail_uri(align_face(frames[int(r.frame_index)], np.asarray(r.kps5)))
-            for r in best.itertuples()}
-
-
 def _thumb(uri: str | None, note: str) -> str:
     if uri:
         return f'<img class="thumb" src="{uri}" alt="face">'
@@ -226,50 +189,41 @@ def _labels(m: dict, record: dict) -> list:
     return list(m.get("image_labels") if image and m.get("image_labels") else m.get("labels") or [])
 
 
-def _video_html(m: dict, cache_dir, record: dict, loaded: tuple) -> str:
-    """One file's section; ``loaded``: its ``_load_timeline`` (or (None, labels, None) when it has no timeline)."""
+def _faces_and_duration(m: dict, cache_dir, record: dict, stored: dict | None) -> tuple[dict, float | None, list]:
+    """(thumbnails, duration, notes) of a file with timeline rows: the timeline's stored thumbnails and the
+    manifest's duration, and from the cache entry what they lack (an older run's thumbnails are made again)."""
     from .cache import read_entry
 
-    image = record.get("kind") == "image"
-    name, status = storage.name(record["video_path"]), record.get("status", "?")
-    notes, thumbs, duration = [], {}, record.get("duration_s")
-    df, labels, stored = loaded
-    if status == "ok" and df is None:
-        notes.append("the timeline file is missing")
-    if df is not None and len(df):
-        thumbs = stored or {}
-        try:  # the cache entry for what the timeline lacks: the duration, or (an older run's) the thumbnails
-            entry = None if stored is not None and duration else \
-                read_entry(cache_dir, m.get("face_settings_hash", ""), record["video_id"])
-            if entry is not None:
-                duration = duration or entry[1].get("duration_s")
-            if stored is None and entry is None:
-                notes.append(f"no landmark cache entry in {cache_dir}: no thumbnails")
-            elif stored is None:
-                thumbs = thumbnails(record, entry[0])
-        except Exception as e:  # a file gone, a decode error: the page goes on without the faces
-            if stored is None:
-                notes.append(f"no thumbnails: {type(e).__name__}: {e}")
-    head = [("status", status), ("file", record["video_path"])]
-    if not image:
-        head.append(("duration", f"{duration:.2f} s" if duration else "unknown"))
-    head += [("tracks", record.get("n_tracks", 0)), ("segments", record.get("n_segments", 0))]
-    if record.get("error"):
-        head.append(("reason", record["error"]))
-    parts = [f'<article class="video" id="v-{escape(record["video_id"])}"><h3>{escape(name)} '
-             f'<span class="small">({escape(status)})</span></h3>', _table(head)]
-    parts += [f'<p class="note">{escape(n)}</p>' for n in notes]
-    if df is None or not len(df):
-        return "".join(parts) + "</article>"
-    parts.append(legend(labels))
-    if image:
-        parts.append('<div class="faces">')
-        for r in df.sort_values("track_id").itertuples():
-            top = sorted(zip(labels, (getattr(r, c) for c in prob_columns(labels))), key=lambda p: -p[1])[:3]
-            parts.append(f'<figure>{_thumb(thumbs.get(int(r.track_id)), "no crop")}<figcaption>face {r.track_id}: '
-                         f'<b>{escape(str(r.label))}</b> {r.confidence:.2f}<br><span class="small">'
-                         + escape(", ".join(f"{c} {p:.2f}" for c, p in top)) + "</span></figcaption></figure>")
-        return "".join(parts) + "</div></article>"
+    thumbs, duration, notes = stored or {}, record.get("duration_s"), []
+    try:
+        entry = None if stored is not None and duration else \
+            read_entry(cache_dir, m.get("face_settings_hash", ""), record["video_id"])
+        if entry is not None:
+            duration = duration or entry[1].get("duration_s")
+        if stored is None and entry is None:
+            notes.append(f"no landmark cache entry in {cache_dir}: no thumbnails")
+        elif stored is None:
+            thumbs = thumbnails(record, entry[0])
+    except Exception as e:  # a file gone, a decode error: the page goes on without the faces
+        if stored is None:
+            notes.append(f"no thumbnails: {type(e).__name__}: {e}")
+    return thumbs, duration, notes
+
+
+def _image_faces(df: pd.DataFrame, labels, thumbs: dict) -> str:
+    """An image's faces: each its crop, label, confidence and top three classes."""
+    parts = ['<div class="faces">']
+    for r in df.sort_values("track_id").itertuples():
+        top = sorted(zip(labels, (getattr(r, c) for c in prob_columns(labels))), key=lambda p: -p[1])[:3]
+        parts.append(f'<figure>{_thumb(thumbs.get(int(r.track_id)), "no crop")}<figcaption>face {r.track_id}: '
+                     f'<b>{escape(str(r.label))}</b> {r.confidence:.2f}<br><span class="small">'
+                     + escape(", ".join(f"{c} {p:.2f}" for c, p in top)) + "</span></figcaption></figure>")
+    return "".join(parts) + "</div>"
+
+
+def _video_tracks(record: dict, df: pd.DataFrame, labels, thumbs: dict, duration, notes: list) -> str:
+    """A video's tracks: each its crop, dominant emotion, timeline over the whole video and shares of time."""
+    parts = []
     summary = summarize(df, labels).set_index("track_id")
     for _, tid, g, (_, end) in track_panels(df, {record["video_id"]: duration}):
         s = summary.loc[tid]
@@ -280,6 +234,32 @@ def _video_html(m: dict, cache_dir, record: dict, loaded: tuple) -> str:
                      f'<b class="dominant">{escape(s.dominant)}</b>, {s.start_s:.1f}-{s.end_s:.1f} s '
                      f'({s.seconds:.1f} s with the face, {int(s.n_segments)} segments, mean confidence '
                      f'{s.mean_confidence:.2f})<br>{timeline_svg(g, labels, end)}{shares}</div></div>')
+    return "".join(parts)
+
+
+def _video_html(m: dict, cache_dir, record: dict, loaded: tuple) -> str:
+    """One file's section; ``loaded``: its ``_load_timeline`` (or (None, labels, None) when it has no timeline)."""
+    image = record.get("kind") == "image"
+    name, status = storage.name(record["video_path"]), record.get("status", "?")
+    df, labels, stored = loaded
+    rows = df is not None and len(df) > 0
+    notes = ["the timeline file is missing"] if status == "ok" and df is None else []
+    thumbs, duration = {}, record.get("duration_s")
+    if rows:
+        thumbs, duration, found = _faces_and_duration(m, cache_dir, record, stored)
+        notes += found
+    head = [("status", status), ("file", record["video_path"])]
+    if not image:
+        head.append(("duration", f"{duration:.2f} s" if duration else "unknown"))
+    head += [("tracks", record.get("n_tracks", 0)), ("segments", record.get("n_segments", 0))]
+    if record.get("error"):
+        head.append(("reason", record["error"]))
+    parts = [f'<article class="video" id="v-{escape(record["video_id"])}"><h3>{escape(name)} '
+             f'<span class="small">({escape(status)})</span></h3>', _table(head)]
+    parts += [f'<p class="note">{escape(n)}</p>' for n in notes]
+    if rows:
+        parts += [legend(labels), _image_faces(df, labels, thumbs) if image else
+                  _video_tracks(record, df, labels, thumbs, duration, notes)]
     return "".join(parts) + "</article>"
 
 

@@ -1,6 +1,6 @@
 """Segments per face track: which sampled frames make each 16-frame S2D clip. numpy only.
 
-Rule (``plan_segments``):
+Rule (``window_segments``, for one track and one window):
 - Windows ``[k * stride_s, k * stride_s + segment_s)`` for k = 0, 1, ... while ``k * stride_s < duration_s``;
   a window's reported ``end_s`` is ``min(start + segment_s, duration_s)``. ``segment`` = k.
 - For each track, only the windows that overlap the track's time span (first to last face time) are considered.
@@ -20,11 +20,10 @@ Rule (``plan_segments``):
   (view 1), each kept or skipped by the rule above; otherwise the one clip above. Their probabilities are averaged.
 Output: sorted by (track_id, segment, view). Deterministic: depends only on the values, not on the row order.
 
-``plan_segments`` applies the rule to a whole video's faces table; ``OnlineWindows`` applies it while the video is
-decoded, one sampled frame at a time, and gives each window's segments as soon as no later frame can change them
+``OnlineWindows`` applies the rule while the video is decoded, one sampled frame at a time, and gives each window's segments as soon as no later frame can change them
 (a frame more than one sampling interval past the window's end has arrived), with the per-row payloads (the face
-actor's aligned crops) of each slot. Both call ``window_segments``, so with the same sampling interval they give
-the same segments. Online, a track's span is what has been seen when its window closes: that is its whole span
+actor's aligned crops) of each slot. The tests check it against the rule applied to a whole video's faces table at
+once (``tests/oracles.py``: ``plan_segments``). Online, a track's span is what has been seen when its window closes: that is its whole span
 whenever ``max_gap_s`` (tracks end after that long without a face) is shorter than ``segment_s``, as by default.
 """
 from __future__ import annotations
@@ -142,35 +141,6 @@ def n_windows(duration_s: float, stride_s: float) -> int:
     return max(int(np.ceil(duration_s / stride_s - 1e-9)), 0)
 
 
-def plan_segments(faces, duration_s: float | None, segment_s: float = 2.0, stride_s: float = 1.0,
-                  min_face_frames: int = 8, frames_per_clip: int = 16, sampled=None, views: int = 1,
-                  step_s: float | None = None) -> list[Segment]:
-    """Segments (clips) of every track of ONE video; see the module docstring for the rule.
-
-    faces: FACES_SCHEMA rows of one video (pa.Table or pandas DataFrame). duration_s: the video's duration (None:
-    last sampled time + one sampling interval). sampled: optional (frame_index int64[m], time_s float64[m]) of all
-    sampled frames of the video, faces or not. views: 1, or 2 for the first/last test-time views. step_s: the
-    sampling interval (default: the median gap between sampled frames).
-    """
-    _check(segment_s, stride_s, frames_per_clip, views)
-    c = _columns(faces)
-    if len(c["frame_index"]) == 0:
-        return []
-    s_fi, s_ts = _sampled_frames(c, sampled)  # [m], [m]
-    step = step_s or (float(np.median(np.diff(s_ts))) if len(s_ts) > 1 else segment_s / frames_per_clip)
-    if duration_s is None:
-        duration_s = float(s_ts[-1]) + step
-    starts = np.arange(n_windows(duration_s, stride_s)) * stride_s  # [K]
-    out: list[Segment] = []
-    for tid in np.unique(c["track_id"]):
-        rows = np.flatnonzero(c["track_id"] == tid)
-        t0, t1 = c["time_s"][rows].min(), c["time_s"][rows].max()
-        for k in np.flatnonzero((starts <= t1) & (starts + segment_s > t0)):
-            out += [s for s, _ in window_segments(c, s_fi, s_ts, _tolerance(step), rows, int(k), float(starts[k]),
-                                                  duration_s, segment_s, min_face_frames, frames_per_clip, views)]
-    return out
-
-
 def _check(segment_s: float, stride_s: float, frames_per_clip: int, views: int) -> None:
     if segment_s <= 0 or stride_s <= 0 or frames_per_clip < 1:
         raise ValueError("segment_s, stride_s and frames_per_clip must be positive")
@@ -215,7 +185,7 @@ class OnlineWindows:
 
     def finish(self) -> list[tuple[Segment, list]]:
         """The end of the stream: every window left."""
-        if self.duration_s is None:  # unknown: the last face seen plus one sampling interval, as plan_segments
+        if self.duration_s is None:  # unknown: the last face seen plus one sampling interval
             self.duration_s = max((r[1] for r in self._rows), default=self.own_start_s - self.step_s) + self.step_s
         return self._close(lambda start: True)
 

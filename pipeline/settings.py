@@ -20,7 +20,7 @@ class FaceSettings:
     decoder: str = "pyav"  # or "decord"
     max_gap_s: float = 1.0  # a track survives this long without its face
     shard_s: float | None = None  # long videos are cut into time shards this long (None: see units.plan_units)
-    batch_frames: int = 8  # frames per detector forward (fewer when frames are large; 8 beat 16 on 2 cores)
+    batch_frames: int = 8  # frames per detector forward (fewer when frames are large)
     # (not part of the cache key)
 
     def __post_init__(self):  # fail before any work, in one line
@@ -120,6 +120,9 @@ class FacePlan:
 
 
 def plan_faces(s: FaceSettings) -> FacePlan:
+    from .decode import get_decoder
+
+    get_decoder(s.decoder)  # an optional decoder that is not installed fails now
     det, lm = resolve_face_weights(s)
     record = {k: v for k, v in asdict(s).items() if k not in NOT_IN_FACE_KEY}
     record["detector_file"] = cache.file_fingerprint(det)

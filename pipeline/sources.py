@@ -3,21 +3,21 @@
 * :func:`list_videos` turns files/folders into a sorted, de-duplicated list of :class:`Source`: videos and images
   (JPEG, PNG, WebP, BMP; ``pipeline.images``), each one input with its own id.
 * :func:`probe` reads a video's header (and its first frame, for the rotation) into :class:`VideoInfo`,
-  raising :class:`~pipeline.decode.DecodeError` with a clear reason for anything that is not a video.
+  raising :class:`~pipeline.video.DecodeError` with a clear reason for anything that is not a video.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import av
 from pyarrow.fs import FileType
 
 from . import storage
-from .decode import DecodeError, display_rotation, native_fps, open_video
+from .video import DecodeError, display_rotation, native_fps, open_video
 from .images import IMAGE_EXTENSIONS, is_image
 
 __all__ = ["Source", "VideoInfo", "VIDEO_EXTENSIONS", "list_videos", "find_videos", "check_paths", "make_source",
@@ -119,40 +119,46 @@ def list_videos(paths: Sequence[str | os.PathLike], recursive: bool = True) -> l
     (``s3://bucket/videos/``) the objects are chosen by their extension, without opening each over the network.
     """
     found: dict[str, Source] = {}
-
-    def add(p) -> None:
-        src = make_source(p)
-        found.setdefault(src.path, src)
-
     for arg in paths:
         if storage.is_uri(arg):
-            if not storage.is_dir(arg):
-                add(arg)
-                continue
-            base = str(arg).rstrip("/")
-            for f in storage.files(arg, recursive):
-                rel = f.path[len(base) + 1:] if f.path.startswith(base + "/") else storage.name(f.path)
-                if any(part.startswith(".") for part in rel.split("/")):
-                    continue
-                if Path(rel).suffix.lower() in VIDEO_EXTENSIONS | IMAGE_EXTENSIONS:
-                    add(f.path)
-            continue
-        root = Path(arg).expanduser()
-        if not root.is_dir():
-            add(root)
-            continue
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
-            for name in sorted(filenames):
-                f = Path(dirpath) / name
-                if name.startswith("."):
-                    continue
-                if f.is_symlink() and not f.exists():  # broken link: a row (error) if its name says video/image
-                    if f.suffix.lower() in VIDEO_EXTENSIONS | IMAGE_EXTENSIONS:
-                        add(f)
-                elif f.is_file() and (is_image(f) or is_video(f)):
-                    add(f)
+            chosen = _uri_folder(arg, recursive) if storage.is_dir(arg) else [arg]
+        else:
+            root = Path(arg).expanduser()
+            chosen = _local_folder(root, recursive) if root.is_dir() else [root]
+        for p in chosen:
+            src = make_source(p)
+            found.setdefault(src.path, src)
     return [found[k] for k in sorted(found)]
+
+
+def _uri_folder(folder, recursive: bool) -> list[str]:
+    """The objects under a URI folder with a video or image extension, hidden ones (or under hidden folders) not."""
+    base = str(folder).rstrip("/")
+    out = []
+    for f in storage.files(folder, recursive):
+        rel = f.path[len(base) + 1:] if f.path.startswith(base + "/") else storage.name(f.path)
+        if any(part.startswith(".") for part in rel.split("/")):
+            continue
+        if Path(rel).suffix.lower() in VIDEO_EXTENSIONS | IMAGE_EXTENSIONS:
+            out.append(f.path)
+    return out
+
+
+def _local_folder(root: Path, recursive: bool) -> list[Path]:
+    """The videos and images under a local folder, as ``list_videos`` chooses them, in walk order."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
+        for name in sorted(filenames):
+            f = Path(dirpath) / name
+            if name.startswith("."):
+                continue
+            if f.is_symlink() and not f.exists():  # broken link: a row (error) if its name says video/image
+                if f.suffix.lower() in VIDEO_EXTENSIONS | IMAGE_EXTENSIONS:
+                    out.append(f)
+            elif f.is_file() and (is_image(f) or is_video(f)):
+                out.append(f)
+    return out
 
 
 def check_paths(inputs, *outputs) -> None:
@@ -180,8 +186,8 @@ def find_videos(paths) -> list[Source]:
 
 
 def release_freed_memory() -> None:
-    """Give the C heap's freed pages back to the system: glibc keeps them, and the probes' first frames of 8K videos
-    would stay ~60 MB of the driver for the whole run. Nothing where the C library is not glibc."""
+    """Give the C heap's freed pages back to the system: glibc keeps them, and the probes' first frames of large
+    videos would stay with the driver for the whole run. Nothing where the C library is not glibc."""
     import ctypes
 
     try:

@@ -14,8 +14,9 @@ at once: a cache entry (faces, then meta) is complete only once its meta object 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 import pyarrow.fs as pafs
 

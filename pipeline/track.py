@@ -1,7 +1,7 @@
 """Face tracks within one video: frame-to-frame Hungarian matching of detector boxes. numpy + scipy only.
 
-``OnlineTracker`` takes one sampled frame at a time (the face actor runs it as it decodes); ``assign_tracks`` runs
-it over a whole video's face rows; ``stitch_units`` joins the tracks of a long video's time shards.
+``OnlineTracker`` takes one sampled frame at a time (the face actor runs it as it decodes); ``stitch_units`` joins
+the tracks of a long video's time shards.
 
 Rule (``OnlineTracker.update``):
 - Rows are processed frame by frame (ascending ``frame_index``); inside a frame, by x1, then y1, then row order,
@@ -12,8 +12,7 @@ Rule (``OnlineTracker.update``):
   (exponentially smoothed over its matches) times ``t - t_last``. This keeps ids on crossing faces.
 - A (track, face) pair is plausible if the centre distance d (normalised by the mean diagonal of the predicted
   and the face box) is at most ``max_center_dist * sqrt(steps)``, where steps = (t - t_last) / ``step_s`` (>= 1;
-  ``step_s`` is the sampling interval: the face actor passes ``sampling_step(fps, native_fps)``; ``assign_tracks``
-  defaults to the median interval between frames with faces): a face may drift
+  ``step_s`` is the sampling interval: the face actor passes ``sampling_step(fps, native_fps)``): a face may drift
   further over a longer gap, but it does not fly. Pairs with IoU >= ``min_iou`` are always plausible.
 - Cost = (1 - IoU) + d (+ ``landmark_weight`` x mean landmark distance / diagonal, when landmarks are given).
   Implausible pairs are forbidden. ``scipy.optimize.linear_sum_assignment`` picks the global minimum, so faces
@@ -97,7 +96,7 @@ class OnlineTracker:
                     cost[a] += self.landmark_weight * d / np.maximum(scale[a], 1e-6)
             ok = (dist <= allowed[:, None]) | (iou >= self.min_iou)
             cost = np.where(ok, cost, _FORBIDDEN)
-            from scipy.optimize import linear_sum_assignment  # here: 0.4 s of the face actor's start-up otherwise
+            from scipy.optimize import linear_sum_assignment  # on first use: importing this module stays light
 
             for a, b in zip(*linear_sum_assignment(cost)):
                 if ok[a, b]:
@@ -116,36 +115,6 @@ class OnlineTracker:
             self.last_lm[tid] = None if lms is None or not np.isfinite(lms[j]).all() else lms[j]
             assigned[j] = tid
         return assigned
-
-
-def assign_tracks(frame_index: np.ndarray, time_s: np.ndarray, bbox: np.ndarray,
-                  landmarks68: np.ndarray | None = None, max_gap_s: float = 1.0, step_s: float | None = None,
-                  **options) -> np.ndarray:
-    """Track id (int32[n]) per face row of one video: ``OnlineTracker`` over its frames in order.
-
-    frame_index int64[n], time_s float64[n] (PTS of the row's frame), bbox float[n,4] x1,y1,x2,y2,
-    landmarks68 float[n,68,2] or None. step_s: default the median interval between frames with faces.
-    """
-    frame_index = np.asarray(frame_index, np.int64).reshape(-1)
-    n = len(frame_index)
-    time_s = np.asarray(time_s, np.float64).reshape(n)
-    bbox = np.asarray(bbox, np.float64).reshape(n, 4)
-    lms = None if landmarks68 is None else np.asarray(landmarks68, np.float64).reshape(n, 68, 2)
-    out = np.full(n, -1, np.int32)
-    if n == 0:
-        return out
-    order = np.lexsort((np.arange(n), frame_index))  # frame, then row
-    frames, starts = np.unique(frame_index[order], return_index=True)
-    bounds = list(starts) + [n]
-    ftimes = time_s[order][starts]  # [F] time of each frame
-    steps_dt = np.diff(ftimes)
-    steps_dt = steps_dt[steps_dt > 0]
-    dt_med = float(step_s) if step_s else float(np.median(steps_dt)) if len(steps_dt) else 1.0
-    tracker = OnlineTracker(dt_med, max_gap_s, **options)
-    for f in range(len(frames)):
-        rows = order[bounds[f]:bounds[f + 1]]
-        out[rows] = tracker.update(ftimes[f], bbox[rows], None if lms is None else lms[rows])
-    return out
 
 
 def stitch_units(units: list[dict]) -> list[np.ndarray]:

@@ -101,7 +101,7 @@ def plan_units(video_id: str, path: str, fps: float, shard_s: float | None, segm
                face_actors: int = 0) -> list[Unit]:
     """A video -> its units: one, or time shards when it is longer than ``shard_s`` plus the overlap. ``shard_s``
     None: ``SHARD_S``, but no more shards than ``face_actors`` (when given) can share, since each shard also decodes
-    and detects its overlap (on 2 CPUs, one face actor: a 300 s video in one unit, ~4% faster than five shards).
+    and detects its overlap.
     A file that cannot be probed gives one unit carrying the error. A still image is one unit (its ``info`` says
     ``image``; probed from its header: one cut after its header fails in the face actor, which decodes it)."""
     from .images import image_info, is_image

@@ -17,19 +17,15 @@ import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
+from timm.models import clean_state_dict
 from torch import nn
 
-from .configs import CONFIGS
+from . import CONFIGS, create_image_model, create_model
 from .files import atomic_write
 from .mobilefacenet import MobileFaceNet
-
-# The model classes are imported where a model is built or inspected: .s2d imports timm, and timm torchvision
-# (~1.3 s here), while reading a checkpoint (annotate's driver does, before it starts Ray) needs torch alone.
-if TYPE_CHECKING:
-    from .s2d import S2DBase, S2DImage, S2DVideo
+from .s2d import S2DBase, S2DImage, S2DVideo
 
 SAFE_GLOBALS = [argparse.Namespace]
 
@@ -87,8 +83,7 @@ def split_file(obj: dict, path: str | Path) -> tuple[str, dict, dict]:
         fmt, sd = "state_dict", obj
     else:
         raise CheckpointError(f"{path}: unknown checkpoint layout (top-level keys: {sorted(obj)[:10]})")
-    sd = {k.removeprefix("module."): v for k, v in sd.items() if "landmark" not in k}
-    return fmt, sd, meta
+    return fmt, clean_state_dict({k: v for k, v in sd.items() if "landmark" not in k}), meta
 
 
 def _check_shapes(model: nn.Module, sd: dict, path) -> None:
@@ -112,8 +107,6 @@ def load_checkpoint(model: S2DBase, path: str | Path, trust: bool = False, verbo
 
 def _load_state(model: S2DBase, fmt: str, sd: dict, meta: dict, path, verbose: bool) -> LoadReport:
     """``load_checkpoint`` on a file already split (``split_file``)."""
-    from .s2d import S2DVideo
-
     is_video = isinstance(model, S2DVideo)
     strict = fmt == "state_dict" or (fmt == "video") == is_video
     if is_video and "norm.weight" in sd and "ln_post.weight" not in sd:
@@ -154,8 +147,6 @@ def load_model(path: str | Path, landmark_weights: str | Path | None = None, tru
     if absent:
         raise CheckpointError(f"{path}: not an S2D {found} checkpoint (no {' / '.join(absent)})")
     config = meta.get("config") or infer_config(sd)
-    from . import create_image_model, create_model
-
     if found == "image":
         model = create_image_model(config, sd[head].shape[0])
     else:
@@ -171,8 +162,6 @@ def save_checkpoint(model: S2DBase, path: str | Path, config: str | None = None,
     """Write ``model`` atomically in the authors' layout (video: {"model"}, image: {"model_state_dict"}).
     ``crop`` (a ``pipeline.crops`` spec) and ``frame_order`` (``time`` / ``lexicographic``): what the model was
     trained on, None where unknown; files written before they were recorded simply lack the keys."""
-    from .s2d import S2DVideo
-
     meta = {"kind": "video" if isinstance(model, S2DVideo) else "image", "config": config, "labels": labels,
             "num_classes": model.num_classes, "num_frames": model.num_frames, "crop": crop,
             "frame_order": frame_order, **extra}
@@ -181,11 +170,13 @@ def save_checkpoint(model: S2DBase, path: str | Path, config: str | None = None,
 
 
 def infer_config(sd: dict) -> str:
-    """The registry configuration whose width and depth match a state_dict."""
+    """The ``CONFIGS`` name whose width and depth match a state_dict (each model is built on the meta device)."""
     dim = sd["pos_embed"].shape[-1]
     depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
-    for name, cfg in CONFIGS.items():
-        if cfg["embed_dim"] == dim and cfg["depth"] == depth:
+    for name in CONFIGS:
+        with torch.device("meta"):
+            model = create_model(name, 1)
+        if model.embed_dim == dim and len(model.blocks) == depth:
             return name
     raise CheckpointError(f"no registered configuration has embed_dim {dim} and depth {depth}")
 
@@ -194,8 +185,7 @@ def load_landmark_weights(model: S2DBase | MobileFaceNet, path: str | Path) -> N
     """Load ``mobilefacenet_model_best.pth.tar`` (``{"state_dict": ...}``) strictly into the landmark net."""
     net = model if isinstance(model, MobileFaceNet) else model.landmark
     obj = read_file(path)
-    sd = obj.get("state_dict", obj)
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    sd = clean_state_dict(obj.get("state_dict", obj))
     try:
         net.load_state_dict(sd, strict=True)
     except RuntimeError as e:

@@ -198,7 +198,7 @@ class FaceExpressionNet(nn.Module):
         self.dense2 = DenseBlock(64, 128)
         self.dense3 = DenseBlock(128, 256)
         self.fc = nn.Linear(256, num_classes)
-        # NHWC: oneDNN's depthwise convs are several times faster on CPU in channels_last than in NCHW.
+        # NHWC: oneDNN's depthwise convs on CPU are faster in channels_last than in NCHW.
         self.to(memory_format=torch.channels_last)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,14 +1,17 @@
-"""One way to write a file atomically: a temp file in the same folder, fsync, ``os.replace``.
+"""File helpers: one way to write a file atomically, and one to hash one.
 
-Readers see the old file or the new one, never a part. Used for every output the project writes (cache entries,
-timelines, manifests, checkpoints, CSVs, registries).
+``atomic_write``: a temp file in the same folder, fsync, ``os.replace``; readers see the old file or the new one,
+never a part. Used for every output the project writes (cache entries, timelines, manifests, checkpoints, CSVs,
+registries). ``sha256_file``: a file's sha256, read in chunks (weights checks, cache fingerprints).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, IO
+from typing import IO
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[IO[bytes]], object]) -> Path:
@@ -29,3 +32,12 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[IO[bytes
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The hex sha256 of a file's bytes (``hashlib.file_digest`` needs Python 3.11)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

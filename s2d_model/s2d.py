@@ -18,14 +18,16 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN, IMAGENET_DEFAULT_STD as IMAGENET_STD
 from timm.layers import PatchEmbed, trunc_normal_
+from timm.models import register_model
 from timm.models.vision_transformer import Attention, Block
 from torch import nn
 
 from .mobilefacenet import MobileFaceNet
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["S2DBase", "S2DVideo", "S2DImage", "IMAGENET_MEAN", "IMAGENET_STD"]  # register_model adds the models
+
 LANDMARK_SIZE = 112  # MobileFaceNet input; conv_4 gives a 14x14 map, matching the 14x14 ViT patch grid
 LANDMARK_DIM = 128  # conv_4 channels
 
@@ -244,7 +246,7 @@ class S2DBase(nn.Module):
 class S2DVideo(S2DBase):
     """The dynamic model: clips [B, 3, T, H, W] (ImageNet-normalised) -> logits [B, C]."""
 
-    def __init__(self, num_classes: int, num_frames: int = 16, **kwargs):
+    def __init__(self, num_classes: int = 7, num_frames: int = 16, **kwargs):
         super().__init__(num_classes, num_frames, **kwargs)
         d = self.embed_dim
         self.temporal_embedding = nn.Parameter(torch.zeros(1, num_frames, d))
@@ -301,7 +303,7 @@ class S2DImage(S2DBase):
     The final LayerNorm is ``norm`` and the classifier ``head``, as in the authors' image checkpoint.
     """
 
-    def __init__(self, num_classes: int, **kwargs):
+    def __init__(self, num_classes: int = 7, **kwargs):
         kwargs.setdefault("head_dropout", 0.0)
         super().__init__(num_classes, None, **kwargs)
         self.norm = nn.LayerNorm(self.embed_dim, eps=1e-6)
@@ -322,3 +324,26 @@ class S2DImage(S2DBase):
         feature = self.head_drop(self.forward_features(images))
         logits = self.head(feature)
         return (logits, feature) if return_feature else logits
+
+
+def _create_s2d(pretrained: bool = False, image: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
+                cache_dir=None, **kwargs) -> S2DBase:
+    """S2DVideo (S2DImage with ``image=True``) of the given size. ``timm.create_model`` also passes its pretrained-cfg
+    arguments: there are no hub weights (load a checkpoint with ``s2d_model.load_checkpoint``)."""
+    if pretrained:
+        raise ValueError("S2D has no timm pretrained weights: load a checkpoint (s2d_model.load_checkpoint)")
+    return S2DImage(**kwargs) if image else S2DVideo(**kwargs)
+
+
+@register_model
+def s2d_base_patch16_224(pretrained: bool = False, **kwargs) -> S2DBase:
+    """The authors' model: ViT-B/16, MCP prompts (hidden 8), TMA bottleneck 0.25 with 8 heads."""
+    model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, adapter_heads=8)
+    return _create_s2d(pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def s2d_tiny_patch16_224(pretrained: bool = False, **kwargs) -> S2DBase:
+    """For tests and smoke runs: the same data path (224 input, 14x14 grid, real landmark branch), tiny trunk."""
+    model_args = dict(patch_size=16, embed_dim=64, depth=2, num_heads=2, adapter_heads=2)
+    return _create_s2d(pretrained, **dict(model_args, **kwargs))

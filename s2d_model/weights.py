@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import atomic_write
+from .files import atomic_write, sha256_file
 
 HF_REPO = "cyinen/S2D"
 
@@ -212,14 +212,6 @@ def missing_message(spec: WeightsSpec) -> str:
         f"  or pass the path directly, or register it with `s2d weights import PATH --name {spec.name}`.")
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def import_file(path: str | Path, name: str) -> Path:
     """Register a local file under ``name`` (kept where it is; the registry stores its absolute path)."""
     p = Path(path).expanduser().resolve()
@@ -278,7 +270,7 @@ def download(name: str, progress: bool = True) -> Path:
 
 
 def _fetch(spec: WeightsSpec, dest: Path, url: str | None, sha256: str | None, progress: bool) -> None:
-    if dest.is_file() and (sha256 is None or sha256_of(dest) == sha256):
+    if dest.is_file() and (sha256 is None or sha256_file(dest) == sha256):
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -291,7 +283,7 @@ def _fetch(spec: WeightsSpec, dest: Path, url: str | None, sha256: str | None, p
     except Exception as e:  # network, HTTP or hub errors: say what failed and what to do instead
         raise WeightsNotFound(f"download of '{spec.name}' failed ({dest.name}: {type(e).__name__}: {e}).\n"
                               f"{missing_message(spec)}") from e
-    if sha256 and (got := sha256_of(dest)) != sha256:
+    if sha256 and (got := sha256_file(dest)) != sha256:
         bad = dest.with_name(dest.name + ".bad")
         os.replace(dest, bad)
         raise WeightsNotFound(f"{spec.name}: {dest.name}: sha256 mismatch (got {got}, expected {sha256}); kept as {bad}")

@@ -18,7 +18,7 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 def pytest_collection_modifyitems(items):
     """The tests on the shared local Ray cluster are marked ``ray``, as are, by hand, those that start Ray in a
-    command or nodes of their own: ``pytest -m "not ray"`` is the quick loop of everything else."""
+    command or nodes of their own: ``pytest -m "not ray and not slow"`` is the quick loop."""
     for item in items:
         if "_ray_session" in item.fixturenames:
             item.add_marker(pytest.mark.ray)

@@ -119,7 +119,7 @@ class LoopbackCluster:
             raise RuntimeError(f"{' '.join(args)} failed:\n{run.stdout[-2000:]}\n{run.stderr[-3000:]}")
         return temp
 
-    def start_head(self, cpus: int = 1, dashboard: bool = False) -> "LoopbackCluster":
+    def start_head(self, cpus: int = 1, dashboard: bool = False) -> LoopbackCluster:
         self._start(cpus, head=True, dashboard=dashboard)
         return self
 
@@ -136,10 +136,10 @@ class LoopbackCluster:
 
     def alive_nodes(self) -> dict[int, str]:
         """{raylet port: Ray node id} of the nodes alive now."""
-        out = subprocess.run([sys.executable, "-c", "import json, ray; ray.init(address=%r, "
+        out = subprocess.run([sys.executable, "-c", f"import json, ray; ray.init(address={self.address!r}, "
                               "include_dashboard=False, logging_level='ERROR'); print('NODES', json.dumps("
-                              "{n['NodeManagerPort']: n['NodeID'] for n in ray.nodes() if n['Alive']}))"
-                              % self.address], env=self.env, capture_output=True, text=True, timeout=120)
+                              "{n['NodeManagerPort']: n['NodeID'] for n in ray.nodes() if n['Alive']}))"],
+                             env=self.env, capture_output=True, text=True, timeout=120)
         import json
 
         lines = [line[6:] for line in out.stdout.splitlines() if line.startswith("NODES ")]  # Ray may print too

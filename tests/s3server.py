@@ -21,7 +21,7 @@ class S3Server:
                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.port}",
                     "AWS_EC2_METADATA_DISABLED": "true"}
 
-    def start(self) -> "S3Server":
+    def start(self) -> S3Server:
         self.server.start()
         return self
 

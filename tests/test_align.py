@@ -5,7 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.align import ARCFACE_112, MARGIN, align_clip, align_face, similarity_transform, template
+from oracles import align_clip
+from pipeline.align import ARCFACE_112, MARGIN, align_face, similarity_transform, template
 
 STILLS = ["single_face.jpg", "0-f1-su-ph.jpg", "0-f15-hao-ph.jpg", "15-f13-anc-ph.jpg", "45-m7-di-ph.jpg"]
 
@@ -26,7 +27,7 @@ def angle_scale(m: np.ndarray) -> tuple[float, float]:
 
 @pytest.fixture(scope="module")
 def detector(detector_weights):
-    from pipeline.retinaface import FaceDetector
+    from pipeline.detector import FaceDetector
 
     return FaceDetector(detector_weights)
 

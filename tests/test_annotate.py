@@ -192,12 +192,12 @@ def test_a_signal_while_the_driver_records_an_item_is_taken_once_the_record_is_d
 
     import ray
 
-    from pipeline.cluster import run_passes, stop_on_sigterm
+    from pipeline.passes import run_passes, stop_on_sigterm
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         log = []
 
-        def take(item):
+        def take(item, log=log, sig=sig):
             log.append(("start", int(item)))
             os.kill(os.getpid(), sig)
             time.sleep(0.2)  # where the handler would have raised

@@ -63,6 +63,23 @@ def test_help_lists_choices_and_flags_plainly(fixtures_dir):
         assert text in res.stdout, text
 
 
+def test_the_cli_choices_are_the_pipelines():
+    """cli.py writes its choices out (no pipeline import for --help); they must stay what the code accepts."""
+    from typing import get_args
+
+    import cli
+    from jobs.datasets import FORMATS
+    from pipeline.crops import FRAME_ORDERS
+    from pipeline.settings import DECODERS, DETECTORS, LANDMARKS
+
+    def values(choice):
+        return list(get_args(choice))
+
+    assert values(cli.Detector) == list(DETECTORS) and values(cli.Landmarks) == list(LANDMARKS)
+    assert values(cli.Decoder) == list(DECODERS) and values(cli.DatasetFormat) == list(FORMATS)
+    assert values(cli.FrameOrder) == list(FRAME_ORDERS) and values(cli.EvalFrameOrder) == ["auto", *FRAME_ORDERS]
+
+
 def test_missing_input_and_out_file_fail_before_ray(env, fixtures_dir, tmp_path):
     res, seconds = s2d("annotate", tmp_path / "nope.mp4", fixtures_dir / "videos" / "single_face.mp4", "--out",
                        tmp_path / "o", "--weights", "random-tiny", env=env)
@@ -79,9 +96,9 @@ def test_the_annotate_driver_needs_no_torch_before_ray_with_random_tiny(env, fix
     timm (the S2D actor reads the weights; importing them here made the README example 1.4-4.6 s slower on 2
     cores): with both blocked, the run gets as far as starting Ray, which this child replaces by a one-line stop."""
     code = ("import runpy, sys; sys.modules['torch'] = sys.modules['timm'] = None\n"
-            "import pipeline.annotate_run as A, pipeline.cluster as C\n"
+            "import pipeline.driver as D, pipeline.cluster as C\n"
             "def stop(address=None): raise C.ClusterError('stopped where Ray would start')\n"
-            "A.init_ray = stop\n"
+            "D.init_ray = stop\n"
             f"sys.argv = ['s2d', 'annotate', {str(fixtures_dir / 'videos')!r}, '--out', {str(tmp_path / 'o')!r}, "
             "'--weights', 'random-tiny']\n"
             "runpy.run_module('cli', run_name='__main__')")
@@ -144,7 +161,7 @@ def test_a_clip_without_probabilities_fails_its_video_never_a_nan_row(tmp_path, 
     from test_run_parts import _clip, _segment, _unit
 
     from pipeline.annotate_run import Labelling, Timelines
-    from pipeline.emotions import resolve_classifier
+    from pipeline.classifier import resolve_classifier
     from pipeline.settings import plan_faces
     from pipeline.sources import Source
 
@@ -154,9 +171,9 @@ def test_a_clip_without_probabilities_fails_its_video_never_a_nan_row(tmp_path, 
                   {"video": video, "image": None}, {})
     t.add(_unit("a", n_clips=2, tracks=(0,)))
     t.add(_clip("a", _segment(0, 0), np.eye(7, dtype=np.float32)[0]))
-    rec = t.add(_clip("a", _segment(0, 1), np.full(7, np.nan, np.float32)))
-    assert rec["status"] == "error" and "1 of 2 clips were not classified" in rec["error"]
-    assert rec["timeline"] is None and not (tmp_path / "o").exists()
+    rec = t.add(_clip("a", _segment(0, 1), np.full(7, np.nan, np.float32))).record
+    assert rec.status == "error" and "1 of 2 clips were not classified" in rec.error
+    assert rec.timeline is None and not (tmp_path / "o").exists()
 
 
 def test_a_broken_symlink_in_a_folder_is_an_error_row(tmp_path, fixtures_dir):
@@ -234,53 +251,23 @@ def test_an_interrupted_run_keeps_what_is_done_and_marks_the_rest(command, sig, 
         assert "Started a local Ray" not in stderr, stderr[-2000:]
 
 
-def _tree(root: int) -> dict[int, str]:
-    """{pid: start time} of root's descendants now (Linux /proc)."""
-    procs = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] not in "ZX":
-            procs[int(pid)] = (int(fields[1]), fields[19])
-    found, todo = {}, [root]
-    while todo:
-        p = todo.pop()
-        for pid, (ppid, started) in procs.items():
-            if ppid == p and pid not in found:
-                found[pid] = started
-                todo.append(pid)
-    return found
-
-
-def _running(procs: dict[int, str]) -> list[int]:
-    alive = []
-    for pid, started in procs.items():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] not in "ZX" and fields[19] == started:
-            alive.append(pid)
-    return alive
-
-
 @pytest.mark.ray
 def test_a_killed_driver_leaves_no_ray_processes(env, fixtures_dir, tmp_path):
     import signal
 
+    from pipeline.watchdog import alive as _running, descendants
+
     proc = subprocess.Popen([sys.executable, "-m", "cli", "annotate", str(fixtures_dir / "videos"), "--out",
                              str(tmp_path / "out"), "--weights", "random-tiny", "--device", "cpu"], cwd=REPO,
                             env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    seen: dict[int, str] = {}
+    seen: dict[str, str] = {}
     try:
         end = time.time() + 90
         while time.time() < end and not any("FaceWorker" in _cmdline(p) for p in seen):
-            seen.update(_tree(proc.pid))
+            seen.update(descendants(str(proc.pid)))
             time.sleep(0.3)
         assert any("raylet" in _cmdline(p) for p in seen), "Ray never started"
-        seen.update(_tree(proc.pid))
+        seen.update(descendants(str(proc.pid)))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         end = time.time() + 20
@@ -301,7 +288,7 @@ def _cmdline(pid: int) -> str:
 
 
 def test_training_leaves_the_data_pipeline_cpus_or_says_why_it_cannot():
-    from pipeline.cluster import plan_workers
+    from pipeline.plans import plan_workers
 
     assert plan_workers(1, 1.0, 0, 2.0, 0) == (1.0, None)  # fits: as asked
     each, note = plan_workers(2, 1.0, 0, 2.0, 0)  # 2 x 1 CPU on 2 CPUs hung: the data pipeline had none
@@ -312,7 +299,7 @@ def test_training_leaves_the_data_pipeline_cpus_or_says_why_it_cannot():
         plan_workers(2, 1.0, 1.0, 8.0, 1.0)
     with pytest.raises(ValueError, match="use at most 10 workers"):
         plan_workers(20, 1.0, 0, 2.0, 0)
-    from pipeline.cluster import data_task_cpus
+    from pipeline.plans import data_task_cpus
 
     for workers, cpus in ((1, 1.0), (2, 1.0), (2, 2.0), (2, 3.0), (4, 16.0), (9, 2.0)):
         each = plan_workers(workers, 1.0, 0, cpus, 0)[0]

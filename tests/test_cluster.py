@@ -137,7 +137,9 @@ def test_a_client_without_the_token_gets_one_line(cluster, tmp_path, fixtures_di
     assert "RAY_AUTH_TOKEN" in run.stderr and "Traceback" not in run.stderr + run.stdout, run.stderr
 
 
-from test_jobs_cli import videos  # noqa: E402,F401  (the labelled raw videos fixture)
+import test_jobs_cli  # noqa: E402
+
+videos = test_jobs_cli.videos  # the labelled raw videos fixture, used here under its own name
 
 
 def job(cluster, working_dir: Path, *entrypoint) -> subprocess.CompletedProcess:

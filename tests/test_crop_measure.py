@@ -46,7 +46,7 @@ def faces(fixtures_dir, detector_weights) -> list[tuple[np.ndarray, np.ndarray, 
     """(frame, bbox, kps5) of every face of the sources, detected at long side 640."""
     import av
 
-    from pipeline.retinaface import FaceDetector
+    from pipeline.detector import FaceDetector
 
     sources = {name: read_image(fixtures_dir / "images" / name) for name in STILLS}
     with av.open(str(fixtures_dir / "videos" / "single_face.mp4")) as c:

@@ -9,7 +9,8 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.decode import DecodeError, DecordDecoder, PtsSampler, PyAVDecoder, get_decoder
+from pipeline.decode import DecodeError, PtsSampler, PyAVDecoder, get_decoder
+from pipeline.decord_decoder import DecordDecoder
 from pipeline.sources import probe
 
 from media import write_audio_only, write_video
@@ -345,11 +346,11 @@ def test_unreadable_file(tmp_path, fixtures_dir):
 
 def test_unreadable_file_simulated(tmp_path, fixtures_dir, monkeypatch):
     """Same check where chmod cannot bite (root): os.access says no."""
-    import pipeline.decode as decode
+    import pipeline.video as video
 
     path = tmp_path / "locked.mp4"
     path.write_bytes((fixtures_dir / "videos/single_face.mp4").read_bytes())
-    monkeypatch.setattr(decode.os, "access", lambda p, mode: False)
+    monkeypatch.setattr(video.os, "access", lambda p, mode: False)
     with pytest.raises(DecodeError, match="permission denied"):
         probe(path)
 

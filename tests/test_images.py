@@ -131,7 +131,7 @@ def test_image_checkpoints_upstream_and_ours(tmp_path, monkeypatch, landmark_wei
     import torch
 
     import s2d_model as S
-    from pipeline.emotions import build_model, resolve_classifier
+    from pipeline.classifier import build_model, resolve_classifier
     from s2d_model.checkpoints import CheckpointError, save_checkpoint
 
     model = S.create_image_model("s2d_tiny", 7)

@@ -80,7 +80,7 @@ def test_prepare_writes_aligned_clips_and_csvs(prepared, detector_weights):
     assert json.loads((out / "dataset.json").read_text()) == {"crop": "template:0.25@224"} == \
         {"crop": manifest["crop"]}  # the default crop, recorded for training
 
-    from pipeline.retinaface import FaceDetector
+    from pipeline.detector import FaceDetector
 
     detector = FaceDetector(detector_weights, long_side=224)
     eyes = template(224)[:2]  # where alignment puts the eyes
@@ -146,7 +146,7 @@ def test_train_evaluate_and_annotate_weights_from_the_prepared_dataset(prepared,
         "the checkpoint's training order, recorded in it"
     assert (tmp_path / "eval" / "confusion.png").stat().st_size > 0
 
-    from pipeline.emotions import build_model, resolve_classifier
+    from pipeline.classifier import build_model, resolve_classifier
 
     classifier = resolve_classifier(str(run / "best.pth"), None, str(landmark_weights))  # as `s2d annotate` does
     assert classifier.labels == "dfew"
@@ -161,8 +161,11 @@ def test_train_evaluate_and_annotate_weights_from_the_prepared_dataset(prepared,
 ], ids=["prepare-crop", "train-frame-order", "evaluate-frame-order"])
 def test_an_unknown_crop_or_frame_order_fails_before_any_work(tmp_path, videos, args):
     result = runner.invoke(app, [a.format(videos=videos, tmp=tmp_path) for a in args])
-    assert result.exit_code == 1
-    assert len(result.output.splitlines()) == 1 and result.output.startswith("error: unknown ")
+    if "--frame-order" in args:  # a choice: Typer's usage error, exit 2
+        assert result.exit_code == 2 and "Invalid value for '--frame-order'" in result.output, result.output
+    else:
+        assert result.exit_code == 1
+        assert len(result.output.splitlines()) == 1 and result.output.startswith("error: unknown ")
     assert "'blob@224'" in result.output
     assert not (tmp_path / "out").exists()
 

@@ -27,8 +27,8 @@ def track(fixtures_dir):
 
 
 def cut_as_before(video: str, faces, rows) -> list[bytes]:
-    """prepare's cut before ``--crop`` (its code then): ``pipeline.align.align_clip`` on the 16 picked faces."""
-    from pipeline.align import align_clip
+    """prepare's cut before ``--crop`` (its code then): ``align_clip`` (tests/oracles.py) on the 16 picked faces."""
+    from oracles import align_clip
     from pipeline.decode import get_decoder
 
     times = faces.column("time_s").to_numpy()[rows]

@@ -146,6 +146,7 @@ def test_fan_missing_file_no_download(tmp_path, monkeypatch, no_download):
         FANLandmarks(bad)
 
 
+@pytest.mark.slow  # face-alignment compiles its heatmap decoding with numba: ~10 s
 def test_fan_random_weights_matches_face_alignment(fan_home, single, no_download, monkeypatch):
     import face_alignment
 

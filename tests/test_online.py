@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from media import write_video
-from pipeline.align import align_clip
-from pipeline.decode import get_decoder, sampling_step
-from pipeline.face_actor import FRAME_BYTES, FaceWorker, Frames, analysed, run_unit
-from pipeline.segments import OnlineWindows, _columns, plan_segments
+from oracles import align_clip, assign_tracks, plan_segments
+from pipeline.decode import FrameBatches, get_decoder, sampling_step
+from pipeline.face_actor import FRAME_BYTES, FaceWorker, analysed, run_unit
+from pipeline.segments import OnlineWindows, _columns
 from pipeline.settings import AnnotateSettings, FaceSettings, plan_faces
-from pipeline.track import OnlineTracker, assign_tracks, stitch_units
+from pipeline.track import OnlineTracker, stitch_units
 from pipeline.units import Clip, UnitFaces, join_units, keep_best, plan_units, video_thumbnails
 from test_segments import make_faces
 
@@ -70,8 +70,7 @@ def test_stitched_shards_give_one_pass_track_ids():
     rows = []
     for f in range(n):
         t = f / fps
-        for tid, (x0, vx, on) in enumerate([(50, 2, (0, 20)), (400, -3, (2, 12)), (900, 0, (6, 19)),
-                                              (200, 0, (14, 20))]):
+        for x0, vx, on in [(50, 2, (0, 20)), (400, -3, (2, 12)), (900, 0, (6, 19)), (200, 0, (14, 20))]:
             if on[0] <= t < on[1]:
                 x = x0 + vx * f + rng.normal(0, 1)
                 rows.append((f, t, x))
@@ -174,7 +173,7 @@ def test_frames_come_in_batches_of_at_most_n_frames_and_the_byte_cap():
         yield from ((i, i / 8, np.zeros(n, np.uint8)) for i, n in enumerate(sizes))
         return len(sizes)
 
-    frames = Frames(decoded([10] * 7 + [100] + [30] * 3), n=3, nbytes=64)
+    frames = FrameBatches(decoded([10] * 7 + [100] + [30] * 3), n=3, nbytes=64)
     got = [[f[0] for f in b] for b in frames]
     assert got == [[0, 1, 2], [3, 4, 5], [6], [7], [8, 9], [10]] and frames.count == 11
 

@@ -20,8 +20,8 @@ from pipeline import cache, storage
 from pipeline.align import ARCFACE_112
 from pipeline.report import (PAD_L, PAD_R, PAD_B, PAD_T, SVG_H, SVG_W, _ticks, build_report, colour, columns,
                              timeline_svg, write_report)
-from pipeline.timeline import (_covered_seconds, prob_columns, summarize, timeline_path, timeline_table,
-                               write_timeline)
+from pipeline.summary import _covered_seconds, summarize
+from pipeline.timeline import prob_columns, timeline_path, timeline_table, write_timeline
 from s2d_model.labels import LABEL_SETS
 
 DFEW, RAFDB = list(LABEL_SETS["dfew"]), list(LABEL_SETS["rafdb"])
@@ -259,7 +259,7 @@ def test_stored_thumbnails_are_the_decoded_ones(annotated):
     """The thumbnails annotate stores in each timeline (made by the face actor from the frames it decoded) are,
     byte for byte, those the report would make by decoding the video again at the cache entry's best face rows."""
     from pipeline.cache import read_entry
-    from pipeline.report import thumbnails
+    from pipeline.thumbnails import thumbnails
     from pipeline.timeline import timeline_thumbnails
 
     m = json.loads((annotated / "manifest.json").read_text())

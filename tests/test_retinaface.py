@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import retinaface as rf
-from pipeline.retinaface import FaceDetector, RetinaFace, load_retinaface
+from pipeline import fuse
+from pipeline import detector, retinaface as rf
+from pipeline.detector import FaceDetector
+from pipeline.retinaface import RetinaFace, load_retinaface
 
 # README "Detector check": the reference implementation's boxes at long side 640.
 README_BOXES_640 = {
@@ -164,9 +166,9 @@ def test_onednn_convolutions_give_the_same_numbers(detector_weights, fixtures_di
     import copy
 
     frames = video_frames(fixtures_dir / "videos/face_noface.mov", [0, 20, 40, 71])
-    plain = rf.fuse_conv_bn(load_retinaface(detector_weights)).to(memory_format=torch.channels_last)
-    pointwise = rf.onednn_pointwise(copy.deepcopy(plain))
-    fast = rf.onednn_activations(rf.onednn_pointwise(copy.deepcopy(plain)))
+    plain = fuse.fuse_conv_bn(load_retinaface(detector_weights)).to(memory_format=torch.channels_last)
+    pointwise = fuse.onednn_pointwise(copy.deepcopy(plain))
+    fast = fuse.onednn_activations(fuse.onednn_pointwise(copy.deepcopy(plain)))
     convs = [m for m in fast.modules() if isinstance(m, torch.nn.Conv2d) and "forward" in vars(m)]
     acts = [m for m in plain.modules() if isinstance(m, torch.nn.LeakyReLU)]
     assert len(acts) == 38 and not any(isinstance(m, torch.nn.LeakyReLU) for m in fast.modules())
@@ -186,7 +188,7 @@ def test_onednn_convolutions_give_the_same_numbers(detector_weights, fixtures_di
     finally:
         torch.set_num_threads(threads)
     x = torch.randn(2, 8, 9, 11, requires_grad=True)
-    seq = rf.onednn_activations(rf.onednn_pointwise(torch.nn.Sequential(torch.nn.Conv2d(8, 4, 1),
+    seq = fuse.onednn_activations(fuse.onednn_pointwise(torch.nn.Sequential(torch.nn.Conv2d(8, 4, 1),
                                                                           torch.nn.LeakyReLU(0.1))))
     y = seq(x)  # with gradients: the usual path (conv, then the activation), still differentiable
     torch.testing.assert_close(y, torch.nn.functional.leaky_relu(seq[0]._conv_forward(x, seq[0].weight,
@@ -202,7 +204,7 @@ def test_prior_count_matches_heads(h, w):
     model = RetinaFace("mobilenet0.25").eval()
     with torch.inference_mode():
         loc, conf, landms = model(torch.zeros(2, 3, h, w))
-    p = rf.make_priors(h, w).shape[0]
+    p = detector.make_priors(h, w).shape[0]
     assert loc.shape == (2, p, 4) and conf.shape == (2, p, 2) and landms.shape == (2, p, 10)
     torch.testing.assert_close(conf.sum(-1), torch.ones(2, p))
 
@@ -234,7 +236,7 @@ def test_resnet50_pth_and_zip_load_and_run(tmp_path):
     with zipfile.ZipFile(zpath, "w", compression=zipfile.ZIP_STORED) as zf:
         zf.write(inner, arcname=inner.name)
 
-    p = rf.make_priors(64, 96).shape[0]  # (8*12 + 4*6 + 2*3) * 2 = 252
+    p = detector.make_priors(64, 96).shape[0]  # (8*12 + 4*6 + 2*3) * 2 = 252
     assert p == 252
     model = load_retinaface(pth)  # biubug6 layout with `module.` prefix
     det = FaceDetector(zpath, long_side=96, score_threshold=0.0)  # ternaus zip with `model.` prefix
@@ -280,7 +282,7 @@ def test_nms_keeps_what_torchvision_keeps():
         boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 40 + 1], 1)
         scores = torch.rand(n, generator=g)
         for threshold in (0.2, 0.4, 0.7):
-            assert torch.equal(rf.nms(boxes, scores, threshold), torchvision.ops.nms(boxes, scores, threshold))
+            assert torch.equal(detector.nms(boxes, scores, threshold), torchvision.ops.nms(boxes, scores, threshold))
 
 
 def test_nms_of_empty_boxes_is_defined_and_keeps_them_as_torchvision_does():
@@ -293,7 +295,7 @@ def test_nms_of_empty_boxes_is_defined_and_keeps_them_as_torchvision_does():
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        got = rf.nms(boxes, scores, 0.4)
+        got = detector.nms(boxes, scores, 0.4)
     assert got.tolist() == [0, 1, 2, 3] and torch.equal(got, torchvision.ops.nms(boxes, scores, 0.4))
 
 

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.annotate_run import Timelines
-from pipeline.cluster import plan_actors
+from pipeline.plans import plan_actors
 from pipeline.segments import Segment
 from pipeline.settings import AnnotateSettings, FaceSettings, plan_faces
 from pipeline.sources import Source
@@ -68,7 +68,7 @@ def timelines(tmp_path, detector_weights, landmark_weights):
     plan = plan_faces(FaceSettings(detector_weights=str(detector_weights), landmark_weights=str(landmark_weights)))
     sources = {v: Source(f"/videos/{v}.mp4", v, 1, 0.0) for v in ("a", "b", "c")}
     from pipeline.annotate_run import Labelling
-    from pipeline.emotions import resolve_classifier
+    from pipeline.classifier import resolve_classifier
 
     video = Labelling(resolve_classifier("random-tiny", None, str(landmark_weights)), "random-tiny", "hash")
     return Timelines(sources, plan, tmp_path / "cache", tmp_path / "out", {"video": video, "image": None}, {})
@@ -80,9 +80,9 @@ def test_clips_may_arrive_before_their_unit(timelines):
     assert timelines.add(_clip("a", _segment(0, 1), p[1])) is None
     assert timelines.add(_clip("a", _segment(1, 0), p[2])) is None
     assert timelines.add(_unit("a", n_clips=3, tracks=(0, 1))) is None  # one clip still missing
-    rec = timelines.add(_clip("a", _segment(0, 0), p[0]))
-    assert rec["status"] == "ok" and rec["n_segments"] == 3 and rec["n_tracks"] == 2
-    df = pq.read_table(rec["timeline"]).to_pandas()
+    rec = timelines.add(_clip("a", _segment(0, 0), p[0])).record
+    assert rec.status == "ok" and rec.n_segments == 3 and rec.n_tracks == 2
+    df = pq.read_table(rec.timeline).to_pandas()
     assert list(zip(df.track_id, df.segment)) == [(0, 0), (0, 1), (1, 0)]  # in track order, whatever came first
     assert list(df.label) == ["Happy", "Sad", "Neutral"] and (df.confidence == 1.0).all()
     assert not timelines.units and not timelines.clips  # nothing held once a video is written
@@ -100,18 +100,18 @@ def test_shards_complete_a_video_only_together_and_their_tracks_are_stitched(tim
     u1.sampled = (u0.sampled[0], u0.sampled[1])
     assert timelines.add(u1) is None and timelines.add(_clip("a", _segment(0, 3), p[3], unit=1)) is None
     assert timelines.add(u0) is None
-    rec = timelines.add(_clip("a", _segment(0, 0), p[0]))
-    df = pq.read_table(rec["timeline"]).to_pandas()
+    rec = timelines.add(_clip("a", _segment(0, 0), p[0])).record
+    df = pq.read_table(rec.timeline).to_pandas()
     assert list(zip(df.track_id, df.segment)) == [(0, 0), (1, 3)]  # shard 1's track 0 is the video's track 1
 
 
 def test_a_failed_unit_fails_its_video_and_no_faces_write_an_empty_timeline(timelines, tmp_path):
-    rec = timelines.add(_unit("b", status="error", error="/videos/b.mp4: file not found"))
-    assert rec["status"] == "error" and rec["error"] == "/videos/b.mp4: file not found" and rec["timeline"] is None
-    rec = timelines.add(_unit("c"))
-    table = pq.read_table(rec["timeline"])
-    assert rec["status"] == "no_faces" and table.num_rows == 0 and table.schema.metadata[b"s2d.status"] == b"no_faces"
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [Path(rec["timeline"]).name]
+    rec = timelines.add(_unit("b", status="error", error="/videos/b.mp4: file not found")).record
+    assert rec.status == "error" and rec.error == "/videos/b.mp4: file not found" and rec.timeline is None
+    rec = timelines.add(_unit("c")).record
+    table = pq.read_table(rec.timeline)
+    assert rec.status == "no_faces" and table.num_rows == 0 and table.schema.metadata[b"s2d.status"] == b"no_faces"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [Path(rec.timeline).name]
 
 
 def test_views_of_a_window_are_averaged_into_one_row(timelines):
@@ -121,9 +121,9 @@ def test_views_of_a_window_are_averaged_into_one_row(timelines):
     timelines.add(_unit("a", n_clips=3, tracks=(0,)))
     timelines.add(_clip("a", second, p[3]))
     timelines.add(_clip("a", _segment(0, 1), p[4]))
-    rec = timelines.add(_clip("a", _segment(0, 0), p[0]))
-    assert rec["n_segments"] == 2  # windows, not clips
-    df = pq.read_table(rec["timeline"]).to_pandas()
+    rec = timelines.add(_clip("a", _segment(0, 0), p[0])).record
+    assert rec.n_segments == 2  # windows, not clips
+    df = pq.read_table(rec.timeline).to_pandas()
     assert list(df.segment) == [0, 1] and df.n_face_frames.tolist() == [16, 16]  # the first view's count
     np.testing.assert_allclose(df[["p_happy", "p_angry", "p_surprise"]].to_numpy(), [[.5, .5, 0], [0, 0, 1]])
 
@@ -138,7 +138,8 @@ def test_the_s2d_actor_computes_a_shared_frame_once_and_gives_the_model_s_own_pr
     and its probabilities equal the model's own forward on each clip (BN folded, channels_last: float rounding)."""
     import torch
 
-    from pipeline.emotions import S2DWorker, resolve_classifier
+    from pipeline.classifier import resolve_classifier
+    from pipeline.s2d_actor import S2DWorker
 
     worker = S2DWorker(resolve_classifier("random-tiny", None, str(landmark_weights)), threads=1)
     worker.load("video")
@@ -166,7 +167,8 @@ def test_the_s2d_actor_gives_a_still_images_faces_to_the_image_model(landmark_we
     import torch
 
     import s2d_model as S
-    from pipeline.emotions import S2DWorker, resolve_classifier
+    from pipeline.classifier import resolve_classifier
+    from pipeline.s2d_actor import S2DWorker
     from pipeline.units import Clip
 
     video = resolve_classifier("random-tiny", None, str(landmark_weights))
@@ -195,7 +197,7 @@ def test_random_tiny_is_the_same_model_every_time_and_leaves_torch_s_rng_alone(l
     not reseed the process: the numbers torch draws next are the ones it would have drawn without the build."""
     import torch
 
-    from pipeline.emotions import build_model, resolve_classifier
+    from pipeline.classifier import build_model, resolve_classifier
 
     c = resolve_classifier("random-tiny", None, str(landmark_weights))
     torch.manual_seed(123)
@@ -205,56 +207,6 @@ def test_random_tiny_is_the_same_model_every_time_and_leaves_torch_s_rng_alone(l
     assert torch.equal(torch.rand(4), want)
     second = build_model(c).state_dict()
     assert all(torch.equal(v, second[k]) for k, v in first.items())
-
-
-def test_free_threads_is_the_cores_other_processes_left():
-    from pipeline.emotions import free_threads
-
-    hz = 100  # jiffies per second; samples: (time, the node's busy jiffies, this process's)
-    assert free_threads([(0.0, 0, 0), (1.0, 200, 200)], 2, hz) == 2  # all the busy time was its own
-    assert free_threads([(0.0, 0, 0), (1.0, 170, 100)], 2, hz) == 1  # others kept 0.7 of a core busy
-    assert free_threads([(0.0, 0, 0), (1.0, 140, 100)], 2, hz) == 2  # 0.4 of a core: rounds to none
-    assert free_threads([(0.0, 0, 0), (1.0, 400, 0)], 2, hz) == 1  # never under one
-    assert free_threads([(0.0, 0, 0), (2.0, 500, 100)], 4, hz) == 2  # over two seconds: 2 cores of 4
-    assert free_threads([(0.0, 0, 0), (0.4, 80, 0)], 2, hz) is None  # under 0.5 s: too little to tell
-    assert free_threads([(0.0, 0, 0)], 2, hz) is None
-
-
-def test_the_s2d_actor_leaves_a_core_to_other_busy_processes_and_takes_it_back(landmark_weights):
-    """A real busy process: one thread while it runs, both cores once it is gone; checked before each ViT block too
-    (a hook on every block), so the cores come back within a clip."""
-    import subprocess
-    import sys
-    import time
-
-    import torch
-
-    from pipeline.emotions import S2DWorker, follow_load, resolve_classifier
-
-    before = torch.get_num_threads()
-    worker = S2DWorker(resolve_classifier("random-tiny", None, str(landmark_weights)), threads=2)
-    try:
-        block = worker.load("video").blocks[0]
-        assert len(block._forward_pre_hooks) == 1
-        tokens = torch.zeros(1, 5, block.norm1.normalized_shape[0])
-        torch.set_num_threads(2)
-        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-        try:
-            time.sleep(1.5)
-            follow_load(worker.samples, 2)  # a core busy elsewhere over the last second: one thread
-            assert torch.get_num_threads() == 1
-        finally:
-            busy.kill()
-            busy.wait()
-        time.sleep(1.5)
-        with torch.inference_mode():
-            block(tokens)  # nothing else busy: the block's hook gives both cores back
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
-    idle = S2DWorker(None, threads=1)
-    time.sleep(0.6)
-    assert not idle.samples and len(worker.samples) >= 2  # one thread: nothing to follow, no watch thread
 
 
 def test_the_s2d_actor_s_lanes_classify_a_batch_side_by_side_one_thread_each(landmark_weights, monkeypatch):
@@ -267,8 +219,9 @@ def test_the_s2d_actor_s_lanes_classify_a_batch_side_by_side_one_thread_each(lan
 
     import torch
 
-    from pipeline import emotions
-    from pipeline.emotions import S2DWorker, resolve_classifier
+    from pipeline import s2d_actor
+    from pipeline.classifier import resolve_classifier
+    from pipeline.s2d_actor import S2DWorker
 
     c = resolve_classifier("random-tiny", None, str(landmark_weights))
     frames = np.random.default_rng(3).integers(0, 256, (48, 224, 224, 3), dtype=np.uint8)
@@ -285,7 +238,7 @@ def test_the_s2d_actor_s_lanes_classify_a_batch_side_by_side_one_thread_each(lan
         as_tiny.probabilities = lambda x, *slots: seen.append(threading.current_thread().name) or forward(x, *slots)
         as_tiny(batch())
         assert seen == [threading.current_thread().name] * 5
-        monkeypatch.setattr(emotions, "tiny", lambda c: False)
+        monkeypatch.setattr(s2d_actor, "tiny", lambda c: False)
         lanes = S2DWorker(c, batch_size=1, threads=2)
         assert lanes.lanes == 2 and S2DWorker(None, device="cuda", threads=2).lanes == 1  # a GPU: one forward at once
         runs, barrier = [], threading.Barrier(2, timeout=60)

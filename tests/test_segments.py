@@ -6,7 +6,8 @@ import pyarrow as pa
 import pytest
 
 from pipeline.cache import faces_table
-from pipeline.segments import Segment, plan_segments
+from oracles import plan_segments
+from pipeline.segments import Segment
 
 FPS = 8.0
 

@@ -125,7 +125,9 @@ def test_annotate_reads_from_and_writes_to_s3_as_it_does_locally(s3, s2d, tmp_pa
     assert "Traceback" not in missing.stderr
 
 
-from test_jobs_cli import videos  # noqa: E402,F401  (the labelled raw videos fixture)
+import test_jobs_cli  # noqa: E402
+
+videos = test_jobs_cli.videos  # the labelled raw videos fixture, used here under its own name
 
 
 @pytest.mark.ray

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.timeline import (format_summary, is_complete, plot_timeline, read_timeline_meta, read_timelines,
-                               summarize, timeline_meta, timeline_path, timeline_schema, timeline_table, track_panels,
-                               write_timeline)
+from pipeline.summary import format_summary, plot_timeline, summarize, track_panels
+from pipeline.timeline import (is_complete, read_timeline_meta, read_timelines, timeline_meta, timeline_path,
+                               timeline_schema, timeline_table, write_timeline)
 from s2d_model.labels import LABEL_SETS
 
 DFEW = LABEL_SETS["dfew"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.track import assign_tracks
+from oracles import assign_tracks
 
 FPS = 30.0
 W, H = 100.0, 140.0  # face box size (px)

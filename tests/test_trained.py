@@ -19,14 +19,14 @@ MANIFEST = "weights/face-api/face_expression_model-weights_manifest.json"
 
 @pytest.fixture(scope="module")
 def expression(fixtures_dir):
-    from pipeline.emotions import resolve_classifier
+    from pipeline.classifier import resolve_classifier
 
     return resolve_classifier(str(fixtures_dir / MANIFEST))
 
 
 @pytest.fixture(scope="module")
 def detector(detector_weights):
-    from pipeline.retinaface import FaceDetector
+    from pipeline.detector import FaceDetector
 
     return FaceDetector(detector_weights, long_side=640)
 
@@ -93,7 +93,7 @@ def test_the_lexicographic_order_is_the_authors_reader_s():
 
 # ------------------------------------------------------------------------------ each model's crop and order
 def test_each_checkpoint_names_its_crop_and_order_and_the_user_can_override(expression, landmark_weights):
-    from pipeline.emotions import OUR_CROP, resolve_classifier
+    from pipeline.classifier import OUR_CROP, resolve_classifier
     from s2d_model.weights import KNOWN
 
     assert str(expression.crop) == "box:1.1@112" and expression.per_frame and expression.labels == "dfew"
@@ -109,7 +109,7 @@ def test_each_checkpoint_names_its_crop_and_order_and_the_user_can_override(expr
 
 def test_the_crop_and_order_are_in_the_settings_hash(expression, landmark_weights):
     from pipeline.annotate_run import labelling
-    from pipeline.emotions import resolve_classifier
+    from pipeline.classifier import resolve_classifier
     from pipeline.settings import AnnotateSettings
 
     s = AnnotateSettings()
@@ -122,7 +122,8 @@ def test_the_crop_and_order_are_in_the_settings_hash(expression, landmark_weight
 def test_the_s2d_actor_feeds_the_model_its_training_frame_order(landmark_weights):
     """lexicographic: the clip's frames go to S2D as 1, 10-16, 2-9 (the same as a time-order actor fed that
     permutation by hand); time order gives other probabilities."""
-    from pipeline.emotions import S2DWorker, resolve_classifier
+    from pipeline.classifier import resolve_classifier
+    from pipeline.s2d_actor import S2DWorker
 
     def worker(order):
         return S2DWorker(resolve_classifier("random-tiny", None, str(landmark_weights), frame_order=order), threads=1)
@@ -135,7 +136,8 @@ def test_the_s2d_actor_feeds_the_model_its_training_frame_order(landmark_weights
 
 def test_face_api_s_net_reads_a_clip_s_distinct_face_frames_and_averages_them(expression, fixtures_dir):
     """A clip's filled slots repeat a face frame: each distinct frame counts once; DFEW's class order."""
-    from pipeline.emotions import FACEAPI_TO_DFEW, S2DWorker
+    from pipeline.classifier import FACEAPI_TO_DFEW
+    from pipeline.s2d_actor import S2DWorker
     from s2d_model.faceapi import expression_probs, load_expression_net
 
     faces = [np.asarray(read_image(fixtures_dir / "weights/face-api/reference" / n)) for n in
@@ -220,8 +222,8 @@ def test_the_chain_s_probabilities_are_the_net_s_on_the_faces_it_cut(labelled_ru
     import av
     import pandas as pd
 
-    from pipeline.emotions import FACEAPI_TO_DFEW
-    from pipeline.segments import plan_segments
+    from pipeline.classifier import FACEAPI_TO_DFEW
+    from oracles import plan_segments
     from s2d_model.faceapi import expression_probs, load_expression_net
     from s2d_model.labels import labels
 
