@@ -95,7 +95,8 @@ LandmarksOpt = Annotated[Landmarks, typer.Option(help="face-stage 68-point landm
 ScoreThresholdOpt = Annotated[float, typer.Option(callback=unit_interval, help="minimum face score")]
 NmsThresholdOpt = Annotated[float, typer.Option(callback=unit_interval, help="NMS IoU threshold")]
 LongSideOpt = Annotated[int, typer.Option(min=32, help="frames are resized to this long side for detection")]
-DecoderOpt = Annotated[Decoder, typer.Option(help="video decoder (decord: optional, pip install 's2d-pipeline[decord]'; it leaks memory on long files)")]
+DecoderOpt = Annotated[Decoder, typer.Option(help="video decoder (decord: optional, pip install "
+                                             "'s2d-pipeline[decord]'; it leaks memory on long files)")]
 ShardOpt = Annotated[float | None, typer.Option(callback=positive, help=SHARD_HELP)]
 
 # training and evaluation

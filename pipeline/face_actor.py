@@ -16,8 +16,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -25,9 +25,9 @@ from .align import align_face
 from .crops import OUR_CROP, Crop
 from .decode import DecodeError, FrameBatches, get_decoder, sampling_step
 from .images import image_frames
-from .thumbnails import thumbnail_uri
 from .segments import OnlineWindows, Segment
 from .settings import DETECTORS, AnnotateSettings, FacePlan, FaceSettings
+from .thumbnails import thumbnail_uri
 from .track import OnlineTracker
 from .units import Clip, Unit, UnitFaces, empty_faces, items, keep_best
 
@@ -220,8 +220,8 @@ class FaceWorker:
         return [(d, m, None) for d, m in zip(dets, marks)]
 
     def load(self, s: FaceSettings) -> None:
-        from .landmarks import get_landmarker
         from .detector import FaceDetector
+        from .landmarks import get_landmarker
 
         self.detector = FaceDetector(self.plan.detector_path, DETECTORS[s.detector], device=self.device,
                                      score_threshold=s.score_threshold, nms_threshold=s.nms_threshold,
