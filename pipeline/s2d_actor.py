@@ -162,8 +162,9 @@ class S2DWorker:
         t = time.perf_counter()
         slots = [np.unique(c.segment.frame_index, return_index=True)[1] for c in part]  # distinct face frames
         probs = self.probabilities(np.stack([c.pixels for c in part]), slots)
+        seconds, node = (time.perf_counter() - t) / len(part), node_id()
         for c, pr in zip(part, probs):
-            c.probs, c.pixels, c.s2d_seconds, c.node = pr, None, (time.perf_counter() - t) / len(part), node_id()
+            c.probs, c.pixels, c.s2d_seconds, c.node = pr, None, seconds, node
 
     def lane(self, parts: list) -> None:
         """One lane's share of a batch (in a lane's thread: one intra-op thread, set when the thread started)."""
