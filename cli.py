@@ -12,6 +12,7 @@ import typer
 
 from pipeline import storage
 from pipeline.cluster import ClusterError
+from pipeline.runlock import RunFolderBusy
 
 # rich_markup_mode=None: Click's plain help (flags without a "<bool>" type) and one-line usage errors
 app = typer.Typer(help="s2d-pipeline: faces, tracks and S2D emotion timelines for folders of videos, on Ray.",
@@ -126,14 +127,16 @@ def _fail(message: str, code: int = 1):
     raise typer.Exit(code)
 
 
-KNOWN_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, ClusterError)
+KNOWN_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, ClusterError, storage.NoSpace,
+                storage.NotWritable, RunFolderBusy)
 
 
 @contextmanager
 def errors(*also: type[Exception], interrupted: str | None = None) -> Iterator[None]:
     """The one place where a known error becomes one line, ``error: MESSAGE``, and exit 1: missing inputs or
     weights (s2d_model.weights.WeightsNotFound is a FileNotFoundError), bad values or datasets (jobs.datasets.
-    DatasetError is a ValueError), a cluster that fails; ``also``: a command's own. ``interrupted``: what a re-run
+    DatasetError is a ValueError), a cluster that fails, a full disk, an output that cannot be written, a run
+    folder in use; ``also``: a command's own. ``interrupted``: what a re-run
     does after Ctrl-C, which then ends in exit 130 (without it, Ctrl-C is left alone)."""
     try:
         yield
@@ -369,7 +372,9 @@ def annotate_cmd(
     batch_size: AnnotateBatchSizeOpt = None,
     cache: Annotated[str | None, typer.Option("--cache", help="landmark cache folder, local or a URI [default: "
                                               "OUT/cache]")] = None,
-    force: Annotated[bool, typer.Option("--force", help="redo videos whose timeline already exists")] = False,
+    force: Annotated[bool, typer.Option("--force", help="redo videos whose timeline already exists (their faces "
+                                        "still come from a complete cache entry: --cache NEWDIR detects them "
+                                        "again)")] = False,
     report: ReportOpt = True,
     overlay: OverlayOpt = False,
     fps: FpsOpt = 8.0,
@@ -441,15 +446,21 @@ def timeline_cmd(
     video: Annotated[str | None, typer.Option(help="only this video (file name or video_id)")] = None,
 ):
     """Summarise timelines: per video and track, the dominant emotion and the share of time per emotion."""
-    from pipeline.summary import format_summary, summarize
-    from pipeline.timeline import by_label_set, read_timelines
+    import warnings
 
-    df = read_timelines(out)
+    from pipeline.summary import format_summary, summarize
+    from pipeline.timeline import by_label_set, current_timelines, read_timelines
+
+    with errors(), warnings.catch_warnings(record=True) as skipped:
+        warnings.simplefilter("always")
+        df = read_timelines(out)
+    for w in skipped:
+        typer.echo(f"skipped: {w.message}", err=True)
     if video is not None:
         df = df[(df.video_id == video) | (df.video_path.map(storage.name) == video)]
     if df.empty:
         _fail(f"no timeline rows in {out}" + (f" for {video}" if video else ""))
-    groups = by_label_set(out, df)  # videos and images may be labelled with different label sets
+    groups = by_label_set(current_timelines(out), df)  # videos and images may have different label sets
     for labels, rows in groups:
         if len(groups) > 1:
             typer.echo(f"label set: {', '.join(labels)}")

@@ -6,9 +6,11 @@
     3. Timelines: the collector; when a video's units and clips are all in, its cache entry and timeline
     4. writers: the manifest (``manifest.py``), the overlays, the report
 
-A video whose timeline is complete for the same settings is skipped; one whose landmark-cache entry is complete is
-not detected again (its clips are cut from the entry and a second decode). A still image is a unit of one frame
-whose faces go to S2D's static image model (``--image-weights``): one timeline row per face.
+A video whose timeline is complete (its own, for the same settings) is skipped; one whose landmark-cache entry is
+complete is not detected again (its clips are cut from the entry and a second decode). The run folder shows each
+input once: the timelines (and overlays) of a file's earlier content are removed at the end of the run. A still
+image is a unit of one frame whose faces go to S2D's static image model (``--image-weights``): one timeline row
+per face. Before any work: the inputs exist, the outputs can be written, and the run folder's lock is ours.
 """
 from __future__ import annotations
 
@@ -25,17 +27,18 @@ from . import cache, storage
 from .classifier import Classifier, is_faceapi, resolve_classifier
 from .cluster import resources
 from .driver import Done, Video, drive, unit_rows
-from .entries import error_meta, write_units
+from .entries import cached_entries, error_meta, write_units
 from .face_actor import FaceWorker
 from .faces_run import FacesResult
 from .images import is_image
 from .manifest import VideoRecord, write_manifest
 from .plans import plan_actors
 from .progress import Progress
+from .runlock import run_lock
 from .s2d_actor import S2DWorker
 from .settings import AnnotateSettings, FacePlan, FaceSettings, plan_faces, timeline_record
 from .sources import Source, check_paths, find_videos
-from .timeline import is_complete, timeline_path, windows_table, write_timeline
+from .timeline import is_complete, superseded, timeline_files, timeline_path, windows_table, write_timeline
 from .units import Clip, UnitFaces, video_thumbnails
 
 
@@ -96,7 +99,9 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
     out_dir = storage.location(out_dir)
     cache_dir = storage.location(cache_dir) if cache_dir else storage.join(out_dir, "cache")
     check_paths(paths, out_dir, cache_dir)  # what can fail for lack of a file fails now, before any work
-    sources = find_videos(paths)
+    for folder in (out_dir, cache_dir):  # a real write (root ignores mode bits): NotWritable, before any work
+        storage.check_writable(folder)
+    sources = find_videos(paths, skip=[out_dir, cache_dir])  # a run folder inside an input folder: not input
     kinds = {kind(s) for s in sources}
     resolve_weights(kinds, faces, settings)  # every missing weights file named at once
     plan = plan_faces(faces)
@@ -104,26 +109,28 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
     main = labellings["video"] or labellings["image"]
     warning = "; ".join(lab.classifier.warning for lab in labellings.values() if lab and lab.classifier.warning)
     result = AnnotateResult(out_dir, main.key, cache_dir, warning=warning or None)
-    done = {} if force else {s.video_id: r for s in sources if (r := kept(s, out_dir, labellings, skipped=True))}
-    result.skipped = len(done)
-    todo = {s.video_id: s for s in sources if s.video_id not in done}
-    if todo:
-        entries = {vid: e for vid in todo if (e := cache.read_entry(cache_dir, plan.key, vid)) is not None}
-        timelines = Timelines(todo, plan, cache_dir, out_dir, labellings, entries, result, t0)
-        records, result.interrupted = drive(
-            todo, timelines, lambda left, dev: chain(timelines.videos(left), plan, settings, labellings, dev),
-            "videos", address=address, device=device, progress=progress)
-        done.update(records)
-        result.faces.videos = [timelines.face_metas.get(vid) or error_meta(s, plan.record, records[vid].error)
-                               for vid, s in todo.items()]
-    result.records = [done[s.video_id] for s in sources]
-    result.wall_seconds = time.perf_counter() - t0
-    write_manifest(result, plan.key, settings, faces, labellings)
-    if overlay:  # from the outputs just written (the cache, the timelines, the manifest)
-        write_overlays(result, progress)
-        write_manifest(result, plan.key, settings, faces, labellings)  # with each video's overlay
-    if report:
-        write_report(result)
+    with run_lock(out_dir):  # one run at a time in a run folder: a second stops with RunFolderBusy
+        done = {} if force else {s.video_id: r for s in sources if (r := kept(s, out_dir, labellings, skipped=True))}
+        result.skipped = len(done)
+        todo = {s.video_id: s for s in sources if s.video_id not in done}
+        if todo:
+            entries = cached_entries(cache_dir, plan.key, todo)
+            timelines = Timelines(todo, plan, cache_dir, out_dir, labellings, entries, result, t0)
+            records, result.interrupted = drive(
+                todo, timelines, lambda left, dev: chain(timelines.videos(left), plan, settings, labellings, dev),
+                "videos", address=address, device=device, progress=progress)
+            done.update(records)
+            result.faces.videos = [timelines.face_metas.get(vid) or error_meta(s, plan.record, records[vid].error)
+                                   for vid, s in todo.items()]
+        result.records = [done[s.video_id] for s in sources]
+        remove_superseded(result.records, out_dir)
+        result.wall_seconds = time.perf_counter() - t0
+        write_manifest(result, plan.key, settings, faces, labellings)
+        if overlay:  # from the outputs just written (the cache, the timelines, the manifest)
+            write_overlays(result, progress)
+            write_manifest(result, plan.key, settings, faces, labellings)  # with each video's overlay
+        if report:
+            write_report(result)
     return result
 
 
@@ -168,11 +175,25 @@ def kind(src: Source) -> str:
 def kept(s: Source, out_dir, labellings: dict, skipped: bool) -> VideoRecord | None:
     """The record of a video whose timeline is complete for these settings (None: it is not)."""
     path = timeline_path(out_dir, s.video_id, s.path)
-    if (meta := is_complete(path, labellings[kind(s)].key)) is None:
+    if (meta := is_complete(path, labellings[kind(s)].key, s.video_id)) is None:
         return None
     table = storage.read_table(path, columns=["track_id"])
     return VideoRecord(s.video_id, s.path, kind(s), meta["status"], timeline=str(path), n_segments=table.num_rows,
                        n_tracks=len(set(table.column("track_id").to_pylist())), skipped=skipped)
+
+
+def remove_superseded(records: list[VideoRecord], out_dir) -> None:
+    """The timelines and overlays of the earlier content of each file with a timeline now (``superseded``)."""
+    from .overlay import overlay_path
+
+    files = timeline_files(out_dir)  # one listing, not one per input
+    for r in records:
+        if r.timeline is None:
+            continue
+        for old in superseded(files, r.video_id, r.video_path):
+            old_id = storage.name(old).split(".")[1]  # <stem>.<video_id>.timeline.parquet
+            storage.remove(overlay_path(out_dir, old_id, r.video_path))
+            storage.remove(old)
 
 
 # 2. the chain ---------------------------------------------------------------------------------------------------
@@ -263,7 +284,12 @@ class Timelines:
         if len(self.clips.get(vid, {})) < sum(u.n_clips for u in units.values()):
             return None
         self.finished.add(vid)
-        rec = self.finish(vid, [units[i] for i in range(len(units))], list(self.clips.pop(vid, {}).values()))
+        try:
+            rec = self.finish(vid, [units[i] for i in range(len(units))], list(self.clips.pop(vid, {}).values()))
+        except storage.NoSpace:  # the run stops (one line): no other video could be written either
+            raise
+        except Exception as exc:  # this video's outputs could not be written: its own error row, the run goes on
+            rec = self.failed(vid, f"writing its outputs: {type(exc).__name__}: {exc}")
         self.result.faces.decoded += vid not in self.entries
         self.result.faces.wall_seconds = time.perf_counter() - self.t0
         if rec.timeline and self.result.first_timeline_seconds is None:
@@ -300,6 +326,11 @@ class Timelines:
         return dataclasses.replace(rec, status=status, timeline=str(path), n_segments=table.num_rows,
                                    n_tracks=len(set(table.column("track_id").to_pylist())))
 
+    def failed(self, vid: str, message: str) -> VideoRecord:
+        src = self.sources[vid]
+        self.face_metas[vid] = error_meta(src, self.plan.record, message)
+        return VideoRecord(vid, src.path, kind(src), "error", message)
+
     def left_over(self, src: Source, status: str, message: str) -> VideoRecord:
         if status == "interrupted" and src.video_id in self.finished:  # its timeline was written as it came
             rec = kept(src, self.out_dir, self.labellings, skipped=False)
@@ -323,6 +354,8 @@ def write_overlays(result: AnnotateResult, progress: bool) -> None:
                 if not (storage.is_file(path) and storage.info(path).mtime >= storage.info(r.timeline).mtime):
                     write_overlay(result.out_dir, r.video_id, path)
                 r.overlay, status = str(path), "ok"
+            except storage.NoSpace:
+                raise
             except Exception as exc:  # one video's overlay failing loses nothing else
                 r.overlay_error, status = f"overlay: {type(exc).__name__}: {exc}", "error"
             bar.done(storage.name(r.video_path), status, r.duration_s)
@@ -334,5 +367,7 @@ def write_report(result: AnnotateResult) -> None:
 
     try:
         result.report = write(result.out_dir)
+    except storage.NoSpace:
+        raise
     except Exception as exc:
         result.report_error = f"report: {type(exc).__name__}: {exc}"

@@ -9,6 +9,8 @@ Writes are atomic per file (temp file in the same folder, fsync, ``os.replace``)
 and written last, so its presence marks a complete entry: a crash in between leaves no meta and the video is
 redone. ``read_entry`` returns None for missing or incomplete entries and for ``status == "error"`` entries (a
 re-run retries failed videos; ``read_meta`` still shows them). ``no_faces`` entries are done (0 face rows).
+An entry that cannot be read (truncated, not Parquet, another schema) or that belongs to another video is a miss
+too, never an error: the video is redone and its entry replaced; ``check_entry`` says why, in one line.
 """
 from __future__ import annotations
 
@@ -196,26 +198,65 @@ def write_entry(cache_dir: str | Path, settings_hash: str, video_id: str, faces:
 
 
 def read_meta(cache_dir: str | Path, settings_hash: str, video_id: str) -> dict | None:
-    """The meta row as a dict (settings/versions decoded), whatever its status; None if absent."""
-    path = entry_paths(cache_dir, settings_hash, video_id)[1]
-    if not storage.is_file(path):
-        return None
-    meta = storage.read_table(path).to_pylist()[0]
-    for k in ("settings", "versions"):
-        meta[k] = json.loads(meta[k])
-    return meta
+    """The meta row as a dict (settings/versions decoded), whatever its status; None if absent, unreadable or
+    another video's (``check_entry`` says why)."""
+    return _meta(entry_paths(cache_dir, settings_hash, video_id)[1], video_id)[0]
 
 
 def read_entry(cache_dir: str | Path, settings_hash: str, video_id: str) -> tuple[pa.Table, dict] | None:
     """(faces table, meta dict) of a complete, non-error entry; None otherwise (then the video must be run)."""
-    meta = read_meta(cache_dir, settings_hash, video_id)
-    faces_path = entry_paths(cache_dir, settings_hash, video_id)[0]
-    if meta is None or meta["status"] == "error" or not storage.is_file(faces_path):
-        return None
-    table = storage.read_table(faces_path)
-    if not table.schema.equals(FACES_SCHEMA) or table.num_rows != meta["n_faces"]:
-        return None  # written by another schema version, or not the faces this meta describes
-    return table, meta
+    return check_entry(cache_dir, settings_hash, video_id)[0]
+
+
+def check_entry(cache_dir: str | Path, settings_hash: str, video_id: str
+                ) -> tuple[tuple[pa.Table, dict] | None, str | None]:
+    """(``read_entry``'s answer, why it is None): the reason is None for a plain miss (no entry, an incomplete or
+    error entry), else one line for the log: "cache entry PATH cannot be read (WHY): redoing the video" or "cache
+    entry PATH belongs to video X: redoing the video"."""
+    faces_path, meta_path = entry_paths(cache_dir, settings_hash, video_id)
+    meta, why = _meta(meta_path, video_id)
+    if meta is None or meta["status"] == "error":
+        return None, why
+    if not storage.is_file(faces_path):
+        return None, _unreadable(faces_path, "no such file, but its meta is there")
+    try:
+        table = storage.read_table(faces_path)
+    except Exception as exc:  # truncated, not Parquet, ...
+        return None, _unreadable(faces_path, _first_line(exc))
+    if not table.schema.equals(FACES_SCHEMA):  # written by another schema version
+        return None, _unreadable(faces_path, "its columns are not FACES_SCHEMA")
+    if table.num_rows != meta["n_faces"]:  # not the faces this meta describes
+        return None, _unreadable(faces_path, f"{table.num_rows} face rows, its meta says {meta['n_faces']}")
+    others = sorted(set(table.column("video_id").unique().to_pylist()) - {video_id})
+    if others:
+        return None, f"cache entry {faces_path} belongs to video {others[0]}: redoing the video"
+    return (table, meta), None
+
+
+def _meta(path, video_id: str) -> tuple[dict | None, str | None]:
+    """(meta, None); (None, None) if absent; (None, why) if unreadable or another video's."""
+    if not storage.is_file(path):
+        return None, None
+    try:
+        table = storage.read_table(path)
+        if not table.schema.equals(META_SCHEMA) or table.num_rows != 1:
+            return None, _unreadable(path, "not one row of META_SCHEMA")
+        meta = table.to_pylist()[0]
+        for k in ("settings", "versions"):
+            meta[k] = json.loads(meta[k])
+    except Exception as exc:  # truncated, not Parquet, bad JSON, ...
+        return None, _unreadable(path, _first_line(exc))
+    if meta["video_id"] != video_id:
+        return None, f"cache entry {path} belongs to video {meta['video_id']}: redoing the video"
+    return meta, None
+
+
+def _unreadable(path, why: str) -> str:
+    return f"cache entry {path} cannot be read ({why}): redoing the video"
+
+
+def _first_line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
 
 
 def list_entries(cache_dir: str | Path, settings_hash: str) -> list[str]:

@@ -54,9 +54,13 @@ def init_ray(address: str | None = None) -> None:
     if not verbose():
         quiet_loggers()
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if not address:
-        ray.init(include_dashboard=False)
-        stop_local_ray_with_this_process()
+    if not address:  # the watchdog first: a kill while Ray starts leaves nothing either
+        stop = stop_local_ray_with_this_process()
+        try:
+            ray.init(include_dashboard=False)
+        except BaseException:  # failed, or Ctrl-C: what it had started stops, and the watchdog ends
+            stop()
+            raise
         return
     if "RAY_AUTH_MODE" not in os.environ and token_source():
         from ray._raylet import Config
@@ -76,29 +80,43 @@ def init_ray(address: str | None = None) -> None:
         raise ClusterError(f"cannot connect to the Ray cluster at {address} ({text}); {hint}") from None
 
 
-def stop_local_ray_with_this_process() -> None:
-    """The local cluster this process just started stops when the process ends, even by SIGKILL. On a normal exit
-    Ray's own shutdown stops it; a killed driver cannot, and Ray's agents would then wait a minute for a GCS that
-    is gone. So a watchdog process (Linux: it reads /proc) holds a pipe from this one and, if the pipe closes
-    without a "done", stops what this process had started."""
+def stop_local_ray_with_this_process():
+    """The local cluster this process is about to start stops when the process ends, even by SIGKILL, even while
+    Ray starts: call it just before ``ray.init``. On a normal exit Ray's own shutdown stops it; a killed driver
+    cannot, and Ray's agents and workers would then wait a minute for a GCS that is gone. So a watchdog process
+    (Linux: it reads /proc; ``pipeline.watchdog``) holds a pipe from this one and, if the pipe closes without a
+    "done", stops what this process had started. Returns what to call if ``ray.init`` fails: the watchdog stops
+    what Ray had started and ends, and this waits for it (a few seconds at most)."""
     import atexit
     import os
     import subprocess
     import sys
 
     if not os.path.isdir("/proc"):
-        return
+        return lambda: None
     dog = subprocess.Popen([sys.executable, "-m", "pipeline.watchdog", str(os.getpid())], stdin=subprocess.PIPE,
                            start_new_session=True)  # not in this terminal's process group: Ctrl-C is ours
 
-    def done():
+    def say(word: bytes) -> None:
         try:
-            dog.stdin.write(b"done")
+            dog.stdin.write(word)
             dog.stdin.close()
         except OSError:
             pass
 
-    atexit.register(done)  # runs before Ray's own atexit shutdown (registered earlier)
+    def done():
+        say(b"done")
+
+    def stop():
+        atexit.unregister(done)
+        say(b"stop")
+        try:
+            dog.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # it ends by itself
+            pass
+
+    atexit.register(done)  # runs before Ray's own atexit shutdown (registered on `import ray`, earlier)
+    return stop
 
 
 def quiet_loggers() -> None:

@@ -140,7 +140,7 @@ def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
                                       for seg, slots in windows.finish()))
         if getattr(analyse, "unmatched", None):
             raise ValueError(f"{len(analyse.unmatched)} frame times of the landmark cache entry were not decoded "
-                             "(the video or the decoder changed?); run with --force on a fresh cache")
+                             "(the video or the decoder changed?); run again with --cache NEWDIR")
         done.frame_count = frames.count
         done.thumbs = {tid: (score, thumbnail_uri(face)) for tid, (score, face) in best.items()}
     except Exception as exc:  # a bad file fails its own video, never the run

@@ -9,7 +9,7 @@ from pathlib import Path
 from . import cache, storage
 from .cluster import resources
 from .driver import Done, Video, drive, unit_rows
-from .entries import error_meta, write_error, write_units
+from .entries import cached_entries, error_meta, write_error, write_units
 from .face_actor import FaceWorker
 from .plans import plan_actors
 from .settings import FacePlan, FaceSettings, plan_faces
@@ -49,10 +49,11 @@ def run_faces(paths, cache_dir: str | Path, settings: FaceSettings = FaceSetting
     given = bool(paths) and isinstance(paths[0], Source)
     if not given:
         check_paths(paths, cache_dir)
+    storage.check_writable(cache_dir)  # a real write, before any work
     plan = plan_faces(settings)  # a missing weights file stops here
-    sources = paths if given else find_videos(paths)
+    sources = paths if given else find_videos(paths, skip=[cache_dir])
     result = FacesResult(cache_dir, plan.key)
-    done = {s.video_id: e[1] for s in sources if (e := cache.read_entry(cache_dir, plan.key, s.video_id))}
+    done = {vid: e[1] for vid, e in cached_entries(cache_dir, plan.key, [s.video_id for s in sources]).items()}
     result.cached = len(done)
     todo = {s.video_id: s for s in sources if s.video_id not in done}
     if todo:
@@ -101,7 +102,13 @@ class Entries:
             return None
         del self.parts[u.video_id]
         self.finished.add(u.video_id)
-        meta, _ = write_units(self.cache_dir, self.plan, self.sources[u.video_id], [got[i] for i in range(u.count)])
+        src = self.sources[u.video_id]
+        try:
+            meta, _ = write_units(self.cache_dir, self.plan, src, [got[i] for i in range(u.count)])
+        except storage.NoSpace:  # the run stops (one line): no other video could be written either
+            raise
+        except Exception as exc:  # this video's entry could not be written: its own error row, the run goes on
+            meta = error_meta(src, self.plan.record, f"writing its cache entry: {type(exc).__name__}: {exc}")
         self.decoded += 1
         return Done(u.video_id, meta, storage.name(meta["source_path"]), meta["status"], meta.get("duration_s"))
 

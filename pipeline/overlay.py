@@ -29,7 +29,7 @@ import numpy as np
 from . import storage
 from .cache import read_entry
 from .decode import sampling_step
-from .timeline import _stem, prob_columns, read_manifest, read_timeline_meta, run_cache
+from .timeline import _stem, in_run, prob_columns, read_manifest, read_timeline_meta, run_cache
 from .video import DecodeError, FrameClock, native_fps, open_video
 
 HOLD_STEPS = 1.5  # a sampled frame's boxes stay on screen for at most this many sampling steps
@@ -161,9 +161,10 @@ def write_overlay(out_dir, video: str, dest=None) -> Path | str:
     if entry is None:
         raise FileNotFoundError(f"no complete landmark-cache entry for {name} ({record['video_id']}) in {cache_dir}; "
                                 "run s2d annotate again")
-    meta = read_timeline_meta(record["timeline"])  # the file's own label set (a run's images may have another)
+    path = in_run(out_dir, record["timeline"])
+    meta = read_timeline_meta(path)  # the file's own label set (a run's images may have another)
     labels = meta["labels"] if meta else manifest["labels"]
-    table = storage.read_table(record["timeline"])
+    table = storage.read_table(path)
     track = table.column("track_id").to_numpy()
     timeline = {"start_s": table.column("start_s").to_numpy(), "end_s": table.column("end_s").to_numpy(),
                 "label": table.column("label").to_pylist(), "confidence": table.column("confidence").to_numpy(),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+from .storage import NoSpace
+
 
 class NodeLost(KeyboardInterrupt):
     """A node of the cluster died while a chain ran on it: raised in the driver's main thread by ``NodeWatch``."""
@@ -87,11 +89,12 @@ class NodeWatch:
 
 def run_passes(chain, take, again) -> tuple[str, str] | None:
     """The drivers' loop: run ``chain()`` (a Ray Data chain over the videos not done yet) and give each item it
-    yields to ``take``. When a node dies or Ray loses a worker or objects (``lost``), the chain is planned and run
-    again on the nodes left, ``PASSES`` times in all; ``again(why)`` is called before each new pass. None when a
-    pass ran to its end; else (status, message) for the videos not done: "interrupted" on Ctrl-C or SIGTERM (taken
-    once the item being recorded is done: ``deferred_signals``), or "error" when the chain itself broke (its
-    traceback printed) or lost work in every pass."""
+    yields to ``take`` (whose ``storage.NoSpace`` stops the run: it is raised). When a node dies or Ray loses a
+    worker or objects (``lost``), the chain is planned and run again on the nodes left, ``PASSES`` times in all;
+    ``again(why)`` is called before each new pass. None when a pass ran to its end; else (status, message) for the
+    videos not done: "interrupted" on Ctrl-C or SIGTERM (taken once the item being recorded is done:
+    ``deferred_signals``), or "error" when the chain itself broke (its traceback printed) or lost work in every
+    pass."""
     import traceback
 
     for attempt in range(1, PASSES + 1):
@@ -108,6 +111,8 @@ def run_passes(chain, take, again) -> tuple[str, str] | None:
                 return "interrupted", "the run was interrupted before this video was done; run again"
             why = watch.lost
         except Exception as exc:
+            if isinstance(exc, NoSpace):  # a write of ours: the run stops (one line), a re-run goes on
+                raise
             why = lost(exc)
             if why is None:  # our code or the input broke the chain: no pass would end otherwise
                 traceback.print_exc()

@@ -25,10 +25,17 @@ class Progress:
 
     def note(self, line: str) -> None:
         """One line on stderr, above the bar (shown with the bar off too)."""
-        self.bar.write(line, file=sys.stderr)
+        say(line)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.bar.close()
+
+
+def say(line: str) -> None:
+    """One line on stderr, above any bar (what a run tells as it goes: a cache entry it redoes)."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)

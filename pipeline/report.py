@@ -24,7 +24,9 @@ import pandas as pd
 from . import storage
 from .summary import summarize, track_panels
 from .thumbnails import thumbnails
-from .timeline import prob_columns, read_manifest, run_cache, timeline_meta, timeline_path, timeline_thumbnails
+from .sources import display
+from .timeline import (in_run, prob_columns, read_manifest, run_cache, timeline_meta, timeline_path,
+                       timeline_thumbnails)
 
 SVG_W, SVG_H, PAD_L, PAD_R, PAD_T, PAD_B = 720, 110, 34, 8, 6, 20  # timeline plot, px
 COLOURS = {"happy": "#f2c14e", "happiness": "#f2c14e", "sad": "#3b6fb6", "sadness": "#3b6fb6",
@@ -175,7 +177,8 @@ def _thumb(uri: str | None, note: str) -> str:
 def _load_timeline(out_dir, record: dict, default_labels):
     """(rows, label set, its stored thumbnails or None) of a record's timeline: its path, else where the run
     folder has it (a moved folder)."""
-    for path in (record.get("timeline"), timeline_path(out_dir, record["video_id"], record["video_path"])):
+    for path in (in_run(out_dir, record.get("timeline")), timeline_path(out_dir, record["video_id"],
+                                                                        record["video_path"])):
         if path and storage.is_file(path):
             table = storage.read_table(path)
             meta = timeline_meta(table) or {}
@@ -315,4 +318,4 @@ def write_report(out_dir, path=None):
     """Write the report of an ``s2d annotate --out`` folder to ``path`` (default ``OUT/report.html``, atomically;
     local or a URI) and return where it went. FileNotFoundError when the folder has no manifest.json."""
     html = build_report(out_dir)
-    return storage.write(path or storage.join(storage.location(out_dir), "report.html"), html)
+    return storage.write(path or storage.join(storage.location(out_dir), "report.html"), display(html))

@@ -21,7 +21,7 @@ from .video import DecodeError, display_rotation, native_fps, open_video
 from .images import IMAGE_EXTENSIONS, is_image
 
 __all__ = ["Source", "VideoInfo", "VIDEO_EXTENSIONS", "list_videos", "find_videos", "check_paths", "make_source",
-           "probe", "is_video", "DecodeError"]
+           "probe", "is_video", "display", "DecodeError"]
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp"}
@@ -61,6 +61,15 @@ class VideoInfo:
 
 def _hash_id(*parts) -> str:
     return hashlib.sha256("\0".join(str(p) for p in parts).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def display(text: str) -> str:
+    """``text`` as it can be written to a UTF-8 file: a path whose name is not UTF-8 (Linux names are bytes, which
+    Python holds as lone surrogates) gets its odd bytes as ``\\xNN``; any other text is unchanged."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # surrogates that are not escaped bytes
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def make_source(path: str | os.PathLike) -> Source:
@@ -107,7 +116,7 @@ def is_video(path: str | os.PathLike) -> bool:
     return True
 
 
-def list_videos(paths: Sequence[str | os.PathLike], recursive: bool = True) -> list[Source]:
+def list_videos(paths: Sequence[str | os.PathLike], recursive: bool = True, skip=()) -> list[Source]:
     """Videos and images among ``paths`` (files and/or folders), sorted by path and de-duplicated by resolved path.
 
     Folders are scanned (recursively by default; symlinked folders are not followed); hidden files and
@@ -117,14 +126,17 @@ def list_videos(paths: Sequence[str | os.PathLike], recursive: bool = True) -> l
     symbolic link with a video or image extension is included (it becomes an error row). Files named explicitly
     are always included, even if unreadable or not videos: the decode stage reports them. Under a URI folder
     (``s3://bucket/videos/``) the objects are chosen by their extension, without opening each over the network.
+    ``skip``: folders a scan leaves out (the run's own output and cache, when they lie inside an input folder).
     """
     found: dict[str, Source] = {}
+    skip = [str(storage.absolute(s)).rstrip("/") + "/" for s in skip if s is not None]
     for arg in paths:
         if storage.is_uri(arg):
             chosen = _uri_folder(arg, recursive) if storage.is_dir(arg) else [arg]
+            chosen = [p for p in chosen if not any(p.startswith(s) for s in skip)]
         else:
             root = Path(arg).expanduser()
-            chosen = _local_folder(root, recursive) if root.is_dir() else [root]
+            chosen = _local_folder(root, recursive, skip) if root.is_dir() else [root]
         for p in chosen:
             src = make_source(p)
             found.setdefault(src.path, src)
@@ -144,10 +156,14 @@ def _uri_folder(folder, recursive: bool) -> list[str]:
     return out
 
 
-def _local_folder(root: Path, recursive: bool) -> list[Path]:
-    """The videos and images under a local folder, as ``list_videos`` chooses them, in walk order."""
+def _local_folder(root: Path, recursive: bool, skip: list[str]) -> list[Path]:
+    """The videos and images under a local folder, as ``list_videos`` chooses them, in walk order; the folders
+    ``skip`` (resolved, each ending in "/") are left out."""
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
+        if f"{Path(dirpath).resolve()}/" in skip:
+            dirnames[:] = []
+            continue
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
         for name in sorted(filenames):
             f = Path(dirpath) / name
@@ -177,9 +193,9 @@ def check_paths(inputs, *outputs) -> None:
             storage.check_output(out)
 
 
-def find_videos(paths) -> list[Source]:
+def find_videos(paths, skip=()) -> list[Source]:
     """``list_videos``, or FileNotFoundError when there is none."""
-    sources = list_videos(paths)
+    sources = list_videos(paths, skip=skip)
     if not sources:
         raise FileNotFoundError(f"no videos or images found in {', '.join(map(str, paths))}")
     return sources

@@ -11,9 +11,17 @@ Writes are atomic on both: locally a temp file in the same folder renamed over t
 the upload completes (one PUT, or a multipart upload completed at close), so a reader sees the old object or the
 new one, never a part, and a failed upload leaves nothing. What object stores lack is a rename of several objects
 at once: a cache entry (faces, then meta) is complete only once its meta object exists, as on disk.
+
+A local write that finds the disk full (or the quota spent) raises ``NoSpace``, one line naming the folder and its
+free space; ``check_writable`` tries a folder before any work and raises ``NotWritable``, one line with the reason.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -21,6 +29,22 @@ from typing import IO
 import pyarrow.fs as pafs
 
 from s2d_model.files import atomic_write
+
+
+class _OneLine(OSError):
+    """An OSError whose str is its message alone (no ``[Errno N]``); built as ``OSError(errno, message)``, so
+    ``errno`` is kept and it pickles (Ray sends it from a worker)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class NoSpace(_OneLine):
+    """A local write that found no space left (ENOSPC) or the disk quota spent (EDQUOT)."""
+
+
+class NotWritable(_OneLine):
+    """An output folder that cannot be written to: "cannot write to OUT: <reason>"."""
 
 
 def is_uri(path) -> bool:
@@ -118,9 +142,19 @@ def read_text(path, encoding: str = "utf-8") -> str:
 
 def write(path, data: bytes | str | Callable[[IO[bytes]], object]) -> Path | str:
     """Write ``data`` (bytes, text as UTF-8, or a function that writes to a binary file) atomically (see the
-    module docstring); creates the local folder. Returns the path."""
+    module docstring); creates the local folder. Returns the path. A full disk or spent quota raises ``NoSpace``
+    (the temp file is removed; the file written before, if any, is kept)."""
     if not is_uri(path):
-        return atomic_write(path, data)
+        try:
+            return atomic_write(path, data)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            folder = Path(path).expanduser().absolute().parent
+            free = shutil.disk_usage(next(p for p in (folder, *folder.parents) if p.is_dir())).free / 2**20
+            what = "no space left" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+            raise NoSpace(exc.errno, f"{what} in {folder} ({free:.1f} MiB free): free some space and run again; "
+                                     "what is done is kept") from exc
     import io
 
     buf = io.BytesIO()
@@ -150,6 +184,45 @@ def check_output(path) -> None:
     """An output folder: NotADirectoryError when it is an existing file."""
     if is_file(path):
         raise NotADirectoryError(f"{path} is a file, not a folder: pass a folder for the outputs")
+
+
+def check_writable(path) -> None:
+    """Before any work: write a small hidden probe file (object) in the output folder and remove it, and the
+    folders it had to create for it (a run that stops later for another reason leaves nothing). ``NotWritable``
+    if that fails: "cannot write to OUT: <reason>" (read-only file system, permission denied, an immutable folder,
+    a file in the path, ...)."""
+    probe = f".s2d-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        if is_uri(path):
+            write(join(path, probe), b"s2d")
+            remove(join(path, probe))
+            return
+        folder = Path(path).expanduser().absolute()
+        made = [p for p in (folder, *folder.parents) if not p.exists()]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(folder / probe, "xb") as f:
+                f.write(b"s2d")
+        finally:
+            (folder / probe).unlink(missing_ok=True)
+            for p in made:  # deepest first
+                with contextlib.suppress(OSError):
+                    p.rmdir()
+    except OSError as exc:
+        raise NotWritable(exc.errno, f"cannot write to {path}: {_reason(exc, path)}") from exc
+
+
+def _reason(exc: OSError, path) -> str:
+    """Why a write failed, in a few words."""
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST) and not is_uri(path):
+        folder = Path(path).expanduser().absolute()
+        file = next((p for p in (folder, *folder.parents) if p.is_file()), None)
+        if file is not None:
+            return f"{file} is a file, not a folder"
+    if exc.errno == errno.EPERM:
+        return "operation not permitted (is the folder immutable? see lsattr -d)"
+    said = (exc.strerror or str(exc) or type(exc).__name__).strip().splitlines()[0]
+    return said[:1].lower() + said[1:] if said[1:2].islower() else said
 
 
 def read_table(path, **kw):

@@ -5,11 +5,16 @@ One file per video: ``<out>/<stem>.<video_id>.timeline.parquet``, one row per (t
 (``timeline_schema``): video_id, video_path, track_id, segment, start_s, end_s, n_face_frames, label, confidence,
 ``p_<class>`` per class of the label set (lower case, spaces -> "_", in the label set's order), model, bbox (mean
 face box of the segment, x1 y1 x2 y2 source px). The schema's key/value metadata makes a file reusable:
-``s2d.settings_hash``, ``s2d.labels`` (JSON list), ``s2d.status`` (ok | no_faces), ``s2d.complete`` = "true";
-and ``s2d.thumbnails``, JSON {track_id: data: URI of a 96 px JPEG of the track's highest-score aligned face},
-which the report shows (a file written before annotate stored them: the report decodes the faces again).
-A file is written atomically (temp file in the same folder, fsync, ``os.replace``), so a present file with that
-metadata is a finished video; ``is_complete(path, settings_hash)`` is the skip test of a re-run.
+``s2d.settings_hash``, ``s2d.labels`` (JSON list), ``s2d.status`` (ok | no_faces), ``s2d.complete`` = "true",
+whose rows they are, ``s2d.video_id`` and ``s2d.source`` (the video's path); and ``s2d.thumbnails``, JSON
+{track_id: data: URI of a 96 px JPEG of the track's highest-score aligned face}, which the report shows (a file
+written before annotate stored them: the report decodes the faces again). A file is written atomically (temp
+file in the same folder, fsync, ``os.replace``), so a present file with that metadata is a finished video;
+``is_complete(path, settings_hash, video_id)`` is the skip test of a re-run.
+
+A run folder shows each input once: ``manifest.json`` lists the current timeline of each input (paths relative to
+the folder), readers take those (``current_timelines``), and a re-run removes the timelines of a file's earlier
+content (``superseded``).
 
 Reading with pandas::
 
@@ -29,9 +34,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import storage
+from .sources import display
 
 STATUSES = ("ok", "no_faces")
 META_KEYS = ("settings_hash", "labels", "status", "complete")
+OWNER_KEYS = ("video_id", "source")  # whose rows (files written before they were stored lack them)
 
 
 def class_column(name: str) -> str:
@@ -71,7 +78,7 @@ def timeline_table(video_id: str, video_path: str, rows: dict, probs, labels: Se
     top = probs.argmax(1) if n else np.zeros(0, np.int64)  # [n]
     cols = {
         "video_id": pa.array([video_id] * n, pa.string()),
-        "video_path": pa.array([str(video_path)] * n, pa.string()),
+        "video_path": pa.array([display(str(video_path))] * n, pa.string()),
         "label": pa.array([labels[i] for i in top], pa.string()),
         "confidence": pa.array(probs[np.arange(n), top], pa.float32()),
         "model": pa.array([model] * n, pa.string()),
@@ -87,7 +94,7 @@ def timeline_table(video_id: str, video_path: str, rows: dict, probs, labels: Se
     for j, name in enumerate(prob_columns(labels)):
         cols[name] = pa.array(probs[:, j], pa.float32())
     meta = {"s2d.settings_hash": settings_hash, "s2d.labels": json.dumps(labels), "s2d.status": status,
-            "s2d.complete": "true"}
+            "s2d.complete": "true", "s2d.video_id": video_id, "s2d.source": display(str(video_path))}
     for k, v in (model_input or {}).items():
         if v is not None:
             meta[f"s2d.{k}"] = str(v)
@@ -120,7 +127,8 @@ def windows_table(video_id: str, video_path: str, clips: list, labels: Sequence[
 
 
 def _stem(video_path) -> str:
-    stem = re.sub(r"[^A-Za-z0-9_\-]+", "_", Path(str(video_path)).stem).strip("_")
+    """The file name's stem in letters, digits, "_" and "-", never starting with "-" (a trap in a shell)."""
+    stem = re.sub(r"[^A-Za-z0-9_\-]+", "_", Path(str(video_path)).stem).lstrip("_-").rstrip("_")
     return stem[:80] or "video"
 
 
@@ -137,8 +145,9 @@ def write_timeline(table: pa.Table, path) -> Path | str:
 
 
 def read_timeline_meta(path) -> dict | None:
-    """{"settings_hash", "labels" (list), "status", "complete": True, "num_rows"} of a finished timeline file
-    (its footer only); None when the file is missing, unreadable, or lacks the s2d.* metadata."""
+    """{"settings_hash", "labels" (list), "status", "complete": True, "num_rows", "video_id", "source"} of a finished
+    timeline file (its footer only; the last two None in a file written before they were stored); None when the
+    file is missing, unreadable, or lacks the s2d.* metadata."""
     try:
         with storage.open_input(path) as f:
             pf = pq.ParquetFile(f)
@@ -160,7 +169,8 @@ def _timeline_meta(raw, num_rows: int) -> dict | None:
         return None
     if meta["complete"] != "true" or meta["status"] not in STATUSES or not isinstance(labels, list):
         return None
-    return {**meta, "labels": labels, "complete": True, "num_rows": num_rows}
+    owner = {k: (raw[f"s2d.{k}".encode()].decode() if f"s2d.{k}".encode() in raw else None) for k in OWNER_KEYS}
+    return {**meta, "labels": labels, "complete": True, "num_rows": num_rows, **owner}
 
 
 def timeline_thumbnails(table: pa.Table) -> dict[int, str] | None:
@@ -169,11 +179,37 @@ def timeline_thumbnails(table: pa.Table) -> dict[int, str] | None:
     return None if raw is None else {int(t): uri for t, uri in json.loads(raw).items()}
 
 
-def is_complete(path, settings_hash: str) -> dict | None:
-    """``read_timeline_meta(path)`` when ``path`` is a finished timeline written with these settings (a re-run may
-    skip the video); None otherwise."""
+def is_complete(path, settings_hash: str, video_id: str) -> dict | None:
+    """``read_timeline_meta(path)`` when ``path`` is a finished timeline of video ``video_id`` written with these
+    settings (a re-run may skip the video); None otherwise: another video's rows under this name are not done. A file
+    written before the video id was stored is this video's when it has rows and all are this video's."""
     meta = read_timeline_meta(path)
-    return meta if meta is not None and meta["settings_hash"] == settings_hash else None
+    if meta is None or meta["settings_hash"] != settings_hash:
+        return None
+    if meta["video_id"] is None and meta["num_rows"]:
+        ids = set(storage.read_table(path, columns=["video_id"]).column("video_id").to_pylist())
+        return meta if ids == {video_id} else None
+    return meta if meta["video_id"] == video_id else None
+
+
+def superseded(paths, video_id: str, video_path) -> list[Path | str]:
+    """Of the timeline files ``paths`` (a run folder's ``timeline_files``), those of an earlier content of the file
+    at ``video_path`` (their source is this path, their video id another: the file was replaced or re-encoded
+    since), which a re-run removes."""
+    stem, source = _stem(storage.name(video_path)), display(str(video_path))
+    found = []
+    for p in paths:
+        name = storage.name(p)
+        if not name.startswith(f"{stem}.") or name == f"{stem}.{video_id}.timeline.parquet":
+            continue
+        meta = read_timeline_meta(p)
+        if meta is None:
+            continue
+        if meta["source"] is None and meta["num_rows"]:  # written before the source was stored: its rows say
+            meta["source"] = storage.read_table(p, columns=["video_path"]).column("video_path")[0].as_py()
+        if meta["source"] == source and meta["video_id"] != video_id:
+            found.append(p)
+    return found
 
 
 def read_manifest(out_dir) -> dict:
@@ -182,15 +218,33 @@ def read_manifest(out_dir) -> dict:
     if not storage.is_file(path):
         raise FileNotFoundError(f"{path} not found: pass an `s2d annotate --out` folder")
     try:
-        return json.loads(storage.read_text(path))
+        m = json.loads(storage.read_text(path))
     except ValueError as e:
         raise ValueError(f"{path} is not a manifest: {e}") from None
+    if not isinstance(m, dict) or not isinstance(m.get("videos", []), list) or \
+            not all(isinstance(r, dict) and "video_id" in r and "video_path" in r for r in m.get("videos", [])):
+        raise ValueError(f"{path} is not a manifest: not an object with a list of videos; run s2d annotate again")
+    return m
+
+
+def in_run(out_dir, path) -> Path | str | None:
+    """A path the manifest holds (relative to the run folder; an older manifest's absolute path or a URI as it is)."""
+    return None if path in (None, "", "None") else storage.beside(storage.join(out_dir, "manifest.json"), path)
 
 
 def run_cache(out_dir, manifest: dict) -> Path | str:
     """The landmark cache a run used: the manifest's ``cache_dir``, else (an older manifest) ``<out>/cache``."""
-    named = manifest.get("cache_dir")
-    return storage.location(named) if named not in (None, "", "None") else storage.join(out_dir, "cache")
+    return in_run(out_dir, manifest.get("cache_dir")) or storage.join(out_dir, "cache")
+
+
+def current_timelines(out_dir, manifest: dict | None = None) -> list[Path | str]:
+    """The timeline file of each input of the run folder, as its manifest lists them; without a manifest (timeline
+    files copied out of their run), every ``*.timeline.parquet`` in the folder."""
+    if manifest is None and not storage.is_file(storage.join(out_dir, "manifest.json")):
+        return timeline_files(out_dir)
+    manifest = read_manifest(out_dir) if manifest is None else manifest
+    return [in_run(out_dir, r["timeline"]) for r in manifest.get("videos", [])
+            if r.get("status") in STATUSES and r.get("timeline")]
 
 
 def timeline_files(out_dir) -> list[Path | str]:
@@ -200,9 +254,18 @@ def timeline_files(out_dir) -> list[Path | str]:
 
 
 def read_timelines(out_dir) -> pd.DataFrame:
-    """All finished timeline files under out_dir (not recursive), concatenated (bbox: a numpy array per row).
-    Files of different label sets give the union of their p_ columns (NaN where a file has no such class)."""
-    return read_timeline_files([p for p in timeline_files(out_dir) if read_timeline_meta(p) is not None])
+    """The current timeline of each input of a run folder (``current_timelines``), concatenated (bbox: a numpy
+    array per row). Files of different label sets give the union of their p_ columns (NaN where a file has no such
+    class)."""
+    import warnings
+
+    paths = current_timelines(out_dir)
+    found = [p for p in paths if read_timeline_meta(p) is not None]
+    for p in paths:
+        if p not in found:
+            warnings.warn(f"{p}: not a finished timeline (missing, unreadable or cut short): left out; run s2d "
+                          "annotate again", stacklevel=2)
+    return read_timeline_files(found)
 
 
 def read_timeline_files(paths) -> pd.DataFrame:
@@ -214,13 +277,13 @@ def read_timeline_files(paths) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def by_label_set(out_dir, df: pd.DataFrame) -> list[tuple[list[str], pd.DataFrame]]:
+def by_label_set(paths, df: pd.DataFrame) -> list[tuple[list[str], pd.DataFrame]]:
     """``df``'s rows split by their file's label set (a run's videos and still images may be labelled by models of
-    different label sets), in the order the sets first appear in ``out_dir``'s files: [(labels, rows)]."""
+    different label sets), in the order the sets first appear in the timeline files ``paths``: [(labels, rows)]."""
     groups: dict[tuple, set] = {}
-    for p in timeline_files(out_dir):
+    for p in paths:
         meta = read_timeline_meta(p)
         if meta is not None:  # <stem>.<video_id>.timeline.parquet: the stem has no dots
-            groups.setdefault(tuple(meta["labels"]), set()).add(storage.name(p).split(".")[1])
+            groups.setdefault(tuple(meta["labels"]), set()).add(meta["video_id"] or storage.name(p).split(".")[1])
     found = [(list(labels), df[df["video_id"].isin(ids)]) for labels, ids in groups.items()]
     return [(labels, rows) for labels, rows in found if len(rows)]

@@ -23,7 +23,7 @@ def test_annotate_and_faces_return_the_rows_they_wrote(annotated_run, tmp_path, 
     manifest = df.attrs["manifest"]
     videos = [v for v in manifest["videos"] if v["kind"] == "video"]
     assert sorted(v["status"] for v in videos) == ["no_faces", "ok", "ok", "ok"]
-    assert_timelines_equal_golden([v for v in videos if v["timeline"]])
+    assert_timelines_equal_golden([v for v in videos if v["timeline"]], out=out)
     same_rows(df, read_timelines(out), ["video_id", "track_id", "segment"])
     assert set(df["video_id"]) == {v["video_id"] for v in manifest["videos"] if v["status"] == "ok"}
 

@@ -198,3 +198,48 @@ def test_read_faces_pandas(tmp_path):
     with pytest.raises(ValueError, match="settings_hash"):
         C.read_faces(tmp_path)
     assert os.path.isdir(tmp_path / "faces" / "otherhash")
+
+
+def test_unreadable_or_foreign_entry_is_a_miss_with_a_reason(tmp_path):
+    """A corrupt entry, or another video's, is redone (and replaced), never an error that stops every run."""
+    h = "h"
+    assert C.check_entry(tmp_path, h, "v") == (None, None)  # a plain miss: no entry, no reason
+    C.write_entry(tmp_path, h, "v", make_columns(4, "v"), make_meta())
+    entry, why = C.check_entry(tmp_path, h, "v")
+    assert entry is not None and why is None
+    faces_path, meta_path = C.entry_paths(tmp_path, h, "v")
+
+    faces_path.write_bytes(faces_path.read_bytes()[:100])  # truncated faces file
+    entry, why = C.check_entry(tmp_path, h, "v")
+    assert entry is None and C.read_entry(tmp_path, h, "v") is None
+    assert why.startswith(f"cache entry {faces_path} cannot be read (") and why.endswith("): redoing the video")
+    assert "\n" not in why and C.read_meta(tmp_path, h, "v")["video_id"] == "v"  # the meta itself is fine
+
+    meta_path.write_bytes(b"not parquet at all")  # garbage meta file
+    assert C.read_meta(tmp_path, h, "v") is None and C.read_entry(tmp_path, h, "v") is None
+    entry, why = C.check_entry(tmp_path, h, "v")
+    assert entry is None and why.startswith(f"cache entry {meta_path} cannot be read (") and "\n" not in why
+
+    pq.write_table(pa.table({"x": [1]}), meta_path)  # Parquet, but not a meta
+    assert C.read_meta(tmp_path, h, "v") is None
+    assert C.check_entry(tmp_path, h, "v")[1] == \
+        f"cache entry {meta_path} cannot be read (not one row of META_SCHEMA): redoing the video"
+
+    C.write_entry(tmp_path, h, "w", make_columns(2, "w"), make_meta())  # another video's entry under v's name
+    for suffix in (".faces.parquet", ".meta.parquet"):
+        (meta_path.parent / f"v{suffix}").write_bytes((meta_path.parent / f"w{suffix}").read_bytes())
+    assert C.read_meta(tmp_path, h, "v") is None and C.read_entry(tmp_path, h, "v") is None
+    assert C.check_entry(tmp_path, h, "v") == (None, f"cache entry {meta_path} belongs to video w: redoing the video")
+    assert C.read_entry(tmp_path, h, "w") is not None
+
+    C.write_entry(tmp_path, h, "v", make_columns(3, "v"), make_meta())  # the redone video replaces it
+    table, meta = C.read_entry(tmp_path, h, "v")
+    assert table.num_rows == 3 and meta["video_id"] == "v"
+    pq.write_table(C.faces_table(make_columns(3, "w")), faces_path)  # faces of another video, same row count
+    assert C.check_entry(tmp_path, h, "v") == (None, f"cache entry {faces_path} belongs to video w: redoing the video")
+    pq.write_table(pa.table({"x": [1, 2, 3]}), faces_path)  # wrong schema
+    assert C.check_entry(tmp_path, h, "v")[1] == \
+        f"cache entry {faces_path} cannot be read (its columns are not FACES_SCHEMA): redoing the video"
+    faces_path.unlink()
+    assert "no such file" in C.check_entry(tmp_path, h, "v")[1]
+    assert C.list_entries(tmp_path, h) == ["v", "w"] and len(C.read_faces(tmp_path, h)) == 2  # v skipped, w read

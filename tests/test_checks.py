@@ -280,6 +280,72 @@ def test_a_killed_driver_leaves_no_ray_processes(env, fixtures_dir, tmp_path):
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.ray
+@pytest.mark.parametrize("stage, after", [("agents", 0.0), ("workers", 1.0)], ids=["ray-starting", "ray-just-up"])
+def test_a_driver_killed_while_ray_starts_leaves_nothing(stage, after, env, fixtures_dir, tmp_path):
+    """A SIGKILL at any moment of the local Ray's start (the watchdog starts before ``ray.init``), here: as the
+    raylet's agents appear, and 1 s after its first workers appear (``ray.init`` has returned), leaves none of the
+    processes the command started after a few seconds, not ~1 min. The moments are Ray's stages, not times: its
+    first process shows 1.3-2.2 s after the start here, with the load (at ~1 s there is none yet), and what the
+    driver starts itself dies with it (Ray's fate sharing); what its raylet starts is what lingers. What the
+    command started: its descendants, noted every 0.05 s while it ran and, after the kill, those of the noted ones
+    that still run (a worker started since), and its process group, its own here (a raylet's agents that were not
+    noted: the raylet died with the driver)."""
+    import signal
+
+    from pipeline.watchdog import alive as _running, descendants
+
+    def started(pid: str) -> bool:  # the process that marks the stage
+        head = " ".join(_cmdline(int(pid)).split()[:3])
+        if stage == "agents":
+            return "Agent" in head or head.endswith(("dashboard/agent.py", "agent/main.py"))
+        return "default_worker.py" in head or head.startswith("ray::IDLE")
+
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "annotate", str(fixtures_dir / "videos"), "--out",
+                             str(tmp_path / "out"), "--weights", "random-tiny", "--device", "cpu"], cwd=REPO,
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            process_group=0)
+    seen: dict[str, str] = {}
+    try:
+        end, kill_at = time.time() + 60, None
+        while time.time() < end and (kill_at is None or time.time() < kill_at) and proc.poll() is None:
+            seen.update(descendants(str(proc.pid)))
+            if kill_at is None and any(map(started, seen)):
+                kill_at = time.time() + after
+            time.sleep(0.05)
+        assert kill_at is not None and proc.poll() is None, f"no {stage} of Ray's seen before the command ended"
+        seen.update(descendants(str(proc.pid)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        t = time.time()
+        while time.time() - t < 8:
+            for pid in _running(seen):
+                seen.update(descendants(str(pid)))
+            seen.update(_group(proc.pid))
+            if not _running(seen):
+                break
+            time.sleep(0.2)
+        left = {p: _cmdline(p) for p in _running(seen)}
+        assert not left, f"still running {time.time() - t:.0f} s after the driver was killed: {left}"
+    finally:
+        seen.update(_group(proc.pid))
+        for pid in _running(seen):  # only what this test started
+            os.kill(pid, signal.SIGKILL)
+
+
+def _group(pgid: int) -> dict[str, str]:
+    """{PID: start time} of the live processes in process group ``pgid``."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            state, _, group, *rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if group == str(pgid) and state not in "ZX":
+            found[pid] = rest[16]
+    return found
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")

@@ -62,7 +62,7 @@ def test_annotate_on_two_nodes_uses_both_and_equals_the_golden_copy(cluster, tmp
     assert run.returncode == 0, run.stdout + run.stderr
     m = manifest(tmp_path / "out")
     assert sorted(v["status"] for v in m["videos"]) == ["no_faces", "ok", "ok", "ok"]
-    assert_timelines_equal_golden([v for v in m["videos"] if v["timeline"]])
+    assert_timelines_equal_golden([v for v in m["videos"] if v["timeline"]], out=tmp_path / "out")
     nodes = {n for v in m["videos"] for part in ("faces", "s2d") for n in v["nodes"][part]}
     assert len(nodes) == 2, m["videos"]  # the work ran on both nodes
 
@@ -78,7 +78,7 @@ def test_annotate_on_two_nodes_with_everything_on_s3(cluster, s3, tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     m = json.loads(storage.read_bytes(f"{root}/out/manifest.json"))
     assert sorted(v["status"] for v in m["videos"]) == ["no_faces", "ok", "ok", "ok"]
-    assert_timelines_equal_golden([v for v in m["videos"] if v["timeline"]])
+    assert_timelines_equal_golden([v for v in m["videos"] if v["timeline"]], out=f"{root}/out")
     assert len({n for v in m["videos"] for part in ("faces", "s2d") for n in v["nodes"][part]}) == 2, m["videos"]
 
 
@@ -116,13 +116,13 @@ def test_a_worker_node_killed_mid_run_loses_nothing(cluster, tmp_path):
     m = manifest(out)
     assert sorted(v["status"] for v in m["videos"]) == ["no_faces"] + ["ok"] * 6, log
     golden = [v for v in m["videos"] if v["timeline"] and not Path(v["video_path"]).stem.startswith("single_face_")]
-    assert_timelines_equal_golden(golden)
+    assert_timelines_equal_golden(golden, out=out)
     import pyarrow.parquet as pq
 
-    want = pq.read_table(next(v["timeline"] for v in m["videos"] if v["video_path"].endswith("/single_face.mp4")))
+    want = pq.read_table(out / next(v["timeline"] for v in m["videos"] if v["video_path"].endswith("/single_face.mp4")))
     for v in m["videos"]:
         if Path(v["video_path"]).stem.startswith("single_face_"):  # copies: the same rows but their own id/path
-            got = pq.read_table(v["timeline"]).drop(["video_id", "video_path"])
+            got = pq.read_table(out / v["timeline"]).drop(["video_id", "video_path"])
             assert got.equals(want.drop(["video_id", "video_path"])), v["video_path"]
 
 

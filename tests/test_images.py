@@ -187,7 +187,7 @@ def test_a_folder_of_images_and_videos(annotated_run, expectations):
              if how not in CUT and want[f"images/{source}"]["faces"]}
     for name, expected in boxes.items():
         v = images[name]
-        table = pq.read_table(v["timeline"])
+        table = pq.read_table(out / v["timeline"])
         meta = table.schema.metadata
         assert json.loads(meta[b"s2d.labels"]) == manifest["image_labels"] and meta[b"s2d.status"] == b"ok"
         rows = table.to_pandas()

@@ -195,12 +195,13 @@ def test_boxes_are_drawn_where_the_cache_says(run, tmp_path):
     out, videos, manifest = run
     for name, min_tracks in (("single_face.mp4", 1), ("group.mp4", 5)):
         rec = videos[name]
-        faces = cache.read_entry(manifest["cache_dir"], manifest["face_settings_hash"], rec["video_id"])[0].to_pandas()
+        faces = cache.read_entry(out / manifest["cache_dir"], manifest["face_settings_hash"],
+                                 rec["video_id"])[0].to_pandas()
         index = int(faces.frame_index.unique()[1])  # a sampled frame with faces
         here = faces[faces.frame_index == index]
         assert here.track_id.nunique() >= min_tracks
-        path = rec["overlay"]  # written by the fixture's annotate(..., overlay=True), as `s2d annotate --overlay`
-        assert path == str(overlay_path(out, rec["video_id"], rec["video_path"]))
+        path = out / rec["overlay"]  # written by the fixture's annotate(..., overlay=True), as `s2d annotate --overlay`
+        assert path == overlay_path(out, rec["video_id"], rec["video_path"])
         ov, src = frame(path, index), frame(rec["video_path"], index)
         for box in here.bbox:
             assert edge_diff(ov, src, box) > 60, (name, box)

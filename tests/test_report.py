@@ -219,7 +219,7 @@ def test_report_in_chromium(annotated, tmp_path):
         if rec["status"] != "ok":
             assert f"{name} {rec['status']} {reason(rec)}" in text  # the errors table, with the reason
             continue
-        df = pd.read_parquet(rec["timeline"])
+        df = pd.read_parquet(annotated / rec["timeline"])
         faces += df.track_id.nunique()
         if rec.get("kind") == "image":
             for r in df.itertuples():
@@ -240,9 +240,11 @@ def test_report_in_chromium(annotated, tmp_path):
     assert im.size == (1280, 2000)
     assert len(im.getcolors(maxcolors=1 << 20) or []) > 200  # text, tables, faces, stacked colours: not blank
 
-    # the same run with one more error record and a cache without its entries: errors table; the thumbnails come
-    # from the timelines, which hold them (the decoded fallback needs the cache: test_hand_made_run)
+    # the same run with one more error record and a cache without its entries (its timelines where they are, as an
+    # older manifest names them): errors table; the thumbnails come from the timelines, which hold them (the decoded
+    # fallback needs the cache: test_hand_made_run)
     run2 = tmp_path / "run2"
+    records = [{**r, "timeline": r["timeline"] and str(annotated / r["timeline"])} for r in records]
     m["videos"] = records + [{"video_id": "0000broken", "video_path": "/in/broken.mp4", "status": "error",
                               "error": "/in/broken.mp4: empty file (0 bytes)", "timeline": None, "n_segments": 0,
                               "n_tracks": 0}]
@@ -267,8 +269,8 @@ def test_stored_thumbnails_are_the_decoded_ones(annotated):
     for rec in m["videos"]:
         if not rec.get("n_tracks"):
             continue
-        stored = timeline_thumbnails(storage.read_table(rec["timeline"]))
-        faces = read_entry(m["cache_dir"], m["face_settings_hash"], rec["video_id"])[0]
+        stored = timeline_thumbnails(storage.read_table(annotated / rec["timeline"]))
+        faces = read_entry(annotated / m["cache_dir"], m["face_settings_hash"], rec["video_id"])[0]
         assert stored == thumbnails(rec, faces), rec["video_path"]
         assert len(stored) == rec["n_tracks"]
         n[rec["kind"]] += len(stored)

@@ -81,6 +81,14 @@ def test_list_videos_not_recursive(tree):
     assert rel == ["a.mp4", "clip.dat", "photo.jpg", "zero.mov"]
 
 
+def test_a_scan_skips_the_runs_own_folders(tree):
+    rel = [os.path.relpath(s.path, tree.resolve()) for s in list_videos([tree], skip=[tree / "nested", None])]
+    assert rel == ["a.mp4", "clip.dat", "photo.jpg", "zero.mov"]  # nested/ and all under it left out
+    rel = [os.path.relpath(s.path, tree.resolve()) for s in list_videos([tree / "nested" / "b.MOV"],
+                                                                        skip=[tree / "nested"])]
+    assert rel == ["nested/b.MOV"]  # a file named explicitly is an input wherever it lies
+
+
 def test_list_videos_explicit_files_and_dedup(tree, tmp_path):
     link = tmp_path / "link.mp4"
     link.symlink_to(tree / "a.mp4")

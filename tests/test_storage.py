@@ -1,10 +1,16 @@
 """Inputs and outputs on an object store: pipeline.storage against a real S3-compatible server (moto, on
 127.0.0.1), ``s2d annotate`` / ``s2d faces`` / ``s2d timeline`` with videos read from it and the cache,
 timelines and manifest written to it, and ``s2d prepare`` / ``train`` / ``evaluate`` with their data, checkpoints
-and results there."""
+and results there. Before that, locally and on the store: a full disk said plainly (``NoSpace``) and an output
+folder tried before any work (``check_writable``), on real small tmpfs mounts where this machine lets us mount."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +89,118 @@ def test_a_checkpoint_uri_is_copied_once_and_again_when_it_changes(s3, tmp_path,
         W.resolve(f"{s3.bucket('weights')}/run/nothing.pth")
 
 
+MSG = r"free some space and run again; what is done is kept"
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str):
+    """A small tmpfs mounted at ``path`` (root, and a machine that lets us mount), unmounted after; skip otherwise."""
+    path.mkdir()
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    except FileNotFoundError:
+        pytest.skip("no mount command")
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_a_full_disk_is_said_in_one_line_and_leaves_no_temp_file(tmp_path):
+    with tmpfs(tmp_path / "mnt", "size=1m") as mnt:
+        out = mnt / "out"
+        storage.write(out / "done.txt", "a video done before")
+        with pytest.raises(storage.NoSpace) as caught:
+            storage.write(out / "done.txt", os.urandom(2 << 20))
+        assert isinstance(caught.value, OSError) and caught.value.errno == errno.ENOSPC
+        assert re.fullmatch(rf"no space left in {out} \(\d+\.\d MiB free\): {MSG}", str(caught.value))
+        assert [p.name for p in out.iterdir()] == ["done.txt"]  # no temp file, and what was done is kept
+        assert (out / "done.txt").read_text() == "a video done before"
+
+
+@pytest.mark.parametrize("code, said", [(errno.ENOSPC, "no space left"), (errno.EDQUOT, "disk quota exceeded")])
+def test_a_full_disk_stubbed(tmp_path, code, said):
+    """The same where no tmpfs can be mounted: the write fails half way with ENOSPC / EDQUOT."""
+    def fill(f):
+        f.write(b"half a file")
+        raise OSError(code, os.strerror(code))
+
+    with pytest.raises(storage.NoSpace) as caught:
+        storage.write(tmp_path / "out" / "a.parquet", fill)
+    assert caught.value.errno == code
+    assert re.fullmatch(rf"{said} in {tmp_path / 'out'} \(\d+\.\d MiB free\): {MSG}", str(caught.value))
+    assert list((tmp_path / "out").iterdir()) == []
+
+    def broken(f):
+        raise OSError(errno.EIO, "I/O error")
+
+    with pytest.raises(OSError) as caught:  # other errors pass as they are
+        storage.write(tmp_path / "out" / "a.parquet", broken)
+    assert type(caught.value) is OSError and caught.value.errno == errno.EIO
+
+
+def test_check_writable(tmp_path):
+    out = tmp_path / "new" / "out"
+    storage.check_writable(out)  # created, probed, and removed again: nothing is left
+    assert not (tmp_path / "new").exists()
+    out.mkdir(parents=True)
+    storage.check_writable(out)  # a folder that was there stays, empty
+    assert out.is_dir() and list(out.iterdir()) == []
+    (tmp_path / "f").write_text("x")
+    for path in (tmp_path / "f", tmp_path / "f" / "out"):
+        with pytest.raises(storage.NotWritable) as caught:
+            storage.check_writable(path)
+        assert str(caught.value) == f"cannot write to {path}: {tmp_path / 'f'} is a file, not a folder"
+
+
+def test_check_writable_read_only(tmp_path):
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+        for path in (ro, ro / "out"):
+            with pytest.raises(storage.NotWritable) as caught:
+                storage.check_writable(path)
+            assert str(caught.value) == f"cannot write to {path}: read-only file system"
+            assert caught.value.errno == errno.EROFS
+
+
+def test_check_writable_immutable(tmp_path):
+    folder = tmp_path / "frozen"
+    folder.mkdir()
+    if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+        pytest.skip("chattr +i does not work here")
+    try:
+        for path in (folder, folder / "out"):
+            with pytest.raises(storage.NotWritable) as caught:
+                storage.check_writable(path)
+            assert str(caught.value) == f"cannot write to {path}: operation not permitted (is the folder immutable? " \
+                                        "see lsattr -d)"
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes whatever the mode bits say")
+def test_check_writable_permission_denied(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir(mode=0o500)
+    try:
+        with pytest.raises(storage.NotWritable, match=f"^cannot write to {folder}: permission denied$"):
+            storage.check_writable(folder)
+    finally:
+        folder.chmod(0o700)
+
+
+def test_check_writable_on_s3(s3):
+    root = s3.bucket("probe")
+    storage.check_writable(f"{root}/out")
+    assert storage.files(root) == []  # the probe object is gone
+    with pytest.raises(storage.NotWritable) as caught:
+        storage.check_writable("s3://no-such-bucket/out")
+    assert str(caught.value).startswith("cannot write to s3://no-such-bucket/out: ")
+    assert "\n" not in str(caught.value)
+
+
 @pytest.fixture(scope="module")
 def s2d(s3, detector_weights, landmark_weights):
     """``s2d ARGS`` in a shell with the S3 settings and the fixture weights, joining (``RAY_ADDRESS``) one Ray node
@@ -109,8 +227,8 @@ def test_annotate_reads_from_and_writes_to_s3_as_it_does_locally(s3, s2d, tmp_pa
     assert f"manifest: {root}/out/manifest.json" in run.stdout
     m = json.loads(storage.read_bytes(f"{root}/out/manifest.json"))
     assert sorted(v["status"] for v in m["videos"]) == ["no_faces", "ok", "ok", "ok"]
-    assert all(v["timeline"].startswith(f"{root}/out/") for v in m["videos"])
-    assert_timelines_equal_golden([v for v in m["videos"] if v["timeline"]])
+    assert m["cache_dir"] == "cache" and all("/" not in v["timeline"] for v in m["videos"])  # within the run
+    assert_timelines_equal_golden([{**v, "timeline": f"{root}/out/{v['timeline']}"} for v in m["videos"]])
     entries = [f.path for f in storage.files(f"{root}/out/cache") if f.path.endswith(".meta.parquet")]
     assert len(entries) == 4
     again = s2d("annotate", f"{root}/videos/", "--out", f"{root}/out", "--weights", "random-tiny")

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.summary import format_summary, plot_timeline, summarize, track_panels
-from pipeline.timeline import (is_complete, read_timeline_meta, read_timelines, timeline_meta, timeline_path,
-                               timeline_schema, timeline_table, write_timeline)
+from pipeline.timeline import (is_complete, read_timeline_meta, read_timelines, superseded, timeline_files,
+                               timeline_meta, timeline_path, timeline_schema, timeline_table, write_timeline)
 from s2d_model.labels import LABEL_SETS
 
 DFEW = LABEL_SETS["dfew"]
@@ -67,7 +67,7 @@ def test_table_label_confidence_and_metadata():
     np.testing.assert_allclose(np.stack(df["bbox"]), rows["bbox"])
     meta = {k.decode(): v.decode() for k, v in t.schema.metadata.items()}
     assert meta == {"s2d.settings_hash": "h123", "s2d.labels": json.dumps(list(DFEW)), "s2d.status": "ok",
-                    "s2d.complete": "true"}
+                    "s2d.complete": "true", "s2d.video_id": "abc", "s2d.source": "/data/My Video.mp4"}
     with pytest.raises(ValueError):
         timeline_table("abc", "x.mp4", rows, probs, DFEW, "m", "h", "error")
     with pytest.raises(ValueError):
@@ -79,8 +79,8 @@ def test_empty_table(tmp_path):
     assert t.num_rows == 0 and t.schema.remove_metadata().equals(timeline_schema(MAFW))
     p = write_timeline(t, timeline_path(tmp_path, "v0", "none.mp4"))
     assert read_timeline_meta(p) == {"settings_hash": "h", "labels": list(MAFW), "status": "no_faces",
-                                     "complete": True, "num_rows": 0}
-    assert is_complete(p, "h")
+                                     "complete": True, "num_rows": 0, "video_id": "v0", "source": "none.mp4"}
+    assert is_complete(p, "h", "v0")
 
 
 def test_timeline_path(tmp_path):
@@ -88,6 +88,7 @@ def test_timeline_path(tmp_path):
         tmp_path / "My_clip_1_final.ab12.timeline.parquet"
     assert timeline_path("out", "id", "/x/.hidden").name == "hidden.id.timeline.parquet"
     assert timeline_path("out", "id", "/x/...").name == "video.id.timeline.parquet"
+    assert timeline_path("out", "id", "/x/-rf.mp4").name == "rf.id.timeline.parquet"  # never a "-" first
     with pytest.raises(ValueError):
         timeline_path("out", "a/b", "v.mp4")
 
@@ -97,28 +98,65 @@ def test_atomic_write_and_is_complete(tmp_path):
     p = write_timeline(t, timeline_path(tmp_path / "out", "v1", "a.mp4"))
     assert p.is_file() and os.listdir(p.parent) == [p.name]  # no temp file left
     assert pq.read_table(p).equals(t)
-    assert is_complete(p, "good")
+    assert is_complete(p, "good", "v1")
     assert timeline_meta(pq.read_table(p)) == read_timeline_meta(p) == \
-        {"settings_hash": "good", "labels": list(DFEW), "status": "ok", "complete": True, "num_rows": 1}
-    assert not is_complete(p, "other")  # settings changed
-    assert not is_complete(tmp_path / "missing.timeline.parquet", "good")
+        {"settings_hash": "good", "labels": list(DFEW), "status": "ok", "complete": True, "num_rows": 1,
+         "video_id": "v1", "source": "a.mp4"}
+    assert not is_complete(p, "other", "v1")  # settings changed
+    assert not is_complete(p, "good", "v2")  # another video's rows under its name
+    assert not is_complete(tmp_path / "missing.timeline.parquet", "good", "v1")
     # a Parquet file without the s2d metadata (e.g. written by hand)
     bare = tmp_path / "bare.timeline.parquet"
     pq.write_table(t.replace_schema_metadata(None), bare)
     assert read_timeline_meta(bare) is None and timeline_meta(pq.read_table(bare)) is None
-    assert not is_complete(bare, "good")
+    assert not is_complete(bare, "good", "v1")
     incomplete = tmp_path / "inc.timeline.parquet"
     pq.write_table(t.replace_schema_metadata({**t.schema.metadata, b"s2d.complete": b"false"}), incomplete)
-    assert not is_complete(incomplete, "good") and timeline_meta(pq.read_table(incomplete)) is None
+    assert not is_complete(incomplete, "good", "v1") and timeline_meta(pq.read_table(incomplete)) is None
     # a truncated (corrupt) file
     corrupt = tmp_path / "corrupt.timeline.parquet"
     corrupt.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
-    assert read_timeline_meta(corrupt) is None and not is_complete(corrupt, "good")
+    assert read_timeline_meta(corrupt) is None and not is_complete(corrupt, "good", "v1")
     corrupt.write_bytes(b"not parquet at all")
-    assert not is_complete(corrupt, "good")
+    assert not is_complete(corrupt, "good", "v1")
     # overwrite in place: still one file
     write_timeline(t, p)
     assert sorted(os.listdir(p.parent)) == [p.name]
+
+
+def test_a_file_written_before_its_owner_was_stored_is_judged_by_its_rows(tmp_path):
+    t = timeline_table("v1", "/v/a.mp4", rows_for([0], [0]), probs_for([1], 7), DFEW, "m", "h", "ok")
+    old = {k: v for k, v in t.schema.metadata.items() if k not in (b"s2d.video_id", b"s2d.source")}
+    p = write_timeline(t.replace_schema_metadata(old), timeline_path(tmp_path, "v1", "/v/a.mp4"))
+    assert is_complete(p, "h", "v1") and not is_complete(p, "h", "v2")
+    e = timeline_table("v1", "/v/a.mp4", rows_for([], []), np.zeros((0, 7)), DFEW, "m", "h", "no_faces")
+    old = {k: v for k, v in e.schema.metadata.items() if k not in (b"s2d.video_id", b"s2d.source")}
+    p = write_timeline(e.replace_schema_metadata(old), p)
+    assert not is_complete(p, "h", "v1")  # no rows to tell whose: done again
+
+
+def test_superseded_are_the_same_files_earlier_content_only(tmp_path):
+    def write(vid, path):
+        t = timeline_table(vid, path, rows_for([0], [0]), probs_for([1], 7), DFEW, "m", "h", "ok")
+        return write_timeline(t, timeline_path(tmp_path, vid, path))
+
+    old, now = write("0ld", "/v/a.mp4"), write("n0w", "/v/a.mp4")
+    write("n1", "/w/a.mp4")  # another folder's a.mp4: the same stem, another source
+    write("b1", "/v/b.mp4")
+    files = timeline_files(tmp_path)
+    assert superseded(files, "n0w", "/v/a.mp4") == [old]
+    assert superseded(files, "0ld", "/v/a.mp4") == [now]
+    assert superseded(files, "b1", "/v/b.mp4") == []
+
+
+def test_a_name_that_is_not_utf8_is_written_as_escaped_bytes(tmp_path):
+    odd = os.fsdecode(b"/v/caf\xe9.mp4")
+    t = timeline_table("v1", odd, rows_for([0], [0]), probs_for([1], 7), DFEW, "m", "h", "ok")
+    p = write_timeline(t, timeline_path(tmp_path, "v1", odd))
+    assert p.name == "caf.v1.timeline.parquet"
+    assert pq.read_table(p).column("video_path")[0].as_py() == "/v/caf\\xe9.mp4"
+    assert read_timeline_meta(p)["source"] == "/v/caf\\xe9.mp4"
+    assert superseded(timeline_files(tmp_path), "v2", odd) == [p]
 
 
 def hand_made(tmp_path) -> pd.DataFrame:
@@ -134,7 +172,8 @@ def hand_made(tmp_path) -> pd.DataFrame:
     e = timeline_table("b2", "/v/b.mp4", rows_for([], []), np.zeros((0, 7)), DFEW, "s2d-dfew", "h", "no_faces")
     write_timeline(e, timeline_path(tmp_path, "b2", "/v/b.mp4"))
     (tmp_path / "junk.timeline.parquet").write_bytes(b"partial")
-    return read_timelines(tmp_path)
+    with pytest.warns(UserWarning, match="junk.timeline.parquet: not a finished timeline"):
+        return read_timelines(tmp_path)
 
 
 def test_read_and_summarize(tmp_path):

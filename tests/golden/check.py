@@ -6,17 +6,20 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline import storage
+from pipeline.timeline import in_run
 
 from .make_golden import HERE
 
 EXACT = ["track_id", "segment", "start_s", "end_s", "n_face_frames", "label", "model"]
 
 
-def assert_timelines_equal_golden(videos: list[dict], name: str = "default") -> None:
-    """``videos``: a run's per-video records (``video_path``, ``timeline``), the golden inputs in any order."""
+def assert_timelines_equal_golden(videos: list[dict], name: str = "default", out=None) -> None:
+    """``videos``: a run's per-video records (``video_path``, ``timeline``), the golden inputs in any order;
+    ``out``: the run folder their timelines are relative to (a manifest's records)."""
     for v in videos:
         file = v["video_path"].rsplit("/", 1)[-1]
-        new = storage.read_table(v["timeline"]).drop(["video_id", "video_path"])  # a local path or a URI
+        path = v["timeline"] if out is None else in_run(out, v["timeline"])
+        new = storage.read_table(path).drop(["video_id", "video_path"])  # a local path or a URI
         old = pq.read_table(HERE / f"{name}.{file}.timeline.parquet")
         assert new.schema.remove_metadata().equals(old.schema.remove_metadata())
         assert new.schema.metadata[b"s2d.status"] == old.schema.metadata[b"s2d.status"]
