@@ -31,7 +31,7 @@ HF_REPO = "cyinen/S2D"
 @dataclass(frozen=True)
 class WeightsSpec:
     name: str
-    kind: str  # "s2d-video" | "s2d-image" | "landmark" | "detector"
+    kind: str  # "s2d-video" | "s2d-image" | "expression" | "identity" | "landmark" | "detector"
     filename: str  # the usual file name (also what $S2D_WEIGHTS_DIR is searched for)
     description: str
     url: str | None = None  # plain HTTPS download
@@ -71,6 +71,14 @@ KNOWN: dict[str, WeightsSpec] = {s.name: s for s in [
         also=(("face_expression_model.bin", FACEAPI + "face_expression_model.bin",
                "9a9840f2cf1f4c7eab95f197512569345c00d2426754d4608b92af30e0300f3d"),),
         description="face-api's expression net (vladmandic/face-api, MIT): per-frame, 7 classes, tfjs manifest + .bin"),
+    WeightsSpec(
+        name="faceapi-recognition", kind="identity", filename="face_recognition_model-weights_manifest.json",
+        url=FACEAPI + "face_recognition_model-weights_manifest.json",
+        sha256="cbaffa501b0b9275a12b63357a6843e7e30c054e1c9151e1a5f879b26e32986b",
+        also=(("face_recognition_model.bin", FACEAPI + "face_recognition_model.bin",
+               "b413e420d6840b2775fba32008db6f3cddb07d485967fb42cfcf379c16a8c589"),),
+        description="face-api's face-recognition net (dlib's ResNet; vladmandic/face-api, MIT): 128-d face "
+                    "descriptors, Euclidean distance, tfjs manifest + .bin"),
     WeightsSpec(
         name="mobilefacenet", kind="landmark", filename="mobilefacenet_model_best.pth.tar",
         url="https://github.com/MSA-LMC/S2D/raw/main/landmark/mobilefacenet_model_best.pth.tar",

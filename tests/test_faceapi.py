@@ -1,4 +1,5 @@
-"""s2d_model.faceapi: face-api's expression net against the JavaScript reference outputs, and its weight reader."""
+"""s2d_model.faceapi: face-api's expression and face-recognition nets against the JavaScript reference outputs, and
+their weight reader."""
 from __future__ import annotations
 
 import hashlib
@@ -12,9 +13,13 @@ from PIL import Image
 
 from s2d_model.faceapi import (
     CLASSES,
+    RECOGNITION_INPUT_SIZE,
+    FaceRecognitionNet,
     WeightsFileError,
+    descriptors,
     expression_probs,
     load_expression_net,
+    load_recognition_net,
     pad_to_square,
     read_tfjs,
     resize_bilinear_tf,
@@ -23,6 +28,8 @@ from s2d_model.faceapi import (
 
 MANIFEST = "face_expression_model-weights_manifest.json"
 BIN = "face_expression_model.bin"
+RECOGNITION_MANIFEST = "face_recognition_model-weights_manifest.json"
+RECOGNITION_BIN = "face_recognition_model.bin"
 
 
 @pytest.fixture(scope="module")
@@ -159,11 +166,12 @@ def test_read_tfjs_float32_and_uint8(tmp_path):
     assert tensors["b"].tolist() == [[-1.0], [126.5]]
 
 
-def _copy_weights(faceapi_dir: Path, tmp_path: Path) -> tuple[Path, Path, list]:
-    """Writable copies of the expression net's files in tmp_path -> (manifest, bin, parsed manifest)."""
-    manifest, bin_ = tmp_path / MANIFEST, tmp_path / BIN
-    manifest.write_bytes((faceapi_dir / MANIFEST).read_bytes())
-    bin_.write_bytes((faceapi_dir / BIN).read_bytes())
+def _copy_weights(faceapi_dir: Path, tmp_path: Path, names=(MANIFEST, BIN)) -> tuple[Path, Path, list]:
+    """Writable copies of a net's files (default: the expression net's) in tmp_path -> (manifest, bin, parsed
+    manifest)."""
+    manifest, bin_ = tmp_path / names[0], tmp_path / names[1]
+    manifest.write_bytes((faceapi_dir / names[0]).read_bytes())
+    bin_.write_bytes((faceapi_dir / names[1]).read_bytes())
     return manifest, bin_, json.loads(manifest.read_text())
 
 
@@ -261,3 +269,140 @@ def test_damaged_weights_raise(faceapi_dir, tmp_path, damage, words):
         load_expression_net(manifest)
     message = str(err.value)
     assert "\n" not in message and str(named) in message and words in message, message
+
+
+# --- the recognition net (face descriptors) ----------------------------------------------------------------------
+
+SAME_PERSON = ("single_face.png", "single_face_t1.5.png")  # the same man (reference.json's descriptor_distance note)
+
+
+@pytest.fixture(scope="module")
+def recognition_net(faceapi_dir):
+    return load_recognition_net(faceapi_dir / RECOGNITION_MANIFEST)
+
+
+@pytest.fixture(scope="module")
+def ours(recognition_net, crops) -> dict[str, np.ndarray]:
+    """name -> our descriptor of each reference crop (one batch)."""
+    return dict(zip(crops, descriptors(recognition_net, [rgb for rgb, _ in crops.values()])))
+
+
+def test_descriptors_match_reference(ours, crops):
+    """face-api's computeFaceDescriptor within 1e-3 (measured: 3.4e-7, the reference's 7 significant digits)."""
+    diffs = {n: np.abs(d - np.array(crops[n][1]["descriptor"])).max() for n, d in ours.items()}
+    assert max(diffs.values()) < 1e-3, diffs
+
+
+def test_descriptor_distances_match_reference(ours, reference):
+    table = reference["descriptor_distance"]
+    d = np.stack([ours[n] for n in table["order"]]).astype(np.float64)
+    distances = np.linalg.norm(d[:, None] - d[None], axis=-1)
+    assert np.abs(distances - np.array(table["matrix"])).max() < 1e-3
+
+
+def test_recognition_input_checksums_match_reference(crops):
+    for name, (rgb, entry) in crops.items():
+        x = to_input([rgb], RECOGNITION_INPUT_SIZE).double()
+        check = entry["input_check"]["150"]
+        assert list(x.shape) == [1, 3, *check["shape"][1:3]] and check["shape"][3] == 3, name
+        assert x.sum().item() == pytest.approx(check["sum"], rel=1e-6), name
+        assert (x**2).sum().item() == pytest.approx(check["sum_sq"], rel=1e-6), name
+
+
+@pytest.mark.parametrize("mistake", ["flip", "bgr"])
+def test_descriptor_parity_catches_flip_and_channel_order(recognition_net, crops, mistake):
+    """A mirrored or BGR crop moves every descriptor by > 0.02 (measured), far outside the 1e-3 parity bound."""
+    transform = (lambda rgb: rgb[:, ::-1]) if mistake == "flip" else (lambda rgb: rgb[..., ::-1])
+    got = descriptors(recognition_net, [np.ascontiguousarray(transform(rgb)) for rgb, _ in crops.values()])
+    diffs = [np.abs(d - np.array(entry["descriptor"])).max() for d, (_, entry) in zip(got, crops.values())]
+    assert min(diffs) > 1e-2, diffs
+
+
+def test_same_person_is_closest(ours, crops):
+    """The two crops of the one man (a photo and a video frame) are nearer each other than any two different
+    people among the reference crops (the four posed stills are four subjects; multi_face_a/b two more)."""
+    same = np.linalg.norm(ours[SAME_PERSON[0]] - ours[SAME_PERSON[1]])
+    names = list(ours)
+    different = {(a, b): np.linalg.norm(ours[a] - ours[b]) for i, a in enumerate(names) for b in names[i + 1:]
+                 if {a, b} != set(SAME_PERSON)}
+    assert same < min(different.values()), (same, min(different.items(), key=lambda kv: kv[1]))
+
+
+def test_descriptors_batches_and_shapes(recognition_net, crops):
+    rgbs = [rgb for rgb, _ in crops.values()]
+    whole = descriptors(recognition_net, rgbs)
+    assert whole.shape == (len(rgbs), 128) and whole.dtype == np.float32
+    np.testing.assert_allclose(descriptors(recognition_net, rgbs, batch_size=3), whole, rtol=0, atol=1e-5)
+    patch = np.ascontiguousarray(rgbs[0][:100, :120])  # an [N, H, W, 3] array works as a list does
+    np.testing.assert_allclose(descriptors(recognition_net, np.stack([patch, patch])),
+                               descriptors(recognition_net, [patch] * 2), rtol=0, atol=1e-5)
+    assert descriptors(recognition_net, []).shape == (0, 128)
+    with torch.inference_mode():
+        features = recognition_net.forward_features(torch.zeros(1, 3, 150, 150))
+    assert features.shape == (1, 256, 2, 2)  # 150 -> 72 -> 35 -> 17 -> 8 -> 4 -> 2
+
+
+def test_recognition_net_parameters(faceapi_dir):
+    tensors = read_tfjs(faceapi_dir / RECOGNITION_MANIFEST)
+    assert len(tensors) == 117 and sum(t.numel() for t in tensors.values()) == 5_614_592
+    assert sum(p.numel() for p in FaceRecognitionNet().parameters()) == 5_614_592
+
+
+def test_registry_knows_the_recognition_weights(faceapi_dir, tmp_path, monkeypatch):
+    """``faceapi-recognition``: the manifest and its .bin, pinned like ``faceapi-expression`` (same upstream commit,
+    sha256 of the fixture files), found through $S2D_WEIGHTS_DIR."""
+    from s2d_model import weights as W
+    from s2d_model.faceapi import data_files
+    from s2d_model.files import sha256_file
+
+    spec, expression = W.KNOWN["faceapi-recognition"], W.KNOWN["faceapi-expression"]
+    assert spec.url == expression.url.replace(expression.filename, RECOGNITION_MANIFEST)
+    assert spec.sha256 == sha256_file(faceapi_dir / RECOGNITION_MANIFEST)
+    [(name, url, sha256)] = spec.also
+    assert name == RECOGNITION_BIN and url.endswith("/" + RECOGNITION_BIN) and url.startswith(W.FACEAPI)
+    assert sha256 == sha256_file(faceapi_dir / RECOGNITION_BIN)
+    monkeypatch.setenv("S2D_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(W.ENV_DIR, str(faceapi_dir))
+    found = W.resolve("faceapi-recognition")
+    assert found == faceapi_dir / RECOGNITION_MANIFEST and data_files(found) == [faceapi_dir / RECOGNITION_BIN]
+
+
+def _recognition_truncated(m, b, groups):
+    b.write_bytes(b.read_bytes()[:-100])
+    return b
+
+
+def _recognition_shape_changed(m, b, groups):  # same number of values: only the net's shape check can tell
+    _weight(groups, "conv32_down/conv/filters")["shape"] = [7, 7, 32, 3]
+    m.write_text(json.dumps(groups))
+    return m
+
+
+def _recognition_fc_removed(m, b, groups):  # fc is the last tensor: 256 x 128 uint8
+    groups[0]["weights"].remove(_weight(groups, "fc"))
+    m.write_text(json.dumps(groups))
+    b.write_bytes(b.read_bytes()[:-256 * 128])
+    return m
+
+
+@pytest.mark.parametrize("damage, words", [
+    (_recognition_truncated, "truncated"),
+    (_recognition_shape_changed, "tensor conv32_down/conv/filters has shape [7, 7, 32, 3], expected [7, 7, 3, 32]"),
+    (_recognition_fc_removed, "missing tensor fc "),
+], ids=lambda v: v.__name__.strip("_") if callable(v) else None)
+def test_damaged_recognition_weights_raise(faceapi_dir, tmp_path, damage, words):
+    manifest, bin_, groups = _copy_weights(faceapi_dir, tmp_path, (RECOGNITION_MANIFEST, RECOGNITION_BIN))
+    named = damage(manifest, bin_, groups)
+    with pytest.raises(WeightsFileError) as err:
+        load_recognition_net(manifest)
+    message = str(err.value)
+    assert "\n" not in message and str(named) in message and words in message, message
+
+
+def test_each_loader_refuses_the_other_net(faceapi_dir):
+    """A mismatched manifest (the other net's) fails on its first tensor, naming the file and the net it wants."""
+    with pytest.raises(WeightsFileError, match="missing tensor dense0/conv0/filters .*faceExpressionNet") as err:
+        load_expression_net(faceapi_dir / RECOGNITION_MANIFEST)
+    assert "\n" not in str(err.value) and RECOGNITION_MANIFEST in str(err.value)
+    with pytest.raises(WeightsFileError, match="missing tensor conv32_down/conv/filters .*faceRecognitionNet"):
+        load_recognition_net(faceapi_dir / MANIFEST)
