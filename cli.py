@@ -136,8 +136,8 @@ def errors(*also: type[Exception], interrupted: str | None = None) -> Iterator[N
     """The one place where a known error becomes one line, ``error: MESSAGE``, and exit 1: missing inputs or
     weights (s2d_model.weights.WeightsNotFound is a FileNotFoundError), bad values or datasets (jobs.datasets.
     DatasetError is a ValueError), a cluster that fails, a full disk, an output that cannot be written, a run
-    folder in use; ``also``: a command's own. ``interrupted``: what a re-run
-    does after Ctrl-C, which then ends in exit 130 (without it, Ctrl-C is left alone)."""
+    folder in use; ``also``: a command's own. ``interrupted``: what a re-run does after Ctrl-C, which then ends in
+    exit 130 (without it, Ctrl-C is left alone)."""
     try:
         yield
     except KeyboardInterrupt:

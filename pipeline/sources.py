@@ -132,8 +132,8 @@ def list_videos(paths: Sequence[str | os.PathLike], recursive: bool = True, skip
     skip = [str(storage.absolute(s)).rstrip("/") + "/" for s in skip if s is not None]
     for arg in paths:
         if storage.is_uri(arg):
-            chosen = _uri_folder(arg, recursive) if storage.is_dir(arg) else [arg]
-            chosen = [p for p in chosen if not any(p.startswith(s) for s in skip)]
+            chosen = [p for p in _uri_folder(arg, recursive) if not any(p.startswith(s) for s in skip)] \
+                if storage.is_dir(arg) else [arg]
         else:
             root = Path(arg).expanduser()
             chosen = _local_folder(root, recursive, skip) if root.is_dir() else [root]
