@@ -393,7 +393,7 @@ def annotate_cmd(
     trust: TrustWeightsOpt = False,
 ):
     """Write a per-track, per-segment emotion timeline (Parquet) for every face in every video, and the faces of
-    every still image (one row each)."""
+    every still image (one row each). One run at a time per --out folder: a second stops, naming the first."""
     _ray_output(verbose)
     from pipeline.annotate_run import run_annotate
     from pipeline.settings import AnnotateSettings
@@ -445,7 +445,8 @@ def timeline_cmd(
                                               "per track over the whole video, untrained weights flagged")] = None,
     video: Annotated[str | None, typer.Option(help="only this video (file name or video_id)")] = None,
 ):
-    """Summarise timelines: per video and track, the dominant emotion and the share of time per emotion."""
+    """Summarise a run's timelines (those its manifest.json lists; a file that cannot be read is named on stderr):
+    per video and track, the dominant emotion and the share of time per emotion."""
     import warnings
 
     from pipeline.summary import format_summary, summarize
