@@ -450,18 +450,19 @@ def timeline_cmd(
     import warnings
 
     from pipeline.summary import format_summary, summarize
-    from pipeline.timeline import by_label_set, current_timelines, read_timelines
+    from pipeline.timeline import by_label_set, finished_timelines, read_timeline_files
 
     with errors(), warnings.catch_warnings(record=True) as skipped:
         warnings.simplefilter("always")
-        df = read_timelines(out)
+        paths = finished_timelines(out)  # the manifest read once
     for w in skipped:
         typer.echo(f"skipped: {w.message}", err=True)
+    df = read_timeline_files(paths)
     if video is not None:
         df = df[(df.video_id == video) | (df.video_path.map(storage.name) == video)]
     if df.empty:
         _fail(f"no timeline rows in {out}" + (f" for {video}" if video else ""))
-    groups = by_label_set(current_timelines(out), df)  # videos and images may have different label sets
+    groups = by_label_set(paths, df)  # videos and images may be labelled with different label sets
     for labels, rows in groups:
         if len(groups) > 1:
             typer.echo(f"label set: {', '.join(labels)}")

@@ -253,19 +253,26 @@ def timeline_files(out_dir) -> list[Path | str]:
             if f.base_name.endswith(".timeline.parquet")]
 
 
-def read_timelines(out_dir) -> pd.DataFrame:
-    """The current timeline of each input of a run folder (``current_timelines``), concatenated (bbox: a numpy
-    array per row). Files of different label sets give the union of their p_ columns (NaN where a file has no such
-    class)."""
+def finished_timelines(out_dir) -> list[Path | str]:
+    """``current_timelines`` that are finished timeline files; each other one is a warning (missing, unreadable or
+    cut short), and left out."""
     import warnings
 
-    paths = current_timelines(out_dir)
-    found = [p for p in paths if read_timeline_meta(p) is not None]
-    for p in paths:
-        if p not in found:
+    found = []
+    for p in current_timelines(out_dir):
+        if read_timeline_meta(p) is not None:
+            found.append(p)
+        else:
             warnings.warn(f"{p}: not a finished timeline (missing, unreadable or cut short): left out; run s2d "
                           "annotate again", stacklevel=2)
-    return read_timeline_files(found)
+    return found
+
+
+def read_timelines(out_dir) -> pd.DataFrame:
+    """The current timeline of each input of a run folder (``finished_timelines``), concatenated (bbox: a numpy
+    array per row). Files of different label sets give the union of their p_ columns (NaN where a file has no such
+    class)."""
+    return read_timeline_files(finished_timelines(out_dir))
 
 
 def read_timeline_files(paths) -> pd.DataFrame:

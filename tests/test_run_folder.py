@@ -295,3 +295,29 @@ def test_a_run_folder_in_use_stops_a_second_run(inputs, options, tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_video_whose_outputs_cannot_be_written_is_its_own_error_row(clean, inputs, options, monkeypatch):
+    """Any failure writing one video's timeline (not a full disk) fails that video alone: the others are done, the
+    report is written, and a re-run equals a clean run."""
+    import pipeline.annotate_run as run
+
+    real = run.write_timeline
+
+    def write(table, path):
+        if "group" in str(path):
+            raise UnicodeEncodeError("utf-8", "x", 0, 1, "a stand-in for any write failure")
+        return real(table, path)
+
+    out = inputs / "run"
+    monkeypatch.setattr(run, "write_timeline", write)
+    code, stdout, stderr = s2d("annotate", inputs, "--out", out, "--force", *options)
+    assert code == 0, stderr[-3000:]
+    assert "videos: 1 ok, 0 no faces, 1 failed" in stdout
+    status = {Path(r["video_path"]).name: (r["status"], r["error"]) for r in manifest(out)["videos"]}
+    assert status["single_face.mp4"] == ("ok", None) and status["group.mp4"][0] == "error"
+    assert status["group.mp4"][1].startswith("writing its outputs: UnicodeEncodeError")
+    assert (out / "report.html").is_file()
+    monkeypatch.setattr(run, "write_timeline", real)
+    code, stdout, stderr = s2d("annotate", inputs, "--out", out, *options)
+    assert code == 0 and rows(out) == clean
