@@ -13,6 +13,7 @@ import typer
 from pipeline import storage
 from pipeline.cluster import ClusterError
 from pipeline.runlock import RunFolderBusy
+from pipeline.settings import IDENTITY_THRESHOLD
 
 # rich_markup_mode=None: Click's plain help (flags without a "<bool>" type) and one-line usage errors
 app = typer.Typer(help="s2d-pipeline: faces, tracks and S2D emotion timelines for folders of videos, on Ray.",
@@ -99,6 +100,15 @@ LongSideOpt = Annotated[int, typer.Option(min=32, help="frames are resized to th
 DecoderOpt = Annotated[Decoder, typer.Option(help="video decoder (decord: optional, pip install "
                                              "'s2d-pipeline[decord]'; it leaks memory on long files)")]
 ShardOpt = Annotated[float | None, typer.Option(callback=positive, help=SHARD_HELP)]
+IdentitiesOpt = Annotated[bool, typer.Option("--identities/--no-identities", help="group each video's tracks into "
+                                             "persons by face descriptors (a person_id per row); off: one person "
+                                             "per track")]
+IdentityWeightsOpt = Annotated[str | None, typer.Option(envvar="S2D_IDENTITY_WEIGHTS", help="face-recognition net "
+                                                        "for persons: a name (faceapi-recognition) or the path of its "
+                                                        "tfjs weights manifest [default: faceapi-recognition]")]
+IdentityThresholdOpt = Annotated[float, typer.Option(min=0.0, max=2.0, help="tracks whose mean face descriptors "
+                                                     "lie closer than this are one person (Euclidean; a new value "
+                                                     "re-groups from the cache, no decode)")]
 
 # training and evaluation
 DataOpt = Annotated[str, typer.Option("--data", help="dataset root (or a CSV file for --format csv); a path or URI")]
@@ -303,17 +313,23 @@ def faces_cmd(
     long_side: LongSideOpt = 640,
     decoder: DecoderOpt = "pyav",
     shard: ShardOpt = None,
+    identities: IdentitiesOpt = True,
+    identity_weights: IdentityWeightsOpt = None,
+    identity_threshold: IdentityThresholdOpt = IDENTITY_THRESHOLD,
     address: AddressOpt = None,
     verbose: VerboseOpt = False,
     device: DeviceOpt = "auto",
 ):
-    """Find, landmark and track every face in every video; write the Parquet landmark cache."""
+    """Find, landmark and track every face in every video, and group each video's tracks into persons; write the
+    Parquet landmark cache."""
     _ray_output(verbose)
     from pipeline.faces_run import run_faces
 
     settings = _face_settings(detector, landmarks, decoder, fps=fps, detector_weights=detector_weights,
                               landmark_weights=landmark_weights, score_threshold=score_threshold,
-                              nms_threshold=nms_threshold, long_side=long_side, shard_s=shard)
+                              nms_threshold=nms_threshold, long_side=long_side, shard_s=shard,
+                              identities=identities, identity_weights=identity_weights,
+                              identity_threshold=identity_threshold)
     with errors():
         result = run_faces([str(p) for p in paths], cache, settings, device=device, address=address)
     _report_failures([(v["source_path"], v["error"]) for v in result.videos if v["status"] == "error"])
@@ -387,6 +403,9 @@ def annotate_cmd(
     long_side: LongSideOpt = 640,
     decoder: DecoderOpt = "pyav",
     shard: ShardOpt = None,
+    identities: IdentitiesOpt = True,
+    identity_weights: IdentityWeightsOpt = None,
+    identity_threshold: IdentityThresholdOpt = IDENTITY_THRESHOLD,
     address: AddressOpt = None,
     verbose: VerboseOpt = False,
     device: DeviceOpt = "auto",
@@ -400,7 +419,9 @@ def annotate_cmd(
 
     face_settings = _face_settings(detector, landmarks, decoder, fps=fps, detector_weights=detector_weights,
                                    landmark_weights=landmark_weights, score_threshold=score_threshold,
-                                   nms_threshold=nms_threshold, long_side=long_side, shard_s=shard)
+                                   nms_threshold=nms_threshold, long_side=long_side, shard_s=shard,
+                                   identities=identities, identity_weights=identity_weights,
+                                   identity_threshold=identity_threshold)
     settings = AnnotateSettings(weights=weights, image_weights=image_weights, labels=labels,
                                 s2d_landmark_weights=landmark_weights if landmarks == "mobilefacenet" else None,
                                 segment_s=segment, stride_s=stride, min_face_frames=min_face_frames, views=views,
@@ -442,11 +463,11 @@ def _print_annotated(result, out: str, overlay: bool) -> None:
 def timeline_cmd(
     out: RunFolderArg,
     plot: Annotated[Path | None, typer.Option("--plot", help="also draw the timelines to this PNG file: one panel "
-                                              "per track over the whole video, untrained weights flagged")] = None,
+                                              "per person over the whole video, untrained weights flagged")] = None,
     video: Annotated[str | None, typer.Option(help="only this video (file name or video_id)")] = None,
 ):
     """Summarise a run's timelines (those its manifest.json lists; a file that cannot be read is named on stderr):
-    per video and track, the dominant emotion and the share of time per emotion."""
+    per video and person (its tracks together), the dominant emotion and the share of time per emotion."""
     import warnings
 
     from pipeline.summary import format_summary, summarize
@@ -492,6 +513,28 @@ def _plot_timelines(out: str, df, groups, plot: Path) -> None:
     typer.echo(f"plot: {plot}")
 
 
+@app.command("people")
+def people_cmd(
+    out: RunFolderArg,
+    threshold: Annotated[float | None, typer.Option(min=0.0, max=2.0, help="persons whose mean face descriptors "
+                                                    "lie closer than this are one (Euclidean) [default: the run's "
+                                                    "--identity-threshold]")] = None,
+):
+    """Link the persons of a run's videos and images into people across them (by face descriptors, from the
+    landmark cache; no model runs): OUT/people.parquet, and one line per person."""
+    from pipeline.people_link import read_people, write_people
+
+    with errors():
+        path = write_people(out, threshold)
+    found = read_people(out)
+    if found.empty:
+        typer.echo("no persons in the run")
+    for gid, rows in found.groupby("global_person_id", sort=True):
+        seen = ", ".join(f"{storage.name(p)} p{pid}" for p, pid in zip(rows.video_path, rows.person_id))
+        typer.echo(f"person {gid}: {len(rows)} file{'s' if len(rows) > 1 else ''} ({seen})")
+    typer.echo(f"people: {path}")
+
+
 @app.command("overlay")
 def overlay_cmd(
     out: RunFolderArg,
@@ -500,7 +543,7 @@ def overlay_cmd(
                                                "folder gets the default name in it) [default: "
                                                "OUT/overlays/<stem>.<video_id>.overlay.mp4]")] = None,
 ):
-    """Draw the run's face boxes, track ids and emotions onto a video: H.264 MP4 at the video's own frame rate and
+    """Draw the run's face boxes, persons and emotions onto a video: H.264 MP4 at the video's own frame rate and
     size, its audio copied. Reads only the landmark cache and the timeline (no model runs)."""
     from pipeline.decode import DecodeError
     from pipeline.overlay import write_overlay
@@ -517,7 +560,8 @@ def report_cmd(
                                                "[default: OUT/report.html]")] = None,
 ):
     """Write one self-contained HTML page of a run (no network: opens from disk in any browser): settings,
-    errors, and per track a face thumbnail, its emotion timeline over the whole video and the share per emotion."""
+    errors, and per person a face thumbnail, its emotion timeline over the whole video and the share per emotion;
+    the run's people across videos when OUT/people.parquet is there."""
     from pipeline.report import write_report
 
     with errors():
@@ -695,7 +739,7 @@ def prepare_cmd(
     from jobs.prepare import prepare
 
     faces = _face_settings(detector, landmarks, decoder, fps=fps, detector_weights=detector_weights,
-                           landmark_weights=landmark_weights)
+                           landmark_weights=landmark_weights, identities=False)  # a clip per video: no persons
     with errors(interrupted="the face cache under OUT/cache keeps the videos done; run again to finish"):
         m = prepare(videos_csv, out, faces, labels=labels, device=device, address=address, force=force,
                     crop=crop)

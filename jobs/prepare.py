@@ -162,7 +162,7 @@ def prepare(videos_csv: str | Path, out: str | Path, faces=None, labels: str | N
     from pipeline.settings import FaceSettings
 
     t0 = time.perf_counter()
-    faces = faces or FaceSettings()
+    faces = faces or FaceSettings(identities=False)  # (its longest track's clip: persons play no part)
     crop = parse_crop(crop)  # an unknown crop stops here, before any work
     rows = read_videos_csv(videos_csv, labels)  # a bad row stops here, before any work
     out = storage.absolute(out)

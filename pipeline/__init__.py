@@ -1,10 +1,11 @@
 """The Python API: what ``s2d annotate`` and ``s2d faces`` run, returning pandas DataFrames.
 
-    from pipeline import annotate, faces, read_timelines, read_faces
+    from pipeline import annotate, faces, people, read_timelines, read_faces
 
     df = annotate(["videos/"], out="runs/x", weights="s2d-dfew")  # one row per track and segment
     df.attrs["manifest"]  # the run's manifest.json: per video its status, error, tracks, timeline file
     rows = faces("videos/a.mp4", cache="runs/faces")  # one row per face found (the landmark cache)
+    who = people("runs/x")  # per video and person its global_person_id across the run (runs/x/people.parquet)
 
 Options are the fields of ``pipeline.settings.FaceSettings`` (``fps``, ``detector``, ``detector_weights``, ...)
 and ``AnnotateSettings`` (``weights``, ``labels``, ``segment_s``, ``stride_s``, ...), by name. Paths and ``out``
@@ -70,6 +71,16 @@ def read_timelines(out):
     from .timeline import read_timelines as read
 
     return read(out)
+
+
+def people(out, threshold: float | None = None):
+    """The persons of an ``s2d annotate --out`` folder linked across its videos and images (as ``s2d people``):
+    one row per video and person with its ``global_person_id``, written to ``out/people.parquet`` too.
+    ``threshold``: the descriptor distance below which persons are one (default: the run's identity threshold)."""
+    from . import storage
+    from .people_link import write_people
+
+    return storage.read_table(write_people(out, threshold)).to_pandas()
 
 
 def read_faces(cache, settings_hash: str | None = None, video_ids: list[str] | None = None):

@@ -4,13 +4,15 @@
     1. run_annotate: check every input and weights file, keep complete timelines, drive the chain, write
     2. chain: units [driver] -> face actors (faces, each window's clip) -> S2D actors (probabilities)
     3. Timelines: the collector; when a video's units and clips are all in, its cache entry and timeline
-    4. writers: the manifest (``manifest.py``), the overlays, the report
+    4. writers: the manifest (``manifest.py``), the overlays, the people across the run, the report
 
-A video whose timeline is complete (its own, for the same settings) is skipped; one whose landmark-cache entry is
-complete is not detected again (its clips are cut from the entry and a second decode). The run folder shows each
-input once: the timelines (and overlays) of a file's earlier content are removed at the end of the run. A still
-image is a unit of one frame whose faces go to S2D's static image model (``--image-weights``): one timeline row
-per face. Before any work: the inputs exist, the outputs can be written, and the run folder's lock is ours.
+A video whose timeline is complete (its own, for the same settings) is skipped; one whose timeline differs only by
+the identity threshold is re-grouped into persons from its landmark-cache entry (no decode, no S2D); one whose
+landmark-cache entry is complete is not detected again (its clips are cut from the entry and a second decode). The
+run folder shows each input once: the timelines (and overlays) of a file's earlier content are removed at the end
+of the run. A still image is a unit of one frame whose faces go to S2D's static image model (``--image-weights``):
+one timeline row per face. Before any work: the inputs exist, the outputs can be written, and the run folder's lock
+is ours.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from . import cache, storage
 from .classifier import Classifier, is_faceapi, resolve_classifier
 from .cluster import resources
 from .driver import Done, Video, drive, unit_rows
-from .entries import cached_entries, error_meta, write_units
+from .entries import cached_entries, error_meta, threshold, write_units
 from .face_actor import FaceWorker
 from .faces_run import FacesResult
 from .images import is_image
@@ -36,9 +38,10 @@ from .plans import plan_actors
 from .progress import Progress
 from .runlock import run_lock
 from .s2d_actor import S2DWorker
-from .settings import AnnotateSettings, FacePlan, FaceSettings, plan_faces, timeline_record
+from .settings import AnnotateSettings, FacePlan, FaceSettings, identity_name, plan_faces, timeline_record
 from .sources import Source, check_paths, find_videos
-from .timeline import is_complete, superseded, timeline_files, timeline_path, windows_table, write_timeline
+from .timeline import (is_complete, read_timeline_meta, superseded, timeline_files, timeline_path, windows_table,
+                       with_persons, write_timeline)
 from .units import Clip, UnitFaces, video_thumbnails
 
 
@@ -59,6 +62,7 @@ class AnnotateResult:
     interrupted: bool = False  # Ctrl-C / SIGTERM: the videos not done are marked "interrupted"
     report: Path | str | None = None  # OUT/report.html, once written
     report_error: str | None = None  # why the report could not be written (the run's outputs stand)
+    identity_weights: list | None = None  # the face-recognition net's files (fingerprints; None: identities off)
 
     @property
     def videos(self) -> list[dict]:
@@ -83,6 +87,7 @@ class Labelling:
     classifier: Classifier
     model: str
     key: str
+    base: str  # the key of every identity threshold's timelines (``timeline_record``'s persons None)
 
 
 # 1. the entry ---------------------------------------------------------------------------------------------------
@@ -105,16 +110,20 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
     kinds = {kind(s) for s in sources}
     resolve_weights(kinds, faces, settings)  # every missing weights file named at once
     plan = plan_faces(faces)
-    labellings = plan_labellings(kinds, settings, plan.key, trust)
+    labellings = plan_labellings(kinds, settings, plan, trust)
     main = labellings["video"] or labellings["image"]
     warning = "; ".join(lab.classifier.warning for lab in labellings.values() if lab and lab.classifier.warning)
-    result = AnnotateResult(out_dir, main.key, cache_dir, warning=warning or None)
+    result = AnnotateResult(out_dir, main.key, cache_dir, warning=warning or None,
+                            identity_weights=plan.record.get("identity_files"))
     with run_lock(out_dir):  # one run at a time in a run folder: a second stops with RunFolderBusy
         done = {} if force else {s.video_id: r for s in sources if (r := kept(s, out_dir, labellings, skipped=True))}
         result.skipped = len(done)
         todo = {s.video_id: s for s in sources if s.video_id not in done}
+        entries = cached_entries(cache_dir, plan, todo) if todo else {}
+        if not force:  # timelines of another identity threshold: persons re-grouped from the cache entry
+            done.update({vid: r for vid, s in todo.items() if (r := regrouped(s, out_dir, labellings, entries))})
+            todo = {vid: s for vid, s in todo.items() if vid not in done}
         if todo:
-            entries = cached_entries(cache_dir, plan.key, todo)
             timelines = Timelines(todo, plan, cache_dir, out_dir, labellings, entries, result, t0)
             records, result.interrupted = drive(
                 todo, timelines, lambda left, dev: chain(timelines.videos(left), plan, settings, labellings, dev),
@@ -130,7 +139,7 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
             write_overlays(result, progress)
             write_manifest(result, plan.key, settings, faces, labellings)  # with each video's overlay
         if report:
-            write_report(result)
+            write_report(result, threshold(faces))
     return result
 
 
@@ -140,12 +149,13 @@ def resolve_weights(kinds: set[str], faces: FaceSettings, settings: AnnotateSett
     resolve_all(list(dict.fromkeys([
         faces.detector_weights or faces.detector,
         (faces.landmark_weights or "mobilefacenet") if faces.landmarks == "mobilefacenet" else None,
+        identity_name(faces),  # persons (None: identities off)
         # S2D's landmark branch (face-api's net has none)
         (settings.s2d_landmark_weights or "mobilefacenet") if not all(is_faceapi(weights[k]) for k in kinds) else None,
         *[weights[k] for k in sorted(kinds) if weights[k] != "random-tiny"]])))
 
 
-def plan_labellings(kinds: set[str], settings: AnnotateSettings, face_key: str,
+def plan_labellings(kinds: set[str], settings: AnnotateSettings, plan: FacePlan,
                     trust: bool) -> dict[str, Labelling | None]:
     """Each kind's classifier (None for a kind the run has no input of), its model name and timeline key."""
     weights = {"video": settings.weights, "image": settings.image_weights}
@@ -157,15 +167,16 @@ def plan_labellings(kinds: set[str], settings: AnnotateSettings, face_key: str,
             continue
         c = resolve_classifier(weights[k], settings.labels if k == "video" else None, settings.s2d_landmark_weights,
                                trust, kind=k, crop=crops[k], frame_order=settings.frame_order if k == "video" else None)
-        labellings[k] = labelling(c, weights[k], face_key, settings)
+        labellings[k] = labelling(c, weights[k], plan, settings)
     return labellings
 
 
-def labelling(classifier: Classifier, weights: str, face_key: str, settings: AnnotateSettings) -> Labelling:
+def labelling(classifier: Classifier, weights: str, plan: FacePlan, settings: AnnotateSettings) -> Labelling:
     path = classifier.path
     model = weights if path is None or Path(weights).name != path.name else path.name
-    key = cache.settings_hash(timeline_record(face_key, classifier.fingerprint, settings, classifier.input))
-    return Labelling(classifier, model, key)
+    key, base = (cache.settings_hash(timeline_record(plan.key, classifier.fingerprint, settings, classifier.input,
+                                                     persons)) for persons in (threshold(plan.settings), None))
+    return Labelling(classifier, model, key, base)
 
 
 def kind(src: Source) -> str:
@@ -177,9 +188,32 @@ def kept(s: Source, out_dir, labellings: dict, skipped: bool) -> VideoRecord | N
     path = timeline_path(out_dir, s.video_id, s.path)
     if (meta := is_complete(path, labellings[kind(s)].key, s.video_id)) is None:
         return None
-    table = storage.read_table(path, columns=["track_id"])
-    return VideoRecord(s.video_id, s.path, kind(s), meta["status"], timeline=str(path), n_segments=table.num_rows,
-                       n_tracks=len(set(table.column("track_id").to_pylist())), skipped=skipped)
+    return record(s, path, meta["status"], storage.read_table(path, columns=["track_id", "person_id"]), skipped)
+
+
+def record(s: Source, path, status: str, table, skipped: bool = False) -> VideoRecord:
+    """The record of a video with a timeline (``table``: its rows, at least track_id and person_id)."""
+    return VideoRecord(s.video_id, s.path, kind(s), status, timeline=str(path), n_segments=table.num_rows,
+                       n_tracks=len(set(table.column("track_id").to_pylist())),
+                       n_persons=len(set(table.column("person_id").to_pylist())), skipped=skipped)
+
+
+def regrouped(s: Source, out_dir, labellings: dict, entries: dict) -> VideoRecord | None:
+    """A video whose finished timeline differs from these settings only by the identity threshold, and whose cache
+    entry is complete (``entries``, re-grouped by this threshold): its timeline rewritten with the entry's persons
+    -> its record (None: the video must be run)."""
+    lab, path = labellings[kind(s)], timeline_path(out_dir, s.video_id, s.path)
+    meta = read_timeline_meta(path)
+    if meta is None or meta["base_hash"] != lab.base or meta["video_id"] != s.video_id or s.video_id not in entries:
+        return None
+    rows = entries[s.video_id][0]
+    persons = dict(zip(rows.column("track_id").to_pylist(), rows.column("person_id").to_pylist()))
+    table = storage.read_table(path)
+    if not set(table.column("track_id").to_pylist()) <= set(persons):  # not the entry's tracks: run it
+        return None
+    table = with_persons(table, persons, lab.key)
+    write_timeline(table, path)
+    return record(s, path, meta["status"], table)
 
 
 def remove_superseded(records: list[VideoRecord], out_dir) -> None:
@@ -302,10 +336,11 @@ class Timelines:
         del self.units[vid]
         error = next((u.error for u in units if u.status == "error"), None)
         if vid in self.entries:  # faces from the cache entry: its track ids are the video's
-            meta = self.entries[vid][1] if error is None else error_meta(src, self.plan.record, error)
-            maps = None
+            rows, meta = self.entries[vid]
+            meta = meta if error is None else error_meta(src, self.plan.record, error)
+            maps, persons = None, dict(zip(rows.column("track_id").to_pylist(), rows.column("person_id").to_pylist()))
         else:
-            meta, maps = write_units(self.cache_dir, self.plan, src, units)
+            meta, maps, persons = write_units(self.cache_dir, self.plan, src, units)
         self.face_metas[vid] = meta
         rec = VideoRecord(vid, src.path, kind(src), meta["status"], meta["error"], meta.get("duration_s"),
                           nodes={"faces": sorted({u.node for u in units} - {""}),
@@ -321,10 +356,10 @@ class Timelines:
         status = "ok" if segments else meta["status"]
         table = windows_table(vid, src.path, segments, lab.classifier.class_names, lab.model, lab.key, status,
                               video_thumbnails(units, None if maps is None else [m for m, _ in maps]),
-                              lab.classifier.input)
+                              lab.classifier.input, persons, lab.base)
         path = write_timeline(table, timeline_path(self.out_dir, vid, src.path))
-        return dataclasses.replace(rec, status=status, timeline=str(path), n_segments=table.num_rows,
-                                   n_tracks=len(set(table.column("track_id").to_pylist())))
+        return dataclasses.replace(record(src, path, status, table), error=rec.error, duration_s=rec.duration_s,
+                                   nodes=rec.nodes)
 
     def failed(self, vid: str, message: str) -> VideoRecord:
         src = self.sources[vid]
@@ -361,13 +396,25 @@ def write_overlays(result: AnnotateResult, progress: bool) -> None:
             bar.done(storage.name(r.video_path), status, r.duration_s)
 
 
-def write_report(result: AnnotateResult) -> None:
-    """``OUT/report.html``; if it cannot be written, the run's outputs stand and ``report_error`` says why."""
+def write_report(result: AnnotateResult, persons: float | None) -> None:
+    """``OUT/people.parquet`` (the persons linked across the run's inputs by the identity threshold ``persons``;
+    None: identities off, none) and ``OUT/report.html``, which shows them; if either cannot be written, the run's
+    outputs stand and ``report_error`` says why."""
+    from .people_link import write_people
     from .report import write_report as write
 
+    errors = []
+    if persons is not None:
+        try:
+            write_people(result.out_dir, persons)
+        except storage.NoSpace:
+            raise
+        except Exception as exc:  # the report is written all the same
+            errors.append(f"people: {type(exc).__name__}: {exc}")
     try:
         result.report = write(result.out_dir)
     except storage.NoSpace:
         raise
     except Exception as exc:
-        result.report_error = f"report: {type(exc).__name__}: {exc}"
+        errors.append(f"report: {type(exc).__name__}: {exc}")
+    result.report_error = "; ".join(errors) or None

@@ -3,6 +3,8 @@
 Layout::
 
     <cache_dir>/faces/<settings_hash>/<video_id>.faces.parquet   FACES_SCHEMA, one row per face per sampled frame
+    <cache_dir>/faces/<settings_hash>/<video_id>.tracks.parquet  TRACKS_SCHEMA, one row per track: its person
+                                                                 and face descriptor (re-grouping needs no decode)
     <cache_dir>/faces/<settings_hash>/<video_id>.meta.parquet    META_SCHEMA, one row
 
 Writes are atomic per file (temp file in the same folder, fsync, ``os.replace``). The meta file is removed first
@@ -38,6 +40,7 @@ FACES_SCHEMA = pa.schema([
     _f("time_s", pa.float64()),  # PTS seconds
     _f("face", pa.int16()),  # index of the face within its frame
     _f("track_id", pa.int32()),
+    _f("person_id", pa.int32()),  # the track's person in this video (pipeline.persons)
     _f("score", pa.float32()),
     _f("bbox", pa.list_(pa.float32(), 4)),  # x1, y1, x2, y2 source px
     _f("kps5", pa.list_(pa.float32(), 10)),  # 5 (x, y): eyes, nose, mouth corners
@@ -65,6 +68,18 @@ META_SCHEMA = pa.schema([
     _f("n_tracks", pa.int32()),
     _f("decode_seconds", pa.float64(), True),
     _f("total_seconds", pa.float64(), True),
+    _f("n_persons", pa.int32()),
+    _f("identity_threshold", pa.float64(), True),  # what grouped the persons; null: identities off
+])
+
+DESCRIPTOR_SIZE = 128
+TRACKS_SCHEMA = pa.schema([
+    _f("video_id", pa.string()),
+    _f("track_id", pa.int32()),
+    _f("person_id", pa.int32()),
+    _f("first_s", pa.float64()),  # its first face's time
+    _f("n_chips", pa.int32()),  # faces its descriptor averages (0: none fit; the track is a person of its own)
+    _f("descriptor", pa.list_(pa.float32(), DESCRIPTOR_SIZE), True),  # face-api's recognition net; null: none
 ])
 
 STATUSES = ("ok", "no_faces", "error")
@@ -123,7 +138,10 @@ def _fixed_list(a, size: int, n: int) -> pa.FixedSizeListArray:
 
 def faces_table(columns: dict) -> pa.Table:
     """numpy columns -> FACES_SCHEMA table. bbox [n,4], kps5 [n,10] or [n,5,2], landmarks68 [n,136] or [n,68,2];
-    ``video_id``, ``width``, ``height`` may be scalars (repeated). n = len(frame_index), 0 allowed."""
+    ``video_id``, ``width``, ``height`` may be scalars (repeated); ``person_id`` absent: the track ids (each track a
+    person). n = len(frame_index), 0 allowed."""
+    if "person_id" not in columns and "track_id" in columns:
+        columns = {**columns, "person_id": columns["track_id"]}
     missing = [f.name for f in FACES_SCHEMA if f.name not in columns]
     if missing:
         raise ValueError(f"faces_table: missing columns {missing}")
@@ -143,6 +161,33 @@ def faces_table(columns: dict) -> pa.Table:
                 raise ValueError(f"faces_table: column {f.name} has {len(a)} rows, expected {n}")
             arrays.append(pa.array(a.astype(f.type.to_pandas_dtype()), f.type))
     return pa.Table.from_arrays(arrays, schema=FACES_SCHEMA)
+
+
+def tracks_table(video_id: str, tracks: dict) -> pa.Table:
+    """{track_id: (person_id, first_s, n_chips, descriptor [D] or None)} -> TRACKS_SCHEMA table, tracks in order."""
+    ids = sorted(tracks)
+    desc = [None if tracks[t][3] is None else np.asarray(tracks[t][3], np.float32).tolist() for t in ids]
+    return pa.table({"video_id": [video_id] * len(ids), "track_id": ids, "person_id": [tracks[t][0] for t in ids],
+                     "first_s": [float(tracks[t][1]) for t in ids], "n_chips": [tracks[t][2] for t in ids],
+                     "descriptor": desc}, schema=TRACKS_SCHEMA)
+
+
+def face_tracks(table: pa.Table) -> dict:
+    """A faces table's tracks, without descriptors: {track_id: (person_id, first_s, 0, None)}."""
+    out = {}
+    for t, p, s in zip(*(table.column(k).to_pylist() for k in ("track_id", "person_id", "time_s"))):
+        out[t] = (p, min(s, out[t][1]) if t in out else s, 0, None)
+    return out
+
+
+def tracks_path(cache_dir: str | Path, settings_hash: str, video_id: str) -> Path | str:
+    return storage.join(storage.parent(entry_paths(cache_dir, settings_hash, video_id)[0]),
+                        f"{video_id}.tracks.parquet")
+
+
+def read_tracks(cache_dir: str | Path, settings_hash: str, video_id: str) -> pa.Table:
+    """An entry's TRACKS_SCHEMA table (check the entry first: ``check_entry``)."""
+    return storage.read_table(tracks_path(cache_dir, settings_hash, video_id))
 
 
 def entry_paths(cache_dir: str | Path, settings_hash: str, video_id: str) -> tuple[Path | str, Path | str]:
@@ -168,10 +213,11 @@ def _meta_table(meta: dict) -> pa.Table:
 
 
 def write_entry(cache_dir: str | Path, settings_hash: str, video_id: str, faces: dict | pa.Table,
-                meta: dict) -> tuple[Path | str, Path | str]:
-    """Write one video's faces and meta (meta last). ``meta`` keys follow META_SCHEMA; ``video_id`` and
-    ``settings_hash`` come from the arguments, ``n_faces``/``n_tracks``/``versions``/``rotation`` default to the
-    faces table / ``library_versions()`` / 0; ``settings``/``versions`` may be dicts (stored as JSON)."""
+                meta: dict, tracks: dict | pa.Table | None = None) -> tuple[Path | str, Path | str]:
+    """Write one video's faces, tracks and meta (meta last). ``meta`` keys follow META_SCHEMA; ``video_id`` and
+    ``settings_hash`` come from the arguments, ``n_faces``/``n_tracks``/``n_persons``/``versions``/``rotation``
+    default to the faces table / ``library_versions()`` / 0; ``settings``/``versions`` may be dicts (stored as
+    JSON). ``tracks``: ``tracks_table``'s dict or table (default: the faces' tracks, without descriptors)."""
     table = faces if isinstance(faces, pa.Table) else faces_table(faces)
     if not table.schema.equals(FACES_SCHEMA):
         table = table.select(FACES_SCHEMA.names).cast(FACES_SCHEMA)
@@ -184,15 +230,20 @@ def write_entry(cache_dir: str | Path, settings_hash: str, video_id: str, faces:
             raise ValueError(f"meta {key} {meta[key]!r} != {val!r}")
     meta.setdefault("n_faces", table.num_rows)
     meta.setdefault("n_tracks", len(np.unique(table.column("track_id").to_numpy())))
+    meta.setdefault("n_persons", len(np.unique(table.column("person_id").to_numpy())))
     meta.setdefault("versions", library_versions())
     meta.setdefault("rotation", 0)
     mt = _meta_table(meta)
     if mt.column("n_faces")[0].as_py() != table.num_rows:
         raise ValueError(f"meta n_faces {meta['n_faces']} != {table.num_rows} face rows")
 
+    if not isinstance(tracks, pa.Table):
+        tracks = tracks_table(video_id, face_tracks(table) if tracks is None else tracks)
+
     faces_path, meta_path = entry_paths(cache_dir, settings_hash, video_id)
     storage.remove(meta_path)  # the entry is incomplete from here ...
     storage.write(faces_path, lambda f: pq.write_table(table, f))
+    storage.write(tracks_path(cache_dir, settings_hash, video_id), lambda f: pq.write_table(tracks, f))
     storage.write(meta_path, lambda f: pq.write_table(mt, f))  # ... until here
     return faces_path, meta_path
 
@@ -230,6 +281,14 @@ def check_entry(cache_dir: str | Path, settings_hash: str, video_id: str
     others = sorted(set(table.column("video_id").unique().to_pylist()) - {video_id})
     if others:
         return None, f"cache entry {faces_path} belongs to video {others[0]}: redoing the video"
+    path = tracks_path(cache_dir, settings_hash, video_id)
+    try:
+        tracks = storage.read_table(path)
+    except Exception as exc:  # missing, truncated, not Parquet
+        return None, _unreadable(path, _first_line(exc))
+    if not tracks.schema.equals(TRACKS_SCHEMA) or set(tracks.column("track_id").to_pylist()) != set(
+            table.column("track_id").unique().to_pylist()) or set(tracks.column("video_id").to_pylist()) - {video_id}:
+        return None, _unreadable(path, "not the TRACKS_SCHEMA rows of its faces' tracks")
     return (table, meta), None
 
 

@@ -1,8 +1,10 @@
 """The face actor: one unit of work (a video, or a time shard of one) in one process, frames never leave it.
 
-    decode (sampled by PTS) -> detect (RetinaFace, frames batched) -> 68 landmarks -> track online
+    decode (sampled by PTS) -> detect (RetinaFace, frames batched) -> 68 landmarks -> track online (cut at cuts)
         -> each face cut as its model's crop (``crops.Crop``) -> each window's 16-frame clip as soon as it closes
                                                        -> each track's highest-score face, its report thumbnail
+                                                       -> each track's best few faces (``identity.TrackChips``),
+                                                          their descriptors at the unit's end (persons)
 
 ``run_unit`` is that loop as a plain generator over its parts (tested without Ray); ``FaceWorker`` is the Ray
 Data callable around it, which loads the detector and landmark network once, on first use (a run whose videos are
@@ -23,7 +25,9 @@ import numpy as np
 
 from .align import align_face
 from .crops import OUR_CROP, Crop
+from .cuts import CutDetector
 from .decode import DecodeError, FrameBatches, get_decoder, sampling_step
+from .identity import TrackChips, track_descriptors
 from .images import image_frames
 from .segments import OnlineWindows, Segment
 from .settings import DETECTORS, AnnotateSettings, FacePlan, FaceSettings
@@ -95,19 +99,21 @@ def cached_faces(table, start_s: float = 0.0, end_s: float | None = None) -> Cal
 
 
 def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
-             a: AnnotateSettings | None, workers: int = 1, crops: dict[str, Crop] | None = None
-             ) -> Iterator[Clip | UnitFaces]:
+             a: AnnotateSettings | None, workers: int = 1, crops: dict[str, Crop] | None = None,
+             describe: Callable | None = None) -> Iterator[Clip | UnitFaces]:
     """The per-unit loop (see the module docstring). ``analyse(batch of (index, time, frame))`` -> per frame
     (detections {"bbox" [k,4], "score" [k], "kps5" [k,10]}, landmarks [k,68,2], track ids [k] or None: tracked
     here), run on ``workers`` batches at once (``analysed``). ``a``: the annotate settings (windows and clips), or
     None for faces only. ``crops``: {"video": ..., "image": ...}, the crop each kind's model takes (default
-    ``OUR_CROP``). Never raises: a failure ends the unit with an ``error`` status (clips already sent stay counted)."""
+    ``OUR_CROP``). ``describe(chips [n,150,150,3])`` -> descriptors [n,D]: each track's own best faces are described
+    at the unit's end (``UnitFaces.descriptors``); None: none are (identities off, or faces from the cache). Never
+    raises: a failure ends the unit with an ``error`` status (clips already sent stay counted)."""
     started = time.perf_counter()
     info = unit.info or {}
     image = bool(info.get("image"))
     crop = (crops or {}).get("image" if image else "video", OUR_CROP)
     step = sampling_step(s.fps, info.get("native_fps"))
-    tracker = OnlineTracker(step, s.max_gap_s)
+    tracker, cuts = OnlineTracker(step, s.max_gap_s), CutDetector()
     windows = OnlineWindows(step, info.get("duration_s"), a.segment_s, a.stride_s, a.min_face_frames, a.views,
                             own_start_s=unit.own_start_s, own_end_s=unit.own_end_s) if a and not image else None
     done = UnitFaces(unit.video_id, unit.index, unit.count, info=unit.info,
@@ -115,6 +121,7 @@ def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
     parts: list[dict] = []
     sampled: list[tuple[int, float]] = []
     best: dict[int, tuple[float, np.ndarray]] = {}  # each track's highest-score aligned face: its thumbnail
+    chips = TrackChips() if describe is not None else None
     frames = None
     try:
         if unit.error:
@@ -124,14 +131,16 @@ def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
         for batch, results in analysed(analyse, frames, workers):
             for (index, t, frame), (det, marks, ids) in zip(batch, results):
                 own = unit.own_start_s <= t < unit.own_end_s
-                rows = face_rows(index, t, det, marks, tracker.update(t, det["bbox"], marks) if ids is None else ids,
-                                 own)
+                if ids is None:  # tracked here (not from the cache)
+                    if cuts(frame):
+                        tracker.cut()
+                    ids = tracker.update(t, det["bbox"], marks)
+                rows = face_rows(index, t, det, marks, ids, own)
                 parts.append(rows)
                 sampled.append((index, t))
                 note_frame(done, frame, own, len(rows["track_id"]))
-                if a is not None and (own or image):
-                    for tid, score, kps in zip(rows["track_id"], rows["score"], rows["kps5"]):
-                        keep_best(best, int(tid), float(score), lambda f=frame, k=kps: align_face(f, k))
+                if own or image:
+                    keep_faces(rows, t, frame, best if a is not None else None, chips)
                 if a is not None:
                     yield from counted(done, image_clips(unit, rows, frame, crop) if image else
                                        window_clips(unit, windows, t, index, rows, frame, crop))
@@ -142,6 +151,9 @@ def run_unit(unit: Unit, decoder, analyse: Callable, s: FaceSettings,
             raise ValueError(f"{len(analyse.unmatched)} frame times of the landmark cache entry were not decoded "
                              "(the video or the decoder changed?); run again with --cache NEWDIR")
         done.frame_count = frames.count
+        if chips is not None:
+            tracks, cut = chips.chips()
+            done.descriptors = track_descriptors(tracks, describe(cut)) if len(cut) else {}
         done.thumbs = {tid: (score, thumbnail_uri(face)) for tid, (score, face) in best.items()}
     except Exception as exc:  # a bad file fails its own video, never the run
         done.status, done.error = "error", error_text("faces", exc)
@@ -160,6 +172,16 @@ def face_rows(index: int, t: float, det: dict, marks, ids, own: bool) -> dict:
             "score": np.asarray(det["score"], np.float32), "bbox": np.asarray(det["bbox"], np.float32).reshape(k, 4),
             "kps5": np.asarray(det["kps5"], np.float32).reshape(k, 10),
             "landmarks68": np.asarray(marks, np.float32).reshape(k, 136), "own": np.full(k, own)}
+
+
+def keep_faces(rows: dict, t: float, frame: np.ndarray, best: dict | None, chips: TrackChips | None) -> None:
+    """A frame's own faces offered to each track's thumbnail (``best``, ``keep_best``) and descriptor chips (None:
+    not kept)."""
+    for tid, score, kps in zip(rows["track_id"], rows["score"], rows["kps5"]):
+        if best is not None:
+            keep_best(best, int(tid), float(score), lambda f=frame, k=kps: align_face(f, k))
+        if chips is not None:
+            chips.offer(int(tid), t, float(score), kps, frame)
 
 
 def note_frame(done: UnitFaces, frame: np.ndarray, own: bool, faces: int) -> None:
@@ -205,7 +227,7 @@ class FaceWorker:
         torch_threads(1 if self.workers > 1 else threads)
         self.plan, self.device, self.emotions, self.crops = plan, device, emotions, crops
         self.decoder = get_decoder(plan.settings.decoder)
-        self.detector = self.landmarker = None
+        self.detector = self.landmarker = self.recognition = None
         self.loading = threading.Lock()
 
     def analyse(self, batch):
@@ -228,6 +250,19 @@ class FaceWorker:
                                      long_side=s.long_side)
         lm = self.plan.landmark_path
         self.landmarker = get_landmarker(s.landmarks, str(lm) if lm else None, self.device)
+        if self.plan.identity_path is not None:
+            from s2d_model.faceapi import load_recognition_net
+
+            self.recognition = load_recognition_net(self.plan.identity_path).to(self.device)
+
+    def describe(self, chips: np.ndarray) -> np.ndarray:
+        """Face descriptors [n,128] of aligned 150 px chips (face-api's recognition net), batched."""
+        from s2d_model.faceapi import descriptors
+
+        with self.loading:
+            if self.detector is None:
+                self.load(self.plan.settings)
+        return descriptors(self.recognition, chips)
 
     def __call__(self, batch: dict):
         from .cluster import node_id
@@ -235,10 +270,11 @@ class FaceWorker:
         for unit in batch["item"]:
             if unit.cached is None:
                 analyse, workers = self.analyse, self.workers
-            else:
-                analyse, workers = cached_faces(unit.cached, unit.start_s, unit.end_s), 1
+                describe = self.describe if self.plan.identity_path is not None else None
+            else:  # the entry holds its tracks' descriptors and persons
+                analyse, workers, describe = cached_faces(unit.cached, unit.start_s, unit.end_s), 1, None
             for item in run_unit(unit, self.decoder, analyse, self.plan.settings, self.emotions, workers,
-                                 self.crops):
+                                 self.crops, describe):
                 if isinstance(item, UnitFaces):
                     item.node = node_id()
                 yield items(item)

@@ -53,7 +53,7 @@ def run_faces(paths, cache_dir: str | Path, settings: FaceSettings = FaceSetting
     plan = plan_faces(settings)  # a missing weights file stops here
     sources = paths if given else find_videos(paths, skip=[cache_dir])
     result = FacesResult(cache_dir, plan.key)
-    done = {vid: e[1] for vid, e in cached_entries(cache_dir, plan.key, [s.video_id for s in sources]).items()}
+    done = {vid: e[1] for vid, e in cached_entries(cache_dir, plan, [s.video_id for s in sources]).items()}
     result.cached = len(done)
     todo = {s.video_id: s for s in sources if s.video_id not in done}
     if todo:
@@ -104,7 +104,7 @@ class Entries:
         self.finished.add(u.video_id)
         src = self.sources[u.video_id]
         try:
-            meta, _ = write_units(self.cache_dir, self.plan, src, [got[i] for i in range(u.count)])
+            meta, *_ = write_units(self.cache_dir, self.plan, src, [got[i] for i in range(u.count)])
         except storage.NoSpace:  # the run stops (one line): no other video could be written either
             raise
         except Exception as exc:  # this video's entry could not be written: its own error row, the run goes on

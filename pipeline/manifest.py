@@ -24,6 +24,7 @@ class VideoRecord:
     timeline: str | None = None  # its timeline file, once written
     n_segments: int = 0
     n_tracks: int = 0
+    n_persons: int = 0  # the people its tracks were grouped into (with identities off: one per track)
     nodes: dict | None = None  # {"faces": [...], "s2d": [...]}: the Ray node ids that did its work in this run
     skipped: bool = False  # its complete timeline was kept from an earlier run
     overlay: str | None = None  # its overlay video (--overlay)
@@ -45,6 +46,8 @@ def write_manifest(result, face_key: str, settings: AnnotateSettings, faces: Fac
     when the run has images. ``result``: an ``AnnotateResult``; ``labellings``: its ``Labelling`` of each kind."""
     main, image = labellings["video"] or labellings["image"], labellings["image"]
     manifest = {"settings_hash": result.settings_hash, "settings": asdict(settings), "face_settings": asdict(faces),
+                "identities": {"on": faces.identities, "threshold": faces.identity_threshold if faces.identities
+                               else None, "weights": result.identity_weights},
                 "face_settings_hash": face_key, "cache_dir": relative(result.out_dir, result.cache_dir),
                 "weights": main.classifier.fingerprint, "labels": list(main.classifier.class_names),
                 "input": main.classifier.input, "image_weights": image.classifier.fingerprint if image else None,

@@ -1,11 +1,12 @@
-"""Overlay videos: a run's face boxes, track ids and emotions drawn onto the source video (``s2d overlay``).
+"""Overlay videos: a run's face boxes, persons and emotions drawn onto the source video (``s2d overlay``).
 
 ``write_overlay(out_dir, video)`` reads only what ``s2d annotate`` wrote (``<out>/manifest.json``, the video's
 landmark-cache entry and its timeline; no model runs) and the source video, and writes an H.264 MP4 (yuv420p)
 with the source's frame rate, timestamps (so the same duration) and upright size, the first audio stream copied
 packet for packet (re-encoded to AAC only when MP4 cannot hold its codec). On every frame each face gets its box
-and a label ``track 3 · Happy 0.72`` (label and confidence of the segment covering that instant) on a filled
-background, and a stacked bar of the class probabilities under the box; each track has its own colour.
+and a label ``person 1 · Happy 0.72`` (the face's person in the video, as its timeline has it, and the label and
+confidence of its track's segment covering that instant) on a filled background, and a stacked bar of the class
+probabilities under the box; each person has its own colour.
 
 Faces are detected only at sampled frames (``--fps``, 8 by default): a sampled frame's boxes are drawn on the
 frames after it until the next sampled frame, for at most ``HOLD_STEPS`` sampling steps (a sampled frame without
@@ -33,7 +34,7 @@ from .timeline import _stem, in_run, prob_columns, read_manifest, read_timeline_
 from .video import DecodeError, FrameClock, native_fps, open_video
 
 HOLD_STEPS = 1.5  # a sampled frame's boxes stay on screen for at most this many sampling steps
-TRACK_COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+PERSON_COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
                  (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
 CLASS_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
                  (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (255, 255, 255)]
@@ -88,7 +89,7 @@ def _font(size: int):
 
 
 def draw_faces(frame: np.ndarray, faces: list[tuple]) -> np.ndarray:
-    """``frame`` (uint8 RGB [H, W, 3]) with each face of ``faces`` drawn on it: (track_id, bbox x1 y1 x2 y2,
+    """``frame`` (uint8 RGB [H, W, 3]) with each face of ``faces`` drawn on it: (person_id, bbox x1 y1 x2 y2,
     None or (label, confidence, probabilities [C]))."""
     from PIL import Image, ImageDraw
 
@@ -97,11 +98,11 @@ def draw_faces(frame: np.ndarray, faces: list[tuple]) -> np.ndarray:
     h, w = frame.shape[:2]
     line = max(2, round(min(w, h) / 120))
     font = _font(max(11, round(h / 32)))
-    for tid, bbox, seg in faces:
-        colour = TRACK_COLOURS[int(tid) % len(TRACK_COLOURS)]
+    for pid, bbox, seg in faces:
+        colour = PERSON_COLOURS[int(pid) % len(PERSON_COLOURS)]
         x1, y1, x2, y2 = (round(float(v)) for v in bbox)
         draw.rectangle([x1, y1, x2, y2], outline=colour, width=line)
-        text = f"track {tid}" + ("" if seg is None else f" · {seg[0]} {seg[1]:.2f}")
+        text = f"person {pid}" + ("" if seg is None else f" · {seg[0]} {seg[1]:.2f}")
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         tw, th, pad = right - left, bottom - top, 2
         tx = min(max(x1, 0), max(w - tw - 2 * pad, 0))
@@ -121,26 +122,30 @@ def draw_faces(frame: np.ndarray, faces: list[tuple]) -> np.ndarray:
 
 
 def _faces_by_sample(faces) -> tuple[np.ndarray, np.ndarray, list[list[tuple]]]:
-    """Cache rows -> (sampled frame indices [n] sorted, their times [n], per sampled frame its (track_id, bbox))."""
+    """Cache rows -> (sampled frame indices [n] sorted, their times [n], per sampled frame its (track_id, person_id,
+    bbox))."""
     order = np.lexsort((faces.column("face").to_numpy(), faces.column("frame_index").to_numpy()))
     index = faces.column("frame_index").to_numpy()[order]
     times = faces.column("time_s").to_numpy()[order]
     tracks = faces.column("track_id").to_numpy()[order]
+    persons = faces.column("person_id").to_numpy()[order]
     boxes = np.asarray(faces.column("bbox").combine_chunks().flatten(), np.float32).reshape(-1, 4)[order]
     keys, first = np.unique(index, return_index=True)
-    return keys, times[first], [list(zip(tracks[a:b].tolist(), boxes[a:b]))
+    return keys, times[first], [list(zip(tracks[a:b].tolist(), persons[a:b].tolist(), boxes[a:b]))
                                 for a, b in itertools.pairwise([*first, len(index)])]
 
 
-def _labels_at(timeline, tracks_boxes, t: float) -> list[tuple]:
-    """(track_id, bbox, segment or None) for these faces at time ``t``, from the timeline's columns."""
+def _labels_at(timeline, faces, t: float) -> list[tuple]:
+    """(person_id, bbox, segment or None) for these faces ((track_id, person_id, bbox): the cache's) at time ``t``,
+    from the timeline's columns; the person is the timeline's where it has the track (the cache may be re-grouped
+    since, by another run sharing it)."""
     out = []
-    for tid, bbox in tracks_boxes:
+    for tid, pid, bbox in faces:
         rows = timeline["by_track"].get(tid)
         k = None if rows is None else segment_at(timeline["start_s"][rows], timeline["end_s"][rows], t)
         seg = None if k is None else (timeline["label"][rows[k]], float(timeline["confidence"][rows[k]]),
                                       timeline["probs"][rows[k]])
-        out.append((tid, bbox, seg))
+        out.append((timeline["person"].get(tid, pid), bbox, seg))
     return out
 
 
@@ -169,7 +174,8 @@ def write_overlay(out_dir, video: str, dest=None) -> Path | str:
     timeline = {"start_s": table.column("start_s").to_numpy(), "end_s": table.column("end_s").to_numpy(),
                 "label": table.column("label").to_pylist(), "confidence": table.column("confidence").to_numpy(),
                 "probs": np.stack([table.column(c).to_numpy() for c in prob_columns(labels)], 1),
-                "by_track": {int(tid): np.flatnonzero(track == tid) for tid in np.unique(track)}}
+                "by_track": {int(tid): np.flatnonzero(track == tid) for tid in np.unique(track)},
+                "person": dict(zip(track.tolist(), table.column("person_id").to_pylist()))}
     samples = _faces_by_sample(entry[0])
     fps = (manifest.get("face_settings") or {}).get("fps", 8.0)
     if dest is None:

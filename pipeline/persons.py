@@ -55,3 +55,15 @@ def group(first_s: dict[int, float], descriptors: dict[int, np.ndarray], apart: 
     groups = [m for m in members if m] + [[t] for t in first_s if t not in descriptors]
     groups.sort(key=lambda m: min((first_s[t], t) for t in m))
     return {t: p for p, m in enumerate(groups) for t in m}
+
+
+def video_persons(frame_index, track_id, time_s, descriptors: dict[int, np.ndarray],
+                  threshold: float | None) -> dict[int, int]:
+    """A video's face rows (``frame_index``, ``track_id``, ``time_s`` [n]) and its tracks' descriptors -> {track:
+    person}. ``threshold`` None (identities off): each track is a person of its own, numbered by first appearance."""
+    first: dict[int, float] = {}
+    for t, s in zip(np.asarray(track_id).tolist(), np.asarray(time_s).tolist()):
+        first[t] = min(s, first.get(t, s))
+    if threshold is None:
+        return group(first, {}, set(), 0.0)
+    return group(first, {t: d for t, d in descriptors.items() if t in first}, apart(frame_index, track_id), threshold)

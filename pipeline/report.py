@@ -1,17 +1,21 @@
 """`s2d report OUT`: one self-contained HTML page for an ``s2d annotate --out`` folder, ``OUT/report.html``.
 
 Everything comes from the run folder: ``manifest.json`` (settings, weights, warning, per-video records), each
-video's timeline Parquet and its landmark cache entry (for a face thumbnail per track). The page has no scripts and
-loads nothing: the thumbnails are ``data:`` JPEGs, the timelines inline SVG, and a Content-Security-Policy that
-allows only those, so it opens from disk in any browser and a stray reference shows up as a console error.
+video's timeline Parquet (its rows, persons and face thumbnails), its landmark cache entry (which of a person's
+tracks shows its face; the thumbnails of a timeline written before they were stored) and, once ``s2d people`` has
+written it, ``people.parquet``. The page has no scripts and loads nothing: the thumbnails are ``data:`` JPEGs, the
+timelines inline SVG, and a Content-Security-Policy that allows only those, so it opens from disk in any browser
+and a stray reference shows up as a console error.
 
 Sections, what a reader came for first: an overview (per video, who is in it and their emotions over time: each
-track's dominant emotion and its runs of one label; per image, each face's label), then per video (status,
-duration; per track: the aligned face crop of its best-scored detection, the emotion probabilities stacked over the
-whole video, the dominant emotion and the share of time per emotion) and per image (each face with its label), the
-files without a timeline and why, and last the run (warning in red at the top of the page, counts by status, wall
-time, weights, the model's input crop, settings, versions). A file that is gone or a cache entry that is missing
-costs its thumbnail (a placeholder and a note), never the report.
+person's dominant emotion and its runs of one label; per image, each face's label), the people across the run
+(with ``people.parquet``: each global person's face and the files and person ids it is in), then per video
+(status, duration; per person, its tracks together: the aligned face crop of its track with the most descriptor
+chips, the emotion probabilities stacked over the whole video, gaps between its tracks left empty, the dominant
+emotion and the share of time per emotion) and per image (each face with its label), the files without a timeline
+and why, and last the run (warning in red at the top of the page, counts by status, wall time, weights, the
+model's input crop, settings, versions). A file that is gone or a cache entry that is missing costs its thumbnail
+(a placeholder and a note), never the report.
 """
 from __future__ import annotations
 
@@ -21,8 +25,9 @@ from html import escape
 import numpy as np
 import pandas as pd
 
-from . import storage
-from .summary import summarize, track_panels
+from . import cache, storage
+from .people_link import best_track, read_people
+from .summary import person_panels, persons, summarize
 from .thumbnails import thumbnails
 from .sources import display
 from .timeline import (in_run, prob_columns, read_manifest, run_cache, timeline_meta, timeline_path,
@@ -73,7 +78,7 @@ def _value(v) -> str:
 
 
 def label_runs(g: pd.DataFrame) -> str:
-    """A track's segments -> its runs of one label over time, as drawn (``columns``): "Neutral 0.0-0.9 s, Happy
+    """A person's segments -> its runs of one label over time, as drawn (``columns``): "Neutral 0.0-0.9 s, Happy
     0.9-2.4 s"."""
     g = g.sort_values(["start_s", "end_s"])
     runs: list[list] = []
@@ -87,7 +92,7 @@ def label_runs(g: pd.DataFrame) -> str:
 
 
 def overview(records: list[dict], loaded: dict) -> str:
-    """Per file with faces: its tracks (or faces), each with its dominant emotion and its emotions over time.
+    """Per file with faces: its persons (or faces), each with its dominant emotion and its emotions over time.
     ``loaded``: video_id -> ``_load_timeline``'s."""
     rows = []
     for r in records:
@@ -100,19 +105,20 @@ def overview(records: list[dict], loaded: dict) -> str:
             rows += [(name, f"face {t.track_id}", str(t.label), f"{t.confidence:.2f}")
                      for t in df.sort_values("track_id").itertuples()]
             continue
-        summary = summarize(df, labels).set_index("track_id")
-        for tid, g in df.groupby("track_id", sort=True):
-            rows.append((name, f"track {tid}", summary.loc[tid, "dominant"], label_runs(g)))
+        summary = summarize(df, labels).set_index("person_id")
+        for pid, g in persons(df).groupby("person_id", sort=True):
+            rows.append((name, f"person {pid}", summary.loc[pid, "dominant"], label_runs(g)))
     if not rows:
         return "<p>no faces in any file</p>"
     return _table(rows, ("file", "who", "dominant emotion", "emotions over time (images: confidence)"))
 
 
 def columns(g: pd.DataFrame) -> list[tuple[float, float, int]]:
-    """A track's segments (rows sorted by start) -> the [t0, t1) each is drawn over, with its row position. The
-    windows overlap (2 s windows, 1 s stride): each moment is drawn with the segment whose centre is nearest, so a
-    boundary sits half-way between two centres (kept inside their overlap); a run of overlapping segments spans
-    from its first start to its last end, and a hole in the track (a start after the previous end) stays empty."""
+    """A track's or person's segments (rows sorted by start) -> the [t0, t1) each is drawn over, with its row
+    position. The windows overlap (2 s windows, 1 s stride): each moment is drawn with the segment whose centre is
+    nearest, so a boundary sits half-way between two centres (kept inside their overlap); a run of overlapping
+    segments spans from its first start to its last end, and a hole (a start after the previous end: in a track, or
+    between a person's tracks) stays empty."""
     start, end = g["start_s"].to_numpy(np.float64), g["end_s"].to_numpy(np.float64)
     out = []
     for i in range(len(g)):
@@ -133,8 +139,8 @@ def _ticks(duration: float) -> list[float]:
 
 
 def timeline_svg(g: pd.DataFrame, labels, duration_s: float) -> str:
-    """Inline SVG of one track: class probabilities stacked (label-set order from the bottom) over ``columns``,
-    x from 0 to the video's duration (the whole video, not where the face starts), ticks in seconds."""
+    """Inline SVG of one person (or track): class probabilities stacked (label-set order from the bottom) over
+    ``columns``, x from 0 to the video's duration (the whole video, not where the face starts), ticks in seconds."""
     g = g.sort_values(["start_s", "end_s"])
     duration = max(float(duration_s or 0), float(g["end_s"].max()) if len(g) else 0.0, 1e-3)
     pw, ph = SVG_W - PAD_L - PAD_R, SVG_H - PAD_T - PAD_B
@@ -224,20 +230,58 @@ def _image_faces(df: pd.DataFrame, labels, thumbs: dict) -> str:
     return "".join(parts) + "</div>"
 
 
-def _video_tracks(record: dict, df: pd.DataFrame, labels, thumbs: dict, duration, notes: list) -> str:
-    """A video's tracks: each its crop, dominant emotion, timeline over the whole video and shares of time."""
-    parts = []
-    summary = summarize(df, labels).set_index("track_id")
-    for _, tid, g, (_, end) in track_panels(df, {record["video_id"]: duration}):
-        s = summary.loc[tid]
+def _tracks(m: dict, cache_dir, record: dict, df: pd.DataFrame) -> tuple[dict, dict]:
+    """({track: first time}, {track: descriptor chips}) of a video's timeline rows: the cache entry's tracks table
+    where it can be read, else the first segment starts and no chips."""
+    first = df.groupby("track_id")["start_s"].min().to_dict()
+    try:
+        table = cache.read_tracks(cache_dir, m.get("face_settings_hash", ""), record["video_id"]).to_pylist()
+    except Exception:  # no entry, an older one: the earliest track shows the person
+        return first, {}
+    known = {r["track_id"]: r for r in table if r["track_id"] in first}
+    return {**first, **{t: r["first_s"] for t, r in known.items()}}, {t: r["n_chips"] for t, r in known.items()}
+
+
+def _video_persons(record: dict, df: pd.DataFrame, labels, thumbs: dict, tracks: tuple, duration,
+                   notes: list) -> str:
+    """A video's persons: each the crop of its best track (``best_track``), its dominant emotion, its tracks'
+    timeline over the whole video on one row and shares of time."""
+    parts, (first, chips) = [], tracks
+    summary = summarize(df, labels).set_index("person_id")
+    for _, pid, g, (_, end) in person_panels(df, {record["video_id"]: duration}):
+        s = summary.loc[pid]
+        best = best_track({t: first[t] for t in g["track_id"].unique()}, chips)
         shares = _table([["share of time"] + [f"{100 * s['share_' + p[2:]]:.0f}%" for p in prob_columns(labels)]],
                         ["emotion"] + labels)
-        parts.append(f'<div class="track" id="t-{escape(record["video_id"])}-{tid}">'
-                     f'{_thumb(thumbs.get(tid), "; ".join(notes))}<div><b>track {tid}</b>: dominant '
+        parts.append(f'<div class="track" id="p-{escape(record["video_id"])}-{pid}">'
+                     f'{_thumb(thumbs.get(best), "; ".join(notes))}<div><b>person {pid}</b> '
+                     f'(track{"s" if s.n_tracks > 1 else ""} {s.tracks}): dominant '
                      f'<b class="dominant">{escape(s.dominant)}</b>, {s.start_s:.1f}-{s.end_s:.1f} s '
                      f'({s.seconds:.1f} s with the face, {int(s.n_segments)} segments, mean confidence '
                      f'{s.mean_confidence:.2f})<br>{timeline_svg(g, labels, end)}{shares}</div></div>')
     return "".join(parts)
+
+
+def people_html(people: pd.DataFrame | None, records: list[dict], loaded: dict) -> str:
+    """The people section (``people.parquet``'s rows): per global person its face and the files and person ids it
+    is in; a note when the file no longer matches the run's timelines (``loaded``). Empty without the file."""
+    if people is None:
+        return ""
+    now = {(vid, int(p)) for vid, (df, _, _) in loaded.items() if df is not None and len(df)
+           for p in persons(df)["person_id"].unique()}
+    names = {r["video_id"]: storage.name(r["video_path"]) for r in records}
+    parts = [f'<section id="people"><h2>People across the run ({people["global_person_id"].nunique()})</h2>']
+    if set(zip(people["video_id"], people["person_id"].astype(int))) != now:
+        parts.append('<p class="note">people.parquet does not match the timelines of this run (written before '
+                     "its last run): run s2d people again</p>")
+    parts.append('<div class="faces">')
+    for gid, rows in people.groupby("global_person_id", sort=True):
+        thumb = next((t for t in rows["thumbnail"] if t), None)
+        where = [f"{names.get(v, v)} person {p}" for v, p in zip(rows["video_id"], rows["person_id"])]
+        parts.append(f'<figure class="person">{_thumb(thumb, "no thumbnail")}<figcaption><b>person {gid}</b>: '
+                     f'{len(rows)} file{"s" if len(rows) > 1 else ""}<br><span class="small">'
+                     f'{escape(", ".join(where))}</span></figcaption></figure>')
+    return "".join(parts) + "</div></section>"
 
 
 def _video_html(m: dict, cache_dir, record: dict, loaded: tuple) -> str:
@@ -254,7 +298,8 @@ def _video_html(m: dict, cache_dir, record: dict, loaded: tuple) -> str:
     head = [("status", status), ("file", record["video_path"])]
     if not image:
         head.append(("duration", f"{duration:.2f} s" if duration else "unknown"))
-    head += [("tracks", record.get("n_tracks", 0)), ("segments", record.get("n_segments", 0))]
+    head += [("tracks", record.get("n_tracks", 0)), ("persons", record.get("n_persons", record.get("n_tracks", 0))),
+             ("segments", record.get("n_segments", 0))]
     if record.get("error"):
         head.append(("reason", record["error"]))
     parts = [f'<article class="video" id="v-{escape(record["video_id"])}"><h3>{escape(name)} '
@@ -262,7 +307,7 @@ def _video_html(m: dict, cache_dir, record: dict, loaded: tuple) -> str:
     parts += [f'<p class="note">{escape(n)}</p>' for n in notes]
     if rows:
         parts += [legend(labels), _image_faces(df, labels, thumbs) if image else
-                  _video_tracks(record, df, labels, thumbs, duration, notes)]
+                  _video_persons(record, df, labels, thumbs, _tracks(m, cache_dir, record, df), duration, notes)]
     return "".join(parts) + "</article>"
 
 
@@ -298,7 +343,8 @@ def build_report(out_dir) -> str:
     body += [f'<p class="warning">WARNING: {escape(w)}</p>' for w in warnings]
     loaded = {r["video_id"]: _load_timeline(out_dir, r, _labels(m, r)) if r.get("status") == "ok" else
               (None, _labels(m, r), None) for r in records}  # each timeline read once
-    body += ['<section id="overview"><h2>Overview</h2>', overview(records, loaded), "</section>"]
+    body += ['<section id="overview"><h2>Overview</h2>', overview(records, loaded), "</section>",
+             people_html(read_people(out_dir), records, loaded)]
     for title, sid, recs in (("Videos", "videos", videos), ("Images", "images", images)):
         if recs:
             body += [f'<section id="{sid}"><h2>{title} ({len(recs)})</h2>']

@@ -7,6 +7,9 @@ from pathlib import Path
 from . import cache
 
 
+IDENTITY_THRESHOLD = 0.34  # Euclidean distance between tracks' mean descriptors; measured in bench/persons.py
+
+
 @dataclass(frozen=True)
 class FaceSettings:
     fps: float = 8.0  # analysis rate: frames sampled per second of video, by presentation timestamp
@@ -21,11 +24,15 @@ class FaceSettings:
     max_gap_s: float = 1.0  # a track survives this long without its face
     shard_s: float | None = None  # long videos are cut into time shards this long (None: see units.plan_units)
     batch_frames: int = 8  # frames per detector forward (fewer when frames are large)
-    # (not part of the cache key)
+    identities: bool = True  # tracks grouped into persons by face descriptors (off: one person per track)
+    identity_weights: str | None = None  # path or weights name; default $S2D_IDENTITY_WEIGHTS or faceapi-recognition
+    identity_threshold: float = IDENTITY_THRESHOLD  # persons: tracks closer than this (bench/persons.py)
+    # (batch_frames, shard_s, the weights' names and identity_threshold are not part of the cache key: the entry
+    # keeps each track's descriptor and is re-grouped for another threshold without a decode)
 
     def __post_init__(self):  # fail before any work, in one line
         _check(self, fps=(0, None), score_threshold=(0, 1), nms_threshold=(0, 1), long_side=(32, None),
-               max_gap_s=(0, None), shard_s=(0, None), batch_frames=(1, None))
+               max_gap_s=(0, None), shard_s=(0, None), batch_frames=(1, None), identity_threshold=(0, 2))
         _choice("detector", self.detector, DETECTORS)
         _choice("landmarks", self.landmarks, LANDMARKS)
         _choice("decoder", self.decoder, DECODERS)
@@ -84,7 +91,8 @@ def _choice(name: str, value: str, allowed) -> None:
 DETECTORS = {"retinaface-mobilenet": "mobilenet0.25", "retinaface-resnet50": "resnet50"}
 LANDMARKS = ("mobilefacenet", "fan")
 DECODERS = ("pyav", "decord")
-NOT_IN_FACE_KEY = ("batch_frames", "shard_s", "detector_weights", "landmark_weights")  # speed or file names only
+NOT_IN_FACE_KEY = ("batch_frames", "shard_s", "detector_weights", "landmark_weights",  # speed or file names only
+                   "identity_weights", "identity_threshold")  # (the threshold: see FaceSettings)
 NOT_IN_TIMELINE_KEY = ("batch_size", "weights", "image_weights", "labels",  # the classifier's fingerprint
                        "s2d_landmark_weights", "crop", "image_crop", "frame_order")  # and its input
 
@@ -108,6 +116,29 @@ def resolve_face_weights(s: FaceSettings) -> tuple[Path, Path | None]:
     return det, lm
 
 
+def identity_name(s: FaceSettings) -> str | None:
+    """The identity weights a run needs (a registry name or path: ``identity_weights``, else the environment's
+    ``S2D_IDENTITY_WEIGHTS``, else ``faceapi-recognition``), or None with identities off."""
+    import os
+
+    if not s.identities:
+        return None
+    return s.identity_weights or os.environ.get("S2D_IDENTITY_WEIGHTS") or "faceapi-recognition"
+
+
+def resolve_identity_weights(s: FaceSettings) -> Path | None:
+    """The face-recognition net's manifest on disk, read and checked (numpy only, no torch), before any work:
+    ``WeightsNotFound`` naming the file, or ``WeightsFileError`` in one line for a corrupt or mismatched one."""
+    from s2d_model.tfjs import check_recognition_weights
+    from s2d_model.weights import resolve
+
+    if identity_name(s) is None:
+        return None
+    path = resolve(identity_name(s))
+    check_recognition_weights(path)
+    return path
+
+
 @dataclass(frozen=True)
 class FacePlan:
     """The face stage, decided before any work: weights on disk, the settings record and its cache key."""
@@ -115,6 +146,7 @@ class FacePlan:
     settings: FaceSettings
     detector_path: Path
     landmark_path: Path | None
+    identity_path: Path | None  # face-api's recognition net (None: identities off)
     record: dict  # everything that changes the face rows
     key: str  # the cache folder: a hash of ``record``
 
@@ -124,14 +156,21 @@ def plan_faces(s: FaceSettings) -> FacePlan:
 
     get_decoder(s.decoder)  # an optional decoder that is not installed fails now
     det, lm = resolve_face_weights(s)
+    ident = resolve_identity_weights(s)
     record = {k: v for k, v in asdict(s).items() if k not in NOT_IN_FACE_KEY}
     record["detector_file"] = cache.file_fingerprint(det)
     record["landmark_file"] = cache.file_fingerprint(lm) if lm else None
-    return FacePlan(s, det, lm, record, cache.settings_hash(record))
+    if ident is not None:
+        from s2d_model.tfjs import data_files
+
+        record["identity_files"] = [cache.file_fingerprint(p) for p in [ident, *data_files(ident)]]
+    return FacePlan(s, det, lm, ident, record, cache.settings_hash(record))
 
 
-def timeline_record(face_key: str, classifier_fingerprint: dict, s: AnnotateSettings, model_input: dict) -> dict:
+def timeline_record(face_key: str, classifier_fingerprint: dict, s: AnnotateSettings, model_input: dict,
+                    persons: float | None = None) -> dict:
     """Everything that changes a timeline: the timeline's settings hash is a hash of this. ``model_input``: the
-    classifier's crop and frame order (``Classifier.input``)."""
-    return {"faces": face_key, "classifier": classifier_fingerprint, "input": model_input,
+    classifier's crop and frame order (``Classifier.input``); ``persons``: the identity threshold (None: identities
+    off, or the record of every threshold's rows: a timeline of another threshold is re-grouped, not redone)."""
+    return {"faces": face_key, "classifier": classifier_fingerprint, "input": model_input, "persons": persons,
             **{k: v for k, v in asdict(s).items() if k not in NOT_IN_TIMELINE_KEY}}

@@ -2,11 +2,14 @@
 plot of ``s2d timeline`` are ``pipeline.summary``).
 
 One file per video: ``<out>/<stem>.<video_id>.timeline.parquet``, one row per (track, segment), TIMELINE columns
-(``timeline_schema``): video_id, video_path, track_id, segment, start_s, end_s, n_face_frames, label, confidence,
+(``timeline_schema``): video_id, video_path, track_id, person_id (the track's person in the video:
+``pipeline.persons``), segment, start_s, end_s, n_face_frames, label, confidence,
 ``p_<class>`` per class of the label set (lower case, spaces -> "_", in the label set's order), model, bbox (mean
 face box of the segment, x1 y1 x2 y2 source px). The schema's key/value metadata makes a file reusable:
 ``s2d.settings_hash``, ``s2d.labels`` (JSON list), ``s2d.status`` (ok | no_faces), ``s2d.complete`` = "true",
-whose rows they are, ``s2d.video_id`` and ``s2d.source`` (the video's path); and ``s2d.thumbnails``, JSON
+whose rows they are, ``s2d.video_id`` and ``s2d.source`` (the video's path); ``s2d.base_hash``, the settings
+hash of every identity threshold's rows (a re-run with another threshold re-groups the persons, nothing else);
+and ``s2d.thumbnails``, JSON
 {track_id: data: URI of a 96 px JPEG of the track's highest-score aligned face}, which the report shows (a file
 written before annotate stored them: the report decodes the faces again). A file is written atomically (temp
 file in the same folder, fsync, ``os.replace``), so a present file with that metadata is a finished video;
@@ -38,7 +41,7 @@ from .sources import display
 
 STATUSES = ("ok", "no_faces")
 META_KEYS = ("settings_hash", "labels", "status", "complete")
-OWNER_KEYS = ("video_id", "source")  # whose rows (files written before they were stored lack them)
+OWNER_KEYS = ("video_id", "source", "base_hash")  # whose rows (files written before they were stored lack them)
 
 
 def class_column(name: str) -> str:
@@ -55,7 +58,7 @@ def timeline_schema(labels: Sequence[str]) -> pa.Schema:
     f = lambda name, t: pa.field(name, t, nullable=False)  # noqa: E731
     return pa.schema(
         [f("video_id", pa.string()), f("video_path", pa.string()), f("track_id", pa.int32()),
-         f("segment", pa.int32()), f("start_s", pa.float64()), f("end_s", pa.float64()),
+         f("person_id", pa.int32()), f("segment", pa.int32()), f("start_s", pa.float64()), f("end_s", pa.float64()),
          f("n_face_frames", pa.int16()), f("label", pa.string()), f("confidence", pa.float32())]
         + [f(c, pa.float32()) for c in prob_columns(labels)]
         + [f("model", pa.string()), f("bbox", pa.list_(pa.float32(), 4))]
@@ -64,8 +67,9 @@ def timeline_schema(labels: Sequence[str]) -> pa.Schema:
 
 def timeline_table(video_id: str, video_path: str, rows: dict, probs, labels: Sequence[str], model: str,
                    settings_hash: str, status: str, thumbnails: dict[int, str] | None = None,
-                   model_input: dict | None = None) -> pa.Table:
-    """rows: numpy columns track_id, segment, start_s, end_s, n_face_frames [n] and bbox [n,4]; probs float[n,C]
+                   model_input: dict | None = None, base_hash: str | None = None) -> pa.Table:
+    """rows: numpy columns track_id, person_id (absent: the track ids), segment, start_s, end_s, n_face_frames [n]
+    and bbox [n,4]; probs float[n,C]
     (softmax, C = len(labels)). label = the argmax class (label set's spelling), confidence = its probability.
     ``thumbnails`` {track_id: data: URI}: those of the rows' tracks are kept in the metadata. ``model_input``: the
     model's crop and frame order, kept as ``s2d.crop`` and ``s2d.frame_order``."""
@@ -85,8 +89,8 @@ def timeline_table(video_id: str, video_path: str, rows: dict, probs, labels: Se
         "bbox": pa.FixedSizeListArray.from_arrays(
             pa.array(np.asarray(rows["bbox"], np.float32).reshape(n * 4), pa.float32()), 4),
     }
-    for name in ("track_id", "segment", "start_s", "end_s", "n_face_frames"):
-        a = np.asarray(rows[name]).reshape(-1)
+    for name in ("track_id", "person_id", "segment", "start_s", "end_s", "n_face_frames"):
+        a = np.asarray(rows.get(name, rows["track_id"]) if name == "person_id" else rows[name]).reshape(-1)
         if len(a) != n:
             raise ValueError(f"timeline_table: column {name} has {len(a)} rows, expected {n}")
         t = schema.field(name).type
@@ -94,7 +98,8 @@ def timeline_table(video_id: str, video_path: str, rows: dict, probs, labels: Se
     for j, name in enumerate(prob_columns(labels)):
         cols[name] = pa.array(probs[:, j], pa.float32())
     meta = {"s2d.settings_hash": settings_hash, "s2d.labels": json.dumps(labels), "s2d.status": status,
-            "s2d.complete": "true", "s2d.video_id": video_id, "s2d.source": display(str(video_path))}
+            "s2d.complete": "true", "s2d.video_id": video_id, "s2d.source": display(str(video_path)),
+            "s2d.base_hash": base_hash or settings_hash}
     for k, v in (model_input or {}).items():
         if v is not None:
             meta[f"s2d.{k}"] = str(v)
@@ -106,15 +111,17 @@ def timeline_table(video_id: str, video_path: str, rows: dict, probs, labels: Se
 
 def windows_table(video_id: str, video_path: str, clips: list, labels: Sequence[str], model: str,
                   settings_hash: str, status: str = "ok", thumbnails: dict[int, str] | None = None,
-                  model_input: dict | None = None) -> pa.Table:
+                  model_input: dict | None = None, persons: dict[int, int] | None = None,
+                  base_hash: str | None = None) -> pa.Table:
     """A video's classified clips [(Segment with the video's track id, probs [C])] -> its timeline table: one row
     per (track, window) in that order; a window's test-time views are averaged, its times, face count and box are
-    its first view's."""
+    its first view's. ``persons``: {track: person} (None: each track its own person, its id)."""
     windows: dict[tuple[int, int], list] = {}
     for seg, probs in sorted(clips, key=lambda c: (c[0].track_id, c[0].segment, c[0].view)):
         windows.setdefault((seg.track_id, seg.segment), []).append((seg, probs))
     first = [views[0][0] for views in windows.values()]
     rows = {"track_id": np.array([s.track_id for s in first], np.int32),
+            "person_id": np.array([(persons or {}).get(s.track_id, s.track_id) for s in first], np.int32),
             "segment": np.array([s.segment for s in first], np.int32),
             "start_s": np.array([s.start_s for s in first], np.float64),
             "end_s": np.array([s.end_s for s in first], np.float64),
@@ -123,7 +130,16 @@ def windows_table(video_id: str, video_path: str, clips: list, labels: Sequence[
     p = np.stack([np.mean([pr for _, pr in views], axis=0) for views in windows.values()]) if windows else \
         np.zeros((0, len(labels)), np.float32)
     return timeline_table(video_id, video_path, rows, p.astype(np.float32), labels, model, settings_hash, status,
-                          thumbnails, model_input)
+                          thumbnails, model_input, base_hash)
+
+
+def with_persons(table: pa.Table, persons: dict[int, int], settings_hash: str) -> pa.Table:
+    """A timeline table with its rows' person ids re-grouped (``persons`` {track: person}) and the settings hash
+    they now answer to; everything else as it was."""
+    person = pa.array([persons[t] for t in table.column("track_id").to_pylist()], pa.int32())
+    meta = {**table.schema.metadata, b"s2d.settings_hash": settings_hash.encode()}
+    i = table.schema.get_field_index("person_id")
+    return table.set_column(i, table.schema.field(i), person).replace_schema_metadata(meta)
 
 
 def _stem(video_path) -> str:

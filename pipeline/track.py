@@ -18,6 +18,7 @@ Rule (``OnlineTracker.update``):
   Implausible pairs are forbidden. ``scipy.optimize.linear_sum_assignment`` picks the global minimum, so faces
   that trade places in the row order (or pass each other) keep their ids.
 - Unmatched faces start new tracks. Ids are 0, 1, 2, ... in order of first appearance, then x1 within a frame.
+- A cut (``OnlineTracker.cut``; the face actor finds them with ``cuts.CutDetector``) closes every open track.
 """
 from __future__ import annotations
 
@@ -70,6 +71,11 @@ class OnlineTracker:
         ids = np.full(k, -1, np.int32)
         ids[order] = self._match(float(t), bbox[order], None if lms is None else lms[order])
         return ids
+
+    def cut(self) -> None:
+        """A cut before the next frame: every open track is closed (its id is never reused)."""
+        for d in (self.last_box, self.last_t, self.vel, self.seen, self.last_lm):
+            d.clear()
 
     def _match(self, t: float, boxes: np.ndarray, lms: np.ndarray | None) -> np.ndarray:
         for tid in [i for i, lt in self.last_t.items() if t - lt > self.max_gap_s + 1e-9]:  # close stale tracks

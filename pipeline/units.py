@@ -75,6 +75,7 @@ class UnitFaces:
     first_face_at: float | None = None  # time.time() when its first face was found (this node's clock)
     node: str = ""  # the Ray node id of the face actor that did it
     thumbs: dict = field(default_factory=dict)  # {unit track: (score, data: URI)}: its best own face (annotate)
+    descriptors: dict = field(default_factory=dict)  # {unit track: (chips, mean descriptor [D])} (identities on)
 
 
 def keep_best(best: dict, track: int, score: float, face) -> None:

@@ -22,13 +22,15 @@ Shapes: N crops, C channels, H x W pixels.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .tfjs import WeightsFileError, data_files, read_tfjs_arrays  # noqa: F401  (re-exported)
+from .tfjs import error as _error
 
 CLASSES = ("neutral", "happy", "sad", "angry", "fearful", "disgusted", "surprised")  # face-api's output order
 MEAN_RGB = (122.782, 117.001, 104.298)
@@ -37,100 +39,10 @@ RECOGNITION_INPUT_SIZE = 150
 DESCRIPTOR_SIZE = 128
 
 
-class WeightsFileError(ValueError):
-    """A weights file that cannot be read or does not fit the net; the message is one line naming the file."""
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# tfjs weights format
-
-_BYTES_PER_VALUE = {"float32": 4, "uint8": 1}  # stored dtype -> bytes; uint8 only as quantisation
-
-
-def _error(path: Path | str, what: str) -> WeightsFileError:
-    return WeightsFileError(f"{path}: {' '.join(str(what).split())}")
-
-
-def _tensor_spec(manifest: Path, spec) -> tuple[str, tuple[int, ...], str, dict | None]:
-    """One manifest entry -> (name, shape, stored dtype, quantisation or None), checked."""
-    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-        raise _error(manifest, f"not a tfjs weights manifest (weight entry {spec!r:.80})")
-    name, shape, dtype, quant = spec["name"], spec.get("shape"), spec.get("dtype"), spec.get("quantization")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise _error(manifest, f"tensor {name} has an invalid shape {shape!r}")
-    if dtype != "float32":
-        raise _error(manifest, f"tensor {name} has unsupported dtype {dtype!r} (only float32)")
-    if quant is None:
-        return name, tuple(shape), "float32", None
-    if not isinstance(quant, dict) or quant.get("dtype") != "uint8":
-        qdtype = quant.get("dtype") if isinstance(quant, dict) else quant
-        raise _error(manifest, f"tensor {name} has unsupported quantization {qdtype!r} (only uint8)")
-    if not all(isinstance(quant.get(k), (int, float)) for k in ("scale", "min")):
-        raise _error(manifest, f"tensor {name} has a uint8 quantization without numeric scale/min")
-    return name, tuple(shape), "uint8", quant
-
-
-def data_files(manifest: str | Path) -> list[Path]:
-    """The binary files a tfjs weights manifest names (beside it), in order; [] when it cannot be read."""
-    manifest = Path(manifest)
-    try:
-        groups = json.loads(manifest.read_text())
-        return [manifest.parent / p for g in groups for p in g["paths"]]
-    except (OSError, ValueError, TypeError, KeyError):
-        return []
-
-
 def read_tfjs(manifest: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a tfjs weights manifest, dequantised to float32, in TF layout (shapes as the manifest says).
-
-    The manifest is a JSON list of groups ``{"paths": [...], "weights": [...]}``; a group's binary files (relative
-    to the manifest's folder) are concatenated and hold its tensors back to back. A uint8-quantised tensor's value
-    is ``q * scale + min``; any other is little-endian float32. Raises ``WeightsFileError`` on anything else.
-    """
-    manifest = Path(manifest)
-    try:
-        groups = json.loads(manifest.read_text())
-    except OSError as e:
-        raise _error(manifest, f"cannot read manifest ({e.strerror or e})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _error(manifest, f"not JSON ({e})") from None
-    if not isinstance(groups, list) or not all(
-        isinstance(g, dict) and isinstance(g.get("paths"), list) and isinstance(g.get("weights"), list)
-        for g in groups
-    ):
-        raise _error(manifest, "not a tfjs weights manifest (expected a list of {paths, weights} groups)")
-
-    tensors: dict[str, torch.Tensor] = {}
-    for group in groups:
-        specs = [_tensor_spec(manifest, s) for s in group["weights"]]
-        bins = [manifest.parent / p for p in group["paths"] if isinstance(p, str)]
-        if len(bins) != len(group["paths"]):
-            raise _error(manifest, "not a tfjs weights manifest (a path is not a string)")
-        chunks = []
-        for path in bins:
-            try:
-                chunks.append(path.read_bytes())
-            except OSError as e:
-                raise _error(path, f"cannot read weights file named by {manifest.name} ({e.strerror or e})") from None
-        data = b"".join(chunks)
-        needed = sum(int(np.prod(shape)) * _BYTES_PER_VALUE[stored] for _, shape, stored, _ in specs)
-        if len(data) != needed:
-            what = "truncated" if len(data) < needed else "too long"
-            files = ", ".join(str(p) for p in bins) or "(no weights files)"
-            raise _error(files, f"{what}: {len(data)} bytes, its manifest {manifest} needs {needed}")
-        offset = 0
-        for name, shape, stored, quant in specs:
-            count = int(np.prod(shape))
-            if name in tensors:
-                raise _error(manifest, f"tensor {name} appears twice")
-            if stored == "uint8":
-                q = np.frombuffer(data, np.uint8, count, offset)
-                values = (q * float(quant["scale"]) + float(quant["min"])).astype(np.float32)  # as tfjs: f64 math
-            else:
-                values = np.frombuffer(data, "<f4", count, offset).astype(np.float32)
-            tensors[name] = torch.from_numpy(values.reshape(shape))
-            offset += count * _BYTES_PER_VALUE[stored]
-    return tensors
+    """All tensors of a tfjs weights manifest (``tfjs.read_tfjs_arrays``) as float32 torch tensors in TF layout.
+    Raises ``WeightsFileError`` on anything but face-api's format."""
+    return {k: torch.from_numpy(v) for k, v in read_tfjs_arrays(manifest).items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------

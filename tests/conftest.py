@@ -14,6 +14,9 @@ FIXTURES = Path(os.environ.get("S2D_FIXTURES", REPO.parent / "shared" / "fixture
 # it starts and when it ends (~3 s a run, measured). Here it checks every 0.5 s: the tests, the Ray they start and
 # the commands they run inherit it (Ray Train passes it from the driver to its controller and workers).
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# Persons (identities on by default) need face-api's recognition net: the fixtures' copy, for every run a test starts
+os.environ.setdefault("S2D_IDENTITY_WEIGHTS",
+                      str(FIXTURES / "weights" / "face-api" / "face_recognition_model-weights_manifest.json"))
 
 
 def pytest_collection_modifyitems(items):

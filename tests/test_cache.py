@@ -41,7 +41,7 @@ def make_meta(status: str = "ok", **kw) -> dict:
 
 def test_schemas_exact():
     want = [("video_id", pa.string()), ("frame_index", pa.int64()), ("time_s", pa.float64()),
-            ("face", pa.int16()), ("track_id", pa.int32()), ("score", pa.float32()),
+            ("face", pa.int16()), ("track_id", pa.int32()), ("person_id", pa.int32()), ("score", pa.float32()),
             ("bbox", pa.list_(pa.float32(), 4)), ("kps5", pa.list_(pa.float32(), 10)),
             ("landmarks68", pa.list_(pa.float32(), 136)), ("width", pa.int32()), ("height", pa.int32())]
     assert [(f.name, f.type) for f in C.FACES_SCHEMA] == want
@@ -51,7 +51,10 @@ def test_schemas_exact():
     assert C.META_SCHEMA.names == [
         "video_id", "source_path", "duration_s", "native_fps", "frame_count", "sampled_frames", "rotation",
         "width", "height", "settings_hash", "settings", "versions", "status", "error", "n_faces", "n_tracks",
-        "decode_seconds", "total_seconds"]
+        "decode_seconds", "total_seconds", "n_persons", "identity_threshold"]
+    assert C.TRACKS_SCHEMA.names == ["video_id", "track_id", "person_id", "first_s", "n_chips", "descriptor"]
+    assert C.TRACKS_SCHEMA.field("descriptor").type == pa.list_(pa.float32(), 128)
+    assert C.TRACKS_SCHEMA.field("descriptor").nullable
     assert C.META_SCHEMA.field("duration_s").nullable and C.META_SCHEMA.field("error").nullable
     assert not C.META_SCHEMA.field("status").nullable
     types = {f.name: f.type for f in C.META_SCHEMA}
@@ -111,7 +114,8 @@ def test_error_entry_is_not_done(tmp_path):
 def test_atomic_and_crash_between_files(tmp_path, monkeypatch):
     C.write_entry(tmp_path, "h", "v", make_columns(4), make_meta())
     folder = tmp_path / "faces" / "h"
-    assert sorted(p.name for p in folder.iterdir()) == ["v.faces.parquet", "v.meta.parquet"]  # no temp files
+    assert sorted(p.name for p in folder.iterdir()) == ["v.faces.parquet", "v.meta.parquet",
+                                                        "v.tracks.parquet"]  # no temp files
 
     real = C.storage.write
 

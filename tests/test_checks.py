@@ -166,7 +166,7 @@ def test_a_clip_without_probabilities_fails_its_video_never_a_nan_row(tmp_path, 
     from pipeline.sources import Source
 
     plan = plan_faces(FaceSettings(detector_weights=str(detector_weights), landmark_weights=str(landmark_weights)))
-    video = Labelling(resolve_classifier("random-tiny", None, str(landmark_weights)), "m", "h")
+    video = Labelling(resolve_classifier("random-tiny", None, str(landmark_weights)), "m", "h", "h")
     t = Timelines({"a": Source("/v/a.mp4", "a", 1, 0.0)}, plan, tmp_path / "c", tmp_path / "o",
                   {"video": video, "image": None}, {})
     t.add(_unit("a", n_clips=2, tracks=(0,)))
@@ -372,3 +372,48 @@ def test_training_leaves_the_data_pipeline_cpus_or_says_why_it_cannot():
         task = data_task_cpus(cpus, workers, each)  # a data task fits beside the workers: it can always start
         assert 0 < task <= 1.0 and workers * each + task <= cpus + 1e-9, (workers, cpus, each, task)
     assert data_task_cpus(1.0, 2, plan_workers(2, 1.0, 0, 1.0, 0)[0]) == 0.5  # not Ray Data's default of 1
+
+
+@pytest.mark.parametrize("breakage, says", [
+    ("truncated", "face_recognition_model.bin: truncated"),
+    ("expression", "missing tensor conv32_down/conv/filters"),
+    ("not json", "not JSON"),
+])
+def test_a_corrupt_or_mismatched_identity_weights_file_fails_before_any_work(env, fixtures_dir, tmp_path, breakage,
+                                                                             says):
+    """--identity-weights: read and checked (numpy only) before Ray starts, in one line naming the file."""
+    face_api = fixtures_dir / "weights" / "face-api"
+    if breakage == "expression":
+        manifest = face_api / "face_expression_model-weights_manifest.json"
+    else:
+        manifest = tmp_path / "face_recognition_model-weights_manifest.json"
+        shutil.copy(face_api / manifest.name, manifest)
+        data = (face_api / "face_recognition_model.bin").read_bytes()
+        (tmp_path / "face_recognition_model.bin").write_bytes(data[:-64] if breakage == "truncated" else data)
+        if breakage == "not json":
+            manifest.write_text("<html>404</html>")
+    code = ("import runpy, sys; sys.modules['torch'] = sys.modules['timm'] = None\n"
+            "import pipeline.driver as D, pipeline.cluster as C\n"
+            "def stop(address=None): raise C.ClusterError('stopped where Ray would start')\n"
+            "D.init_ray = stop\n"
+            f"sys.argv = ['s2d', 'annotate', {str(fixtures_dir / 'videos')!r}, '--out', {str(tmp_path / 'o')!r}, "
+            f"'--weights', 'random-tiny', '--identity-weights', {str(manifest)!r}]\n"
+            "runpy.run_module('cli', run_name='__main__')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, **env}, timeout=120)
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert res.returncode == 1 and len(errors) == 1 and says in errors[0], res.stderr[-2000:]
+    assert str(manifest.parent) in errors[0] and "Traceback" not in res.stderr and not (tmp_path / "o").exists()
+
+
+def test_a_missing_identity_weights_file_is_named_with_the_others(tmp_path, fixtures_dir):
+    env = {k: v for k, v in os.environ.items() if k != "S2D_IDENTITY_WEIGHTS"}
+    res = subprocess.run([sys.executable, "-m", "cli", "annotate", str(fixtures_dir / "videos"), "--out",
+                          str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO, timeout=120,
+                         env={**env, "S2D_HOME": str(tmp_path / "home"), "S2D_WEIGHTS_DIR": str(tmp_path / "none")})
+    assert res.returncode == 1 and "4 weights files are missing" in res.stderr and "faceapi-recognition" in res.stderr
+    no_ids = subprocess.run([sys.executable, "-m", "cli", "annotate", str(fixtures_dir / "videos"), "--out",
+                             str(tmp_path / "o"), "--no-identities"], capture_output=True, text=True, cwd=REPO,
+                            timeout=120, env={**env, "S2D_HOME": str(tmp_path / "home"),
+                                              "S2D_WEIGHTS_DIR": str(tmp_path / "none")})
+    assert "3 weights files are missing" in no_ids.stderr and "faceapi-recognition" not in no_ids.stderr

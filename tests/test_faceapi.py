@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,10 @@ from s2d_model.faceapi import (
     pad_to_square,
     read_tfjs,
     resize_bilinear_tf,
+    tfjs_name,
     to_input,
 )
+from s2d_model.faceapi import _RECOGNITION_TFJS_NAMES
 
 MANIFEST = "face_expression_model-weights_manifest.json"
 BIN = "face_expression_model.bin"
@@ -406,3 +409,23 @@ def test_each_loader_refuses_the_other_net(faceapi_dir):
     assert "\n" not in str(err.value) and RECOGNITION_MANIFEST in str(err.value)
     with pytest.raises(WeightsFileError, match="missing tensor conv32_down/conv/filters .*faceRecognitionNet"):
         load_recognition_net(faceapi_dir / MANIFEST)
+
+
+def test_the_recognition_weights_check_needs_no_torch_and_knows_the_nets_tensors(faceapi_dir, tmp_path):
+    """``tfjs.check_recognition_weights`` (numpy only: the driver checks the file before any work) takes the
+    published file, whose tensors are exactly ``recognition_shapes``, and refuses the expression net's."""
+    from s2d_model.tfjs import check_recognition_weights, read_tfjs_arrays, recognition_shapes
+
+    tensors = read_tfjs_arrays(faceapi_dir / RECOGNITION_MANIFEST)
+    assert {k: tuple(v.shape) for k, v in tensors.items()} == recognition_shapes()
+    assert set(recognition_shapes()) == {tfjs_name(k, _RECOGNITION_TFJS_NAMES)[0]
+                                         for k in FaceRecognitionNet().state_dict()}
+    check_recognition_weights(faceapi_dir / RECOGNITION_MANIFEST)
+    with pytest.raises(WeightsFileError, match="missing tensor conv32_down/conv/filters"):
+        check_recognition_weights(faceapi_dir / MANIFEST)
+    groups = json.loads((faceapi_dir / RECOGNITION_MANIFEST).read_text())
+    groups[0]["weights"][-1]["shape"] = [128, 256]  # fc transposed: same size, wrong net
+    (tmp_path / RECOGNITION_MANIFEST).write_text(json.dumps(groups))
+    shutil.copy(faceapi_dir / RECOGNITION_BIN, tmp_path)
+    with pytest.raises(WeightsFileError, match=r"tensor fc has shape \[128, 256\], expected \[256, 128\]"):
+        check_recognition_weights(tmp_path / RECOGNITION_MANIFEST)

@@ -38,7 +38,7 @@ def test_cache_rows_equal_the_golden_copy(run):
         new = pd.read_parquet(next((result.faces.cache_dir / "faces").glob(f"*/{meta['video_id']}.faces.parquet")))
         old = pd.read_parquet(HERE / f"{file}.faces.parquet")
         assert list(new.columns) == ["video_id"] + list(old.columns) and len(new) == len(old), file
-        for c in ("frame_index", "time_s", "face", "track_id", "width", "height"):
+        for c in ("frame_index", "time_s", "face", "track_id", "person_id", "width", "height"):
             assert (new[c].to_numpy() == old[c].to_numpy()).all(), (file, c)
         for c in ("score", "bbox", "kps5", "landmarks68"):
             a, b = (np.stack(x[c].to_numpy()) if len(x) else np.zeros(0) for x in (new, old))

@@ -21,15 +21,17 @@ def test_quality_prefers_large_frontal_faces_and_refuses_tiny_ones():
 
 
 def test_a_track_gives_at_most_one_chip_per_second_and_its_best_few():
-    frame = np.full((200, 200, 3), 128, np.uint8)
+    frame = np.random.default_rng(0).integers(0, 255, (200, 200, 3), np.uint8)  # (texture: a sharp chip)
     chips = TrackChips(per_track=3, bucket_s=1.0)
     for i in range(40):  # 10 s at 4 faces per second, scores rising within each second
         chips.offer(7, i * 0.25, 0.5 + 0.1 * (i % 4) + 0.001 * i, EYES, frame)
     chips.offer(2, 0.0, 0.9, EYES * 0.25, frame)  # too small: no chip, no descriptor
     tracks, cut = chips.chips()
     assert tracks.tolist() == [7, 7, 7] and cut.shape == (3, CHIP, CHIP, 3) and cut.dtype == np.uint8
-    assert sorted(round(q, 3) for (_, _), (q, _) in chips.best.items()) == sorted(
-        round(quality(0.8 + 0.001 * (4 * s + 3), EYES), 3) for s in range(10))  # each second's last (best) face
+    # held: never more than 3 chips of the track, and at the end the best 3 seconds' best (last) faces
+    assert sorted(chips.kept[7]) == [7, 8, 9] and sorted(round(q, 4) for q, _ in chips.kept[7].values()) == sorted(
+        round(quality(0.8 + 0.001 * (4 * s + 3), EYES), 4) for s in (7, 8, 9))
+    assert 2 not in chips.kept or not chips.kept[2]
     assert TrackChips().chips()[1].shape == (0, CHIP, CHIP, 3)
 
 
@@ -75,3 +77,19 @@ def test_the_man_of_the_video_is_the_man_of_the_still_and_no_one_else(nets, fixt
             distance[f"{name}#{j}"] = float(np.linalg.norm(f - man))
     own = distance.pop("single_face.jpg#0")
     assert len(distance) == 9 and own < 0.32 and min(distance.values()) > 0.38, (own, distance)
+
+
+def test_a_blurred_face_gives_no_chip_and_a_sharp_one_does(nets, fixtures_dir):
+    """The man's still, sharp and blurred (a Gaussian of sigma 4 px: out of focus, or moving fast): the same
+    detector finds both, only the sharp one is described (a track of blurred faces stays a person of its own)."""
+    from pipeline.identity import MIN_SHARPNESS, sharpness
+
+    detector, _ = nets
+    rgb = cv2.cvtColor(cv2.imread(str(fixtures_dir / "images" / "single_face.jpg")), cv2.COLOR_BGR2RGB)
+    for image, kept in ((rgb, True), (cv2.GaussianBlur(rgb, (0, 0), 4), False)):
+        d = detector(image[None])[0]
+        assert len(d["score"]) == 1 and d["score"][0] > 0.9  # found either way
+        chips = TrackChips()
+        chips.offer(0, 0.0, float(d["score"][0]), d["kps5"][0], image)
+        assert (len(chips.chips()[0]) == 1) == kept
+        assert (sharpness(align_face(image, d["kps5"][0], CHIP, MARGIN)) >= MIN_SHARPNESS) == kept

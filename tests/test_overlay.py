@@ -1,4 +1,4 @@
-"""`s2d overlay`: the overlay video of a run (boxes, track ids, labels drawn on the source), its pure parts, and
+"""`s2d overlay`: the overlay video of a run (boxes, persons, labels drawn on the source), its pure parts, and
 small hand-made runs (a cache entry, a timeline and a manifest written directly) for rotation, odd sizes and audio
 that MP4 cannot hold."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ from cli import app
 from media import write_video
 from pipeline import cache
 from pipeline.decode import PyAVDecoder
-from pipeline.overlay import (HOLD_STEPS, TRACK_COLOURS, draw_faces, find_run_video, held_sample, overlay_path,
+from pipeline.overlay import (HOLD_STEPS, PERSON_COLOURS, draw_faces, find_run_video, held_sample, overlay_path,
                               segment_at, write_overlay)
 from pipeline.timeline import timeline_table, write_timeline
 
@@ -71,9 +71,10 @@ def write_av(path: Path, frames: list[np.ndarray], fps: int, audio_codec: str | 
 
 
 def fake_run(tmp: Path, video: Path, faces: dict[int, list[tuple[int, list[float]]]],
-             segments: list[tuple[int, float, float, list[float]]], fps: float = 8.0) -> Path:
-    """An `annotate --out` folder written by hand: ``faces`` {frame index: [(track_id, bbox)]} as the cache entry,
-    ``segments`` [(track_id, start_s, end_s, probabilities)] as the timeline. Returns the out folder."""
+             segments: list[tuple[int, float, float, list[float]]], fps: float = 8.0, persons: dict | None = None) -> Path:
+    """An `annotate --out` folder written by hand: ``faces`` {frame index: [(track_id, bbox)]} as the cache entry
+    (each track its own person), ``segments`` [(track_id, start_s, end_s, probabilities)] as the timeline, its
+    persons ``persons`` {track: person} (default: the track ids). Returns the out folder."""
     out, cache_dir, vid, fh = tmp / "out", tmp / "cache", "v0000000000000001", "facehash00000000"
     times = {}
     for i, t, img in PyAVDecoder().iter_frames(video, fps=None):
@@ -90,6 +91,7 @@ def fake_run(tmp: Path, video: Path, faces: dict[int, list[tuple[int, list[float
     n = len(segments)
     table = timeline_table(vid, str(video), {
         "track_id": np.array([s[0] for s in segments]), "segment": np.arange(n),
+        "person_id": np.array([(persons or {}).get(s[0], s[0]) for s in segments]),
         "start_s": np.array([s[1] for s in segments], np.float64), "end_s": np.array([s[2] for s in segments]),
         "n_face_frames": np.full(n, 16), "bbox": np.zeros((n, 4))},
         np.array([s[3] for s in segments], np.float32).reshape(n, len(LABELS)), LABELS, "m", "h", "ok")
@@ -137,19 +139,26 @@ def test_held_sample_holds_a_sampled_frame_for_at_most_the_hold():
     assert held_sample(np.array([5]), np.array([5 / 30]), 2, 2 / 30, hold) is None  # before the first sample
 
 
-def test_draw_faces_draws_box_label_and_bar_and_nothing_else():
+def test_draw_faces_draws_box_label_and_bar_and_nothing_else(monkeypatch):
+    from PIL import ImageDraw
+
+    texts, text = [], ImageDraw.ImageDraw.text
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", lambda self, xy, t, *a, **k: texts.append(t) or text(
+        self, xy, t, *a, **k))
     img = np.full((120, 160, 3), 100, np.uint8)
     out = draw_faces(img, [(1, [40, 40, 100, 90], ("Happy", 0.7, np.array([0.7, 0.2, 0.1])))])
+    assert texts == ["person 1 · Happy 0.70"]
     assert out.shape == img.shape and out.dtype == np.uint8 and (img == 100).all()  # input untouched
-    assert tuple(out[65, 40]) == TRACK_COLOURS[1] and tuple(out[65, 100]) == TRACK_COLOURS[1]  # left, right edge
+    assert tuple(out[65, 40]) == PERSON_COLOURS[1] and tuple(out[65, 100]) == PERSON_COLOURS[1]  # left, right edge
     assert (out[65, 45:95] == 100).all()  # inside the box: the face stays visible
     assert (out[30:40, 40:60] != 100).any()  # the label, above the box
     assert len({tuple(out[93, x]) for x in range(42, 99)}) >= 3  # the probability bar under it: 3 classes
     ys, xs = np.nonzero((out != 100).any(-1))
     assert xs.min() == 40 and ys.min() >= 40 - 20 and ys.max() < 100  # nothing elsewhere
-    # at the frame's edges the label and the bar move inside the box; no segment: box and track id only
+    # at the frame's edges the label and the bar move inside the box; no segment: box and person only
     edge = draw_faces(img, [(0, [0, 0, 159, 119], None), (2, [10, 60, 60, 119], ("Sad", 0.5, [0.2, 0.5, 0.3]))])
-    assert tuple(edge[60, 0]) == TRACK_COLOURS[0] and tuple(edge[90, 10]) == TRACK_COLOURS[2]
+    assert tuple(edge[60, 0]) == PERSON_COLOURS[0] and tuple(edge[90, 10]) == PERSON_COLOURS[2]
+    assert texts[1:] == ["person 0", "person 2 · Sad 0.50"]
 
 
 def test_find_run_video_by_name_path_or_id(tmp_path):
@@ -238,7 +247,7 @@ def test_a_face_is_held_until_the_next_sample_then_gone_and_labels_follow_the_se
     assert drawn == [True, True, False, False, False, True, True, False, False, False]
     bar = np.s_[42:46, 22:48]  # the probability bar under the box
     assert np.abs(frame(path, 0)[bar] - src[bar]).max() > 60  # frame 0 at 0.0 s: the segment's bar
-    assert np.abs(frame(path, 5)[bar] - src[bar]).max() < 20  # 0.5 s: no segment covers it: box and track id only
+    assert np.abs(frame(path, 5)[bar] - src[bar]).max() < 20  # 0.5 s: no segment covers it: box and person only
 
 
 def test_rotated_and_odd_sized_sources_and_audio_mp4_cannot_hold(tmp_path):
@@ -299,3 +308,15 @@ def test_copied_aac_audio_and_failures(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"a.mp4 has no finished timeline .* \(status error: a.mp4: truncated\)"):
         write_overlay(out, "a.mp4", tmp_path / "x.mp4")
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_a_face_is_labelled_with_its_person_as_the_timeline_has_it(tmp_path):
+    """Track 3 of the cache is person 1 in the timeline (its cache rows say 3: re-grouped since): the overlay draws
+    what draw_faces draws for person 1, its colour and "person 1 · Sad 0.80"."""
+    video = write_video(tmp_path / "v.mp4", gray(96, 128, 4), fps=8)
+    box, probs = [30.0, 30.0, 80.0, 80.0], [0.1, 0.8, 0.1]
+    out = fake_run(tmp_path, video, {i: [(3, box)] for i in range(4)}, [(3, 0.0, 1.0, probs)], persons={3: 1})
+    ov, src = frame(write_overlay(out, "v.mp4"), 2), frame(video, 2).astype(np.uint8)
+    want = [draw_faces(src, [(p, box, ("Sad", 0.8, np.array(probs)))]).astype(np.int16) for p in (1, 3)]
+    person1, person3 = (float(np.abs(ov - w).mean()) for w in want)  # H.264 leaves ~3 (measured: 3.0 against 11.6)
+    assert person1 < 5 and 2 * person1 < person3

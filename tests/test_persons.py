@@ -59,3 +59,20 @@ def test_face_apis_own_descriptors_group_the_same_man_and_no_one_else(fixtures_d
     same = {names.index("single_face.png"), names.index("single_face_t1.5.png")}
     assert len({persons[i] for i in same}) == 1
     assert len(set(persons.values())) == len(names) - 1
+
+
+def test_video_persons_from_face_rows():
+    from pipeline.persons import video_persons
+
+    frame = np.array([0, 0, 1, 5, 6, 9])
+    track = np.array([4, 2, 4, 7, 7, 9])
+    times = frame * 0.5
+    d = {4: np.zeros(128), 2: np.full(128, 0.001), 7: np.full(128, 0.0005), 9: np.ones(128)}
+    # 4 and 2 alike but seen together: apart; 7 joins 4 (the first of the two: 2 is seen at the same time, lower
+    # id... numbered by first appearance then id), 9 is far: its own
+    got = video_persons(frame, track, times, d, 0.5)
+    assert got[2] != got[4] and got[9] not in (got[2], got[4], got[7]) and got[7] in (got[2], got[4])
+    assert sorted(set(got.values())) == [0, 1, 2] and got[2] == 0 and got[4] == 1  # (2 before 4 at t=0: by id)
+    off = video_persons(frame, track, times, d, None)  # identities off: each track its own, by first appearance
+    assert off == {2: 0, 4: 1, 7: 2, 9: 3}
+    assert video_persons(frame, track, times, {}, 0.5) == off  # no descriptor: each its own, never merged

@@ -157,7 +157,7 @@ def test_hand_made_run(tmp_path, fixtures_dir):
     # the video whose file is gone: its timeline, a placeholder face and a note, shares of its 3 segments
     assert "clip.mp4 (ok)" in text and "duration 10.00 s" in text and "no thumbnails: DecodeError" in text
     assert "file not found" in text and "no thumbnail" in text
-    assert "track 0 : dominant Happy , 5.0-9.0 s (4.0 s with the face, 3 segments" in text
+    assert "person 0 (track 0): dominant Happy , 5.0-9.0 s (4.0 s with the face, 3 segments" in text
     assert "share of time 67% 33% 0% 0% 0% 0% 0%" in text
     assert 'data-duration="10"' in page
     # the image: its face with its label, in its own label set (read from the timeline file)
@@ -168,6 +168,45 @@ def test_hand_made_run(tmp_path, fixtures_dir):
     from PIL import Image
 
     assert Image.open(io.BytesIO(base64.b64decode(imgs[0]))).size == (96, 96)
+
+
+def test_persons_and_people(tmp_path):
+    """tests/test_people.py's hand-made run: a person's tracks on one row (the gap between them empty) with the face
+    of its track with the most chips; the people section once people.parquet is there, and a note when it is stale."""
+    from test_people import made_up_run, thumb
+
+    from pipeline.people_link import write_people
+
+    out = made_up_run(tmp_path)
+    page = build_report(out)
+    text = page_text(page)
+    assert_self_contained(page)
+    assert "a.mp4 person 0 Happy Happy 0.0-2.0 s, Happy 5.0-7.0 s" in text  # the overview, per person
+    assert "persons 3" in text and "tracks 4" in text
+    assert "person 0 (tracks 0, 2): dominant Happy , 0.0-7.0 s (4.0 s with the face, 2 segments" in text
+    assert "person 2 (track 3): dominant Happy" in text
+    blocks = dict(re.findall(r'<div class="track" id="p-(\w+-\d)">(.*?)</div></div>', page))
+    assert sorted(blocks) == ["va-0", "va-1", "va-2", "vb-0", "vb-1"]  # a block per person, not per track
+    assert f'src="{thumb("va", 0)}"' in blocks["va-0"]  # 7 chips against 1
+    assert f'src="{thumb("vb", 2)}"' in blocks["vb-1"]  # 2 chips each: the earlier track (1.0 s against 3.0 s)
+    svg = ET.fromstring(re.search(r"<svg.*?</svg>", blocks["va-0"]).group(0))
+    assert [(s.get("data-t0"), s.get("data-t1")) for s in svg.iter("g")] == [("0.000", "2.000"), ("5.000", "7.000")]
+    assert "People across the run" not in text
+
+    write_people(out)
+    page = build_report(out)
+    text = page_text(page)
+    assert_self_contained(page)
+    section = text.split("People across the run (5)")[1].split("Videos (")[0]
+    assert "person 0 : 2 files a.mp4 person 0, b.mp4 person 1 " in section
+    assert "person 1 : 2 files a.mp4 person 1, c.jpg person 0" in section and "person 4 : 1 file c.jpg person 1" in section
+    people = re.search(r'<section id="people">.*?</section>', page).group(0)
+    assert re.findall(r'src="([^"]+)"', people) == [thumb(v, t) for v, t in (("va", 0), ("va", 1), ("va", 3),
+                                                                             ("vb", 0), ("vc", 1))]
+    assert "does not match" not in text
+    m = json.loads((out / "manifest.json").read_text())
+    storage.write(out / "manifest.json", json.dumps({**m, "videos": m["videos"][:2]}))  # b.mp4, c.jpg gone since
+    assert "people.parquet does not match the timelines of this run" in page_text(build_report(out))
 
 
 def test_no_manifest(tmp_path):
@@ -212,7 +251,7 @@ def test_report_in_chromium(annotated, tmp_path):
         assert f" {status} {n} " in text  # counts by status
     bad = [r for r in records if r["status"] != "ok"]
     assert f"Errors and files without a timeline ({len(bad)})" in text and any(r["status"] == "no_faces" for r in bad)
-    faces = 0
+    faces = tracks = 0
     for rec in records:
         name = Path(rec["video_path"]).name
         assert f"{name} ({rec['status']})" in text
@@ -220,17 +259,21 @@ def test_report_in_chromium(annotated, tmp_path):
             assert f"{name} {rec['status']} {reason(rec)}" in text  # the errors table, with the reason
             continue
         df = pd.read_parquet(annotated / rec["timeline"])
-        faces += df.track_id.nunique()
+        tracks += df.track_id.nunique()
+        faces += df.track_id.nunique() if rec.get("kind") == "image" else df.person_id.nunique()  # a face each
+        assert rec["n_persons"] == df.person_id.nunique()
         if rec.get("kind") == "image":
             for r in df.itertuples():
                 assert f"face {r.track_id}: {r.label} {r.confidence:.2f}" in text
             continue
         for s in summarize(df, m["labels"]).itertuples():
-            assert f"track {s.track_id} : dominant {s.dominant} ," in text
-            assert f'id="t-{rec["video_id"]}-{s.track_id}"' in dom
+            assert f"person {s.person_id} (track{'s' if s.n_tracks > 1 else ''} {s.tracks}): dominant {s.dominant} ," \
+                in text
+            assert f'id="p-{rec["video_id"]}-{s.person_id}"' in dom
         assert f'data-duration="{rec["duration_s"]:g}"' in dom  # every track's axis: the whole video
-    assert faces == sum(r["n_tracks"] for r in records) >= 3  # group.mp4 alone has several faces
-    assert dom.count('class="thumb" src="data:image/jpeg;base64,') == faces  # a real face crop for each
+    assert tracks == sum(r["n_tracks"] for r in records) >= 3  # group.mp4 alone has several faces
+    section = re.search(r'<section id="people">.*?</section>', dom, re.S).group(0)  # annotate wrote people.parquet
+    assert dom.replace(section, "").count('class="thumb" src="data:image/jpeg;base64,') == faces  # one per person
 
     shot = tmp_path / "report.png"
     chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,2000", path.as_uri())
@@ -255,6 +298,20 @@ def test_report_in_chromium(annotated, tmp_path):
     assert "broken.mp4 error /in/broken.mp4: empty file (0 bytes)" in text2
     assert "no landmark cache entry" not in text2
     assert dom2.count('class="thumb" src="data:image/jpeg;base64,') == faces
+
+    # the run's people.parquet (annotate writes it, as s2d people does): the people section, a real face for each
+    # global person; the man of single_face.mp4 is the man of the stills, the group video's five people are
+    # multi_face.jpg's five
+    from pipeline.people_link import link_people
+
+    people = pd.read_parquet(annotated / "people.parquet")
+    assert people.equals(link_people(annotated))
+    assert section.count('class="thumb" src="data:image/jpeg;base64,') == people.global_person_id.nunique()
+    captions = [page_text(c) for c in re.findall(r"<figcaption>(.*?)</figcaption>", section, re.S)]
+    jin = next(c for c in captions if "single_face.mp4 person 0" in c)
+    assert "single_face.jpg person 0" in jin and "rotated.jpg person 0" in jin and "group.mp4" not in jin
+    files = people.groupby("global_person_id").video_path.apply(lambda p: sorted(Path(x).name for x in p))
+    assert sum(f == ["group.mp4", "multi_face.jpg"] for f in files) == 5
 
 
 def test_stored_thumbnails_are_the_decoded_ones(annotated):

@@ -70,7 +70,7 @@ def timelines(tmp_path, detector_weights, landmark_weights):
     from pipeline.annotate_run import Labelling
     from pipeline.classifier import resolve_classifier
 
-    video = Labelling(resolve_classifier("random-tiny", None, str(landmark_weights)), "random-tiny", "hash")
+    video = Labelling(resolve_classifier("random-tiny", None, str(landmark_weights)), "random-tiny", "hash", "hash")
     return Timelines(sources, plan, tmp_path / "cache", tmp_path / "out", {"video": video, "image": None}, {})
 
 

@@ -10,14 +10,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.summary import format_summary, plot_timeline, summarize, track_panels
+from pipeline.summary import format_summary, person_panels, plot_timeline, summarize
 from pipeline.timeline import (is_complete, read_timeline_meta, read_timelines, superseded, timeline_files,
                                timeline_meta, timeline_path, timeline_schema, timeline_table, write_timeline)
 from s2d_model.labels import LABEL_SETS
 
 DFEW = LABEL_SETS["dfew"]
 MAFW = LABEL_SETS["mafw"]
-HEAD = [("video_id", pa.string()), ("video_path", pa.string()), ("track_id", pa.int32()), ("segment", pa.int32()),
+HEAD = [("video_id", pa.string()), ("video_path", pa.string()), ("track_id", pa.int32()), ("person_id", pa.int32()),
+        ("segment", pa.int32()),
         ("start_s", pa.float64()), ("end_s", pa.float64()), ("n_face_frames", pa.int16()), ("label", pa.string()),
         ("confidence", pa.float32())]
 TAIL = [("model", pa.string()), ("bbox", pa.list_(pa.float32(), 4))]
@@ -49,7 +50,7 @@ def test_schema_exact(name, expected_p):
     s = timeline_schema(LABEL_SETS[name])
     expected = HEAD + [(c, pa.float32()) for c in expected_p] + TAIL
     assert [(f.name, f.type) for f in s] == expected
-    assert timeline_schema(["Very Happy", "Sad"]).names[9:11] == ["p_very_happy", "p_sad"]
+    assert timeline_schema(["Very Happy", "Sad"]).names[10:12] == ["p_very_happy", "p_sad"]
 
 
 def test_table_label_confidence_and_metadata():
@@ -67,7 +68,8 @@ def test_table_label_confidence_and_metadata():
     np.testing.assert_allclose(np.stack(df["bbox"]), rows["bbox"])
     meta = {k.decode(): v.decode() for k, v in t.schema.metadata.items()}
     assert meta == {"s2d.settings_hash": "h123", "s2d.labels": json.dumps(list(DFEW)), "s2d.status": "ok",
-                    "s2d.complete": "true", "s2d.video_id": "abc", "s2d.source": "/data/My Video.mp4"}
+                    "s2d.complete": "true", "s2d.video_id": "abc", "s2d.source": "/data/My Video.mp4",
+                    "s2d.base_hash": "h123"}
     with pytest.raises(ValueError):
         timeline_table("abc", "x.mp4", rows, probs, DFEW, "m", "h", "error")
     with pytest.raises(ValueError):
@@ -79,7 +81,8 @@ def test_empty_table(tmp_path):
     assert t.num_rows == 0 and t.schema.remove_metadata().equals(timeline_schema(MAFW))
     p = write_timeline(t, timeline_path(tmp_path, "v0", "none.mp4"))
     assert read_timeline_meta(p) == {"settings_hash": "h", "labels": list(MAFW), "status": "no_faces",
-                                     "complete": True, "num_rows": 0, "video_id": "v0", "source": "none.mp4"}
+                                     "complete": True, "num_rows": 0, "video_id": "v0", "source": "none.mp4",
+                                     "base_hash": "h"}
     assert is_complete(p, "h", "v0")
 
 
@@ -101,7 +104,7 @@ def test_atomic_write_and_is_complete(tmp_path):
     assert is_complete(p, "good", "v1")
     assert timeline_meta(pq.read_table(p)) == read_timeline_meta(p) == \
         {"settings_hash": "good", "labels": list(DFEW), "status": "ok", "complete": True, "num_rows": 1,
-         "video_id": "v1", "source": "a.mp4"}
+         "video_id": "v1", "source": "a.mp4", "base_hash": "good"}
     assert not is_complete(p, "other", "v1")  # settings changed
     assert not is_complete(p, "good", "v2")  # another video's rows under its name
     assert not is_complete(tmp_path / "missing.timeline.parquet", "good", "v1")
@@ -180,7 +183,7 @@ def test_read_and_summarize(tmp_path):
     df = hand_made(tmp_path)
     assert len(df) == 6 and set(df["video_id"]) == {"a1"}
     s = summarize(df, DFEW)
-    assert s[["video_path", "track_id"]].values.tolist() == [["/v/a.mp4", 0], ["/v/a.mp4", 3]]
+    assert s[["video_path", "person_id", "tracks"]].values.tolist() == [["/v/a.mp4", 0, "0"], ["/v/a.mp4", 3, "3"]]
     r0, r3 = s.iloc[0], s.iloc[1]
     assert r0["n_segments"] == 4 and r0["dominant"] == "Happy"
     assert r0["seconds"] == pytest.approx(4.0 + 2.0)  # [0,4) and [5,7)
@@ -225,11 +228,11 @@ def test_plot_panels_span_the_whole_video_and_untrained_weights_are_flagged(tmp_
     from matplotlib.image import imread
 
     df = hand_made(tmp_path)
-    panels = track_panels(df)  # one per track; without durations, to the video's last segment end
+    panels = person_panels(df)  # one per person (here each track its own); without durations, to the last end
     assert [(p, t, xlim) for p, t, _, xlim in panels] == [("/v/a.mp4", 0, (0.0, 7.0)), ("/v/a.mp4", 3, (0.0, 7.0))]
     assert all(g["start_s"].is_monotonic_increasing for _, _, g, _ in panels)
     vid = df["video_id"].iloc[0]
-    assert [xlim for *_, xlim in track_panels(df, {vid: 12.5})] == [(0.0, 12.5)] * 2  # the manifest's duration
+    assert [xlim for *_, xlim in person_panels(df, {vid: 12.5})] == [(0.0, 12.5)] * 2  # the manifest's duration
 
     def red(png):  # share of strongly red pixels (the warning's colour) in the band above the first panel
         img = imread(png)[:30, :, :3]
@@ -239,3 +242,42 @@ def test_plot_panels_span_the_whole_video_and_untrained_weights_are_flagged(tmp_
     warned = plot_timeline(df, DFEW, tmp_path / "warned.png", durations={vid: 12.5}, warning="untrained weights")
     assert red(plain) == 0 and red(warned) > 0.005
     assert imread(warned).shape[0] > imread(plain).shape[0]
+
+
+def persons_run(tmp_path):
+    """A run folder of one video: person 0 in tracks 0 (0-3 s: Happy, Happy) and 2 (5-8 s: Sad, Happy), person 1 in
+    track 1 (0-2 s: Neutral)."""
+    rows = rows_for([0, 0, 1, 2, 2], [0, 1, 0, 0, 1], start=[0, 1, 0, 5, 6])
+    rows["person_id"] = np.array([0, 0, 1, 0, 0])
+    t = timeline_table("a1", "/v/a.mp4", rows, probs_for([0, 0, 2, 1, 0], 7), DFEW, "s2d-dfew", "h", "ok")
+    path = write_timeline(t, timeline_path(tmp_path, "a1", "/v/a.mp4"))
+    (tmp_path / "manifest.json").write_text(json.dumps({"labels": list(DFEW), "videos": [
+        {"video_id": "a1", "video_path": "/v/a.mp4", "status": "ok", "timeline": path.name, "duration_s": 9.0}]}))
+    return t.to_pandas()
+
+
+def test_summary_and_plot_are_per_person(tmp_path):
+    from matplotlib.image import imread
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    df = persons_run(tmp_path)
+    s = summarize(df, DFEW)
+    assert s[["person_id", "tracks", "n_tracks", "n_segments", "seconds", "start_s", "end_s", "dominant"]].values.tolist() \
+        == [[0, "0, 2", 2, 4, 6.0, 0.0, 8.0, "Happy"], [1, "1", 1, 1, 2.0, 0.0, 2.0, "Neutral"]]
+    assert (s.loc[0, "share_happy"], s.loc[0, "share_sad"]) == (0.75, 0.25)
+    panels = person_panels(df, {"a1": 9.0})
+    assert [(p, pid, g.track_id.tolist(), xlim) for p, pid, g, xlim in panels] == [
+        ("/v/a.mp4", 0, [0, 0, 2, 2], (0.0, 9.0)), ("/v/a.mp4", 1, [1], (0.0, 9.0))]
+    res = CliRunner().invoke(app, ["timeline", str(tmp_path), "--plot", str(tmp_path / "p.png")])
+    assert res.exit_code == 0, res.output
+    lines = [line.split() for line in res.output.splitlines()]
+    assert lines[0][:6] == ["video", "person", "tracks", "segments", "seconds", "dominant"]
+    assert lines[1][:8] == ["a.mp4", "0", "0,", "2", "4", "6.0", "Happy", "75%"]
+    assert lines[2][:7] == ["a.mp4", "1", "1", "1", "2.0", "Neutral", "0%"]
+    assert lines[3] == ["plot:", str(tmp_path / "p.png")]
+    two = imread(tmp_path / "p.png").shape[0]
+    one = imread(plot_timeline(df.assign(person_id=0), DFEW, tmp_path / "one.png")).shape[0]
+    three = imread(plot_timeline(df.assign(person_id=df.track_id), DFEW, tmp_path / "three.png")).shape[0]
+    assert one < two < three  # a panel per person, not per track

@@ -2,6 +2,8 @@
 each model's crop and frame order, and the mistakes (crop geometry, frame order, colour order) each test catches."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import json
 import shutil
 from pathlib import Path
@@ -110,11 +112,11 @@ def test_each_checkpoint_names_its_crop_and_order_and_the_user_can_override(expr
 def test_the_crop_and_order_are_in_the_settings_hash(expression, landmark_weights):
     from pipeline.annotate_run import labelling
     from pipeline.classifier import resolve_classifier
-    from pipeline.settings import AnnotateSettings
+    from pipeline.settings import AnnotateSettings, FaceSettings
 
-    s = AnnotateSettings()
+    s, plan = AnnotateSettings(), SimpleNamespace(key="faces", settings=FaceSettings())
     keys = {labelling(resolve_classifier("random-tiny", None, str(landmark_weights), crop=c, frame_order=o),
-                      "random-tiny", "faces", s).key
+                      "random-tiny", plan, s).key
             for c, o in [(None, None), ("box:1.0@224", None), (None, "lexicographic")]}
     assert len(keys) == 3
 

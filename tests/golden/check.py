@@ -10,7 +10,7 @@ from pipeline.timeline import in_run
 
 from .make_golden import HERE
 
-EXACT = ["track_id", "segment", "start_s", "end_s", "n_face_frames", "label", "model"]
+EXACT = ["track_id", "person_id", "segment", "start_s", "end_s", "n_face_frames", "label", "model"]
 
 
 def assert_timelines_equal_golden(videos: list[dict], name: str = "default", out=None) -> None:

@@ -2,7 +2,9 @@
 
 The files in this folder were made by this script on commit a7e3743 (the chain before the one-pass rebuild):
 ``python tests/golden/make_golden.py``. Run it again only for a deliberate change of outputs, and say why in the
-commit. Inputs: the three fixture videos and ``group.mp4`` (five still faces, kept here as it was encoded).
+commit. Persons (issue 36) added a ``person_id`` column to both kinds of file, inserted into these files after the
+track ids were checked unchanged: each track its own person, numbered by first appearance (the five faces of
+``group.mp4`` are five people; the other videos have one track each). Inputs: the three fixture videos and ``group.mp4`` (five still faces, kept here as it was encoded).
 Weights: the fixture RetinaFace and MobileFaceNet files, S2D ``random-tiny`` (seeded, so the same numbers).
 """
 from __future__ import annotations
