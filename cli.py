@@ -358,6 +358,10 @@ ViewsOpt = Annotated[int, typer.Option(min=1, max=2, help="2: test-time views, a
                                        "window holds more than 16 (e.g. --segment 4 at --fps 8)")]
 AnnotateBatchSizeOpt = Annotated[int | None, typer.Option(min=1, help="clips per S2D forward pass [default: 8 on a "
                                                           "GPU, 1 on CPU, where one clip at a time is fastest]")]
+PrecisionOpt = Annotated[Literal["auto", "fp32", "bf16"], typer.Option(
+    help="how S2D runs: fp32, or bf16 (autocast; the frozen landmark branch stays fp32 on a CPU); auto: bf16 on a GPU "
+    "and on a CPU with native bf16 (avx512_bf16 or amx_bf16) for the full-size model, else fp32 (README "
+    "\"Precision\")")]
 ReportOpt = Annotated[bool, typer.Option("--report/--no-report", help="write OUT/report.html at the end (see `s2d "
                                          "report`)")]
 OverlayOpt = Annotated[bool, typer.Option("--overlay", help="also write an overlay video per video with faces into "
@@ -386,6 +390,7 @@ def annotate_cmd(
                                                  "16 frames")] = 8,
     views: ViewsOpt = 1,
     batch_size: AnnotateBatchSizeOpt = None,
+    precision: PrecisionOpt = "auto",
     cache: Annotated[str | None, typer.Option("--cache", help="landmark cache folder, local or a URI [default: "
                                               "OUT/cache]")] = None,
     force: Annotated[bool, typer.Option("--force", help="redo videos whose timeline already exists (their faces "
@@ -426,7 +431,7 @@ def annotate_cmd(
                                 s2d_landmark_weights=landmark_weights if landmarks == "mobilefacenet" else None,
                                 segment_s=segment, stride_s=stride, min_face_frames=min_face_frames, views=views,
                                 batch_size=batch_size, crop=crop, image_crop=image_crop,
-                                frame_order=frame_order)
+                                frame_order=frame_order, precision=precision)
     if weights == "random-tiny":
         from pipeline.classifier import UNTRAINED_WARNING
 
@@ -680,6 +685,7 @@ def evaluate_cmd(
     gpus_per_worker: Annotated[float, typer.Option(min=0, help="GPUs per actor")] = 0,
     landmark_weights: TrainLandmarkWeightsOpt = "mobilefacenet",
     trust: Annotated[bool, typer.Option(help="allow arbitrary pickled objects in the checkpoint")] = False,
+    precision: PrecisionOpt = "auto",
     frame_order: Annotated[EvalFrameOrder, typer.Option(
         help="auto | time | lexicographic: how a frame folder's files are ordered; auto: the checkpoint's training "
         "order (s2d-dfew: lexicographic, the authors' protocol; ours: as recorded; else time)")] = "auto",
@@ -699,7 +705,7 @@ def evaluate_cmd(
     with errors():
         m = evaluate(data, fmt, checkpoint, out, fold=fold, batch_size=batch_size, landmark_weights=landmark_weights,
                      address=address, split=split, labels=labels, workers=workers, gpus_per_worker=gpus_per_worker,
-                     trust=trust, frame_order=frame_order)
+                     trust=trust, frame_order=frame_order, precision=precision)
     names = json.loads(storage.read_text(m["outputs"]["metrics"]))["labels"]
     typer.echo("recall per class: " + ", ".join(f"{n} -" if r is None or r != r else f"{n} {100 * r:.1f}"
                                                for n, r in zip(names, m["recall"])))  # -: not in the split

@@ -82,6 +82,7 @@ def compute_metrics(y_true, y_pred, num_classes: int) -> dict:
 @torch.no_grad()
 def predict_views(model: torch.nn.Module, clips: torch.Tensor, views: torch.Tensor, amp: bool = False) -> torch.Tensor:
     """Averaged softmax of the test views. clips uint8 [B, V, T, H, W, 3]; views [B] (1 or 2) -> probs [B, C].
+    ``amp``: bf16 autocast on the model's device (a video model's landmark branch stays fp32 on a CPU).
 
     For an image model T = V = 1. Rows with ``views == 1`` use only their first view.
     """
@@ -89,10 +90,19 @@ def predict_views(model: torch.nn.Module, clips: torch.Tensor, views: torch.Tens
     clips, views = clips.to(device), views.to(device)
     image = isinstance(model, S.S2DImage)
 
+    def cast(on: bool):
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
+
     def softmax(x):  # uint8 [B, T, H, W, 3] -> [B, C]
         x = to_model_input(x)  # [B, 3, T, H, W]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            logits = model(x[:, :, 0] if image else x)
+        if image:
+            with cast(amp):
+                logits = model(x[:, :, 0])
+        else:  # the frozen landmark branch in fp32 on a CPU, as the S2D actor runs it
+            with cast(amp and device.type == "cuda"):
+                landmark = model.landmark_features(x.transpose(1, 2).flatten(0, 1))
+            with cast(amp):
+                logits = model.forward_head(model.forward_features(x, landmark))[0]
         return logits.float().softmax(-1)
 
     probs = softmax(clips[:, 0])
@@ -106,16 +116,17 @@ def predict_views(model: torch.nn.Module, clips: torch.Tensor, views: torch.Tens
 class Predictor:
     """Ray Data callable class: a batch of test views -> averaged softmax probabilities."""
 
-    def __init__(self, checkpoint: str, landmark_weights: str, trust: bool = False):
+    def __init__(self, checkpoint: str, landmark_weights: str, trust: bool = False,
+                 precision: dict | None = None):
         from s2d_model.weights import resolve
 
         self.model, _ = S.load_model(resolve(checkpoint), landmark_weights, trust)  # a URI: fetched on this node
-        if torch.cuda.is_available():
-            self.model.cuda()
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model.to(device)
+        self.bf16 = (precision or {"cpu": "fp32", "cuda": "bf16"})[device] == "bf16"
 
     def __call__(self, batch: dict) -> dict:
-        probs = predict_views(self.model, torch.tensor(batch["clip"]), torch.tensor(batch["views"]),
-                              amp=torch.cuda.is_available())
+        probs = predict_views(self.model, torch.tensor(batch["clip"]), torch.tensor(batch["views"]), amp=self.bf16)
         return {"probs": probs.cpu().numpy(), "label": batch["label"], "index": batch["index"],
                 "weight": batch["weight"]}
 
@@ -204,9 +215,10 @@ def pick_frame_order(asked: str, checkpoint: str, meta: dict) -> tuple[str, str]
 def evaluate(data: str | Path, format: str, checkpoint: str | Path, out: str | Path, fold: int | None = None,
              batch_size: int = 8, landmark_weights: str = "mobilefacenet", address: str | None = None,
              split: str = "test", labels: str | None = None, workers: int = 1, gpus_per_worker: float = 0,
-             trust: bool = False, decode_batch_size: int = 4, frame_order: str = "auto") -> dict:
+             trust: bool = False, decode_batch_size: int = 4, frame_order: str = "auto",
+             precision: str = "auto") -> dict:
     """Evaluate a checkpoint (ours or the authors', a path or a weights name) on a dataset split; ``frame_order``:
-    see the module's docstring.
+    see the module's docstring; ``precision``: as ``s2d annotate --precision`` (``pipeline.precision``).
 
     -> {"uar", "war", "f1_macro", "f1_weighted", "recall", "confusion", "frame_order", ..., "outputs": {file paths}}.
     """
@@ -214,11 +226,16 @@ def evaluate(data: str | Path, format: str, checkpoint: str | Path, out: str | P
 
     from .datasets import eval_dataset, load_split
 
+    from pipeline.precision import check_precision, describe, resolve_precision
+
     check_frame_order(frame_order)  # an unknown order stops here, before any work
+    check_precision(precision)
     ckpt = W.resolve(str(checkpoint)).resolve()  # a URI: fetched into this machine's cache
     landmark = W.resolve(str(landmark_weights)).resolve()  # a missing file stops here, with the weights message
     model, report = S.load_model(ckpt, landmark, trust)  # validates the file before starting Ray work
     num_frames, num_classes, image_mode = model.num_frames or 1, model.num_classes, isinstance(model, S.S2DImage)
+    used = resolve_precision(precision, report.meta["config"])
+    print(f"precision: {describe(used)}")
     del model
     data_split = load_split(data, format, split, fold, labels)
     if num_classes != data_split.num_classes:
@@ -242,14 +259,14 @@ def evaluate(data: str | Path, format: str, checkpoint: str | Path, out: str | P
                       frame_order=order or "time")
     given = str(checkpoint) if storage.is_uri(checkpoint) else str(ckpt)  # each node fetches a URI itself
     ds = ds.map_batches(Predictor, fn_constructor_kwargs=dict(checkpoint=given, landmark_weights=str(landmark),
-                                                              trust=trust),
+                                                              trust=trust, precision=used),
                         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers),
                         num_cpus=each, num_gpus=gpus_per_worker or None)
     probs = _collect(ds, len(data_split.samples), data_split.num_classes)
     y_true = np.array([s["label"] for s in data_split.samples])
     metrics = compute_metrics(y_true, probs.argmax(1), data_split.num_classes)
     metrics.update(checkpoint=given, data=str(data), format=format, split=split, fold=fold, frame_order=order,
-                   frame_order_why=why)
+                   frame_order_why=why, precision=used)
     outputs = write_outputs(storage.location(out) if storage.is_uri(out) else Path(out), metrics,
                             data_split.label_names, data_split.samples, probs)
     print(f"{format} {split}{'' if fold is None else f' fold {fold}'}: UAR {100 * metrics['uar']:.2f}  "

@@ -35,7 +35,8 @@ from .faces_run import FacesResult
 from .images import is_image
 from .manifest import VideoRecord, write_manifest
 from .plans import plan_actors
-from .progress import Progress
+from .precision import describe
+from .progress import Progress, say
 from .runlock import run_lock
 from .s2d_actor import S2DWorker
 from .settings import AnnotateSettings, FacePlan, FaceSettings, identity_name, plan_faces, timeline_record
@@ -166,7 +167,9 @@ def plan_labellings(kinds: set[str], settings: AnnotateSettings, plan: FacePlan,
             labellings[k] = None
             continue
         c = resolve_classifier(weights[k], settings.labels if k == "video" else None, settings.s2d_landmark_weights,
-                               trust, kind=k, crop=crops[k], frame_order=settings.frame_order if k == "video" else None)
+                               trust, kind=k, crop=crops[k], frame_order=settings.frame_order if k == "video" else None,
+                               precision=settings.precision)
+        say(f"{k} model {weights[k]}: {describe(c.used)}")
         labellings[k] = labelling(c, weights[k], plan, settings)
     return labellings
 

@@ -32,6 +32,7 @@ class Classifier:
     kind: str = "video"  # S2DVideo (16-frame clips), or "image": S2DImage (one aligned face)
     crop: Crop = OUR_CROP  # the face crop it was trained on: the face actor cuts this
     frame_order: str = "time"  # a clip's frames in time order, or as the authors' reader listed them
+    precision: dict | None = None  # {"cpu": "fp32" | "bf16", "cuda": ...} (precision.resolve_precision); None: auto
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -58,10 +59,18 @@ class Classifier:
         return self.config == FACEAPI
 
     @property
+    def used(self) -> dict:
+        """The precision it runs in on each kind of device (``precision.resolve_precision``)."""
+        from .precision import resolve_precision
+
+        return self.precision or resolve_precision("auto", self.config)
+
+    @property
     def input(self) -> dict:
-        """What the model is fed: its crop and (a video model's) frame order; in the settings hash, manifest and
-        timeline metadata."""
-        return {"crop": str(self.crop), "frame_order": self.frame_order if self.kind == "video" else None}
+        """What the model is fed and how it runs: its crop, (a video model's) frame order and its precision on each
+        kind of device; in the settings hash, manifest and timeline metadata."""
+        return {"crop": str(self.crop), "frame_order": self.frame_order if self.kind == "video" else None,
+                "precision": self.used}
 
 
 DEFAULT_LABELS_BY_CLASSES = {"video": {7: "dfew", 11: "mafw"}, "image": {7: "affectnet7", 8: "affectnet8"}}
@@ -70,7 +79,19 @@ HEAD = {"video": "head.fc_cls.weight", "image": "head.weight"}  # the classifier
 
 def resolve_classifier(weights: str = "s2d-dfew", labels: str | None = None,
                        landmark_weights: str | None = None, trust: bool = False, kind: str = "video",
-                       crop: str | None = None, frame_order: str | None = None) -> Classifier:
+                       crop: str | None = None, frame_order: str | None = None, precision: str = "auto") -> Classifier:
+    """(see ``_resolve``) with its precision on each kind of device resolved (``precision.resolve_precision``)."""
+    import dataclasses
+
+    from .precision import check_precision, resolve_precision
+
+    check_precision(precision)
+    c = _resolve(weights, labels, landmark_weights, trust, kind, crop, frame_order)
+    return dataclasses.replace(c, precision=resolve_precision(precision, c.config))
+
+
+def _resolve(weights: str, labels: str | None, landmark_weights: str | None, trust: bool, kind: str,
+             crop: str | None, frame_order: str | None) -> Classifier:
     """Resolve the classifier and landmark weights (WeightsNotFound with instructions if missing), open the
     checkpoint and check it is of ``kind`` (a CheckpointError or ValueError now, not inside an actor), and choose
     the label set: ``labels`` if given (a label-set name or class names ``a,b,c``), else the registry's entry, else

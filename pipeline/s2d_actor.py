@@ -59,7 +59,8 @@ class LandmarkCache:
 class S2DWorker:
     """Ray Data callable: rows {"item": Clip | UnitFaces} -> the same rows, each clip's ``probs`` (float32 [C]) set
     and its pixels dropped; other items pass through. The batch's clips go through the model ``batch_size`` at a
-    time, normalised (ImageNet mean/std) on the device; bf16 autocast on CUDA. ``threads``: the node's cores this
+    time, normalised (ImageNet mean/std) on the device, in the classifier's precision for the device (bf16:
+    autocast; a video model's landmark branch stays fp32 on a CPU). ``threads``: the node's cores this
     actor uses (it reserves one CPU but uses the cores the face actors leave idle).
 
     On CPU a real model's clips go through ``lanes``: that many threads, each classifying its own contiguous share
@@ -116,14 +117,22 @@ class S2DWorker:
     def probabilities(self, clips: np.ndarray, slots: list | None = None) -> np.ndarray:
         """uint8 [B, T, H, W, 3] in time order -> float32 [B, C]; T = 1: the image model's. ``slots``: per clip, the
         slots whose frames a per-frame model classifies (its distinct face frames; default all)."""
+        c = self.classifiers["image" if clips.shape[1] == 1 else "video"]
+        if c is not None and c.per_frame:
+            model = self.load("image" if clips.shape[1] == 1 else "video")
+            return self.frame_by_frame(model, clips, slots, c.used[self.device.type] == "bf16")
+        return self.logits(clips).softmax(-1).cpu().numpy()
+
+    def logits(self, clips: np.ndarray):
+        """An S2D model's logits (a float32 tensor [B, C] on the device) of uint8 clips [B, T, H, W, 3] in time
+        order, in the classifier's precision."""
         b, t = clips.shape[:2]
         kind = "image" if t == 1 else "video"
         model = self.load(kind)  # first: torch_threads before anything imports torch
         import torch
 
         c = self.classifiers[kind]
-        if c.per_frame:
-            return self.frame_by_frame(model, clips, slots)
+        bf16, gpu = c.used[self.device.type] == "bf16", self.device.type == "cuda"
         if c.frame_order != "time":  # the order its training clips were read in
             clips = clips[:, frame_permutation(c.frame_order, t)]
         clips = np.ascontiguousarray(clips)
@@ -134,15 +143,24 @@ class S2DWorker:
         x = torch.from_numpy(clips).to(self.device, non_blocking=True).float().div_(255.0)  # [B, T, H, W, 3] in [0, 1]
         # normalised in flat passes over each frame (faster than a [3] broadcast over the channel-last pixels)
         x = x.view(b * t, -1).sub_(mean).div_(std).view(clips.shape).permute(0, 4, 1, 2, 3)  # [B, 3, T, H, W]
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with torch.inference_mode():
             if t == 1:
-                logits = model(x[:, :, 0])
+                with self.cast(bf16):
+                    logits = model(x[:, :, 0])
             else:
-                landmark = self.landmarks(clips.reshape(b * t, *clips.shape[2:]), x)
-                logits = model.forward_head(model.forward_features(x, landmark))[0]
-        return logits.float().softmax(-1).cpu().numpy()
+                with self.cast(bf16 and gpu):  # the frozen landmark branch: fp32 on a CPU
+                    landmark = self.landmarks(clips.reshape(b * t, *clips.shape[2:]), x)
+                with self.cast(bf16):
+                    logits = model.forward_head(model.forward_features(x, landmark))[0]
+        return logits.float()
 
-    def frame_by_frame(self, model, clips: np.ndarray, slots: list | None) -> np.ndarray:
+    def cast(self, bf16: bool):
+        """bf16 autocast on the actor's device (``bf16``), else a no-op."""
+        import torch
+
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def frame_by_frame(self, model, clips: np.ndarray, slots: list | None, bf16: bool = False) -> np.ndarray:
         """face-api's net on each clip's face frames, its probabilities averaged per clip, in DFEW order."""
         import torch
 
@@ -150,7 +168,7 @@ class S2DWorker:
 
         slots = slots or [np.arange(clips.shape[1])] * len(clips)
         frames = np.concatenate([clip[s] for clip, s in zip(clips, slots)])  # [n, H, W, 3]
-        with torch.inference_mode():
+        with torch.inference_mode(), self.cast(bf16):
             probs = model(to_input(frames).to(self.device)).float().softmax(-1).cpu().numpy()
         ends = np.cumsum([len(s) for s in slots])[:-1]
         return np.stack([p.mean(0) for p in np.split(probs, ends)])[:, FACEAPI_TO_DFEW].astype(np.float32)

@@ -52,6 +52,7 @@ class AnnotateSettings:
     crop: str | None = None  # the video model's face crop (crops.parse_crop); None: what its weights were trained on
     image_crop: str | None = None  # the image model's
     frame_order: str | None = None  # "time" or "lexicographic"; None: its weights' training order
+    precision: str = "auto"  # "fp32" or "bf16" (autocast); auto: bf16 where it runs natively (pipeline.precision)
 
     def __post_init__(self):  # fail before any work, in one line
         from .crops import check_order, parse_crop
@@ -61,6 +62,9 @@ class AnnotateSettings:
                 parse_crop(crop)
         if self.frame_order is not None:
             check_order(self.frame_order)
+        from .precision import check_precision
+
+        check_precision(self.precision)
         if self.views not in (1, 2):
             raise ValueError(f"views must be 1 or 2, not {self.views}")
         _check(self, segment_s=(0, None), stride_s=(0, None), min_face_frames=(1, 16),
@@ -94,7 +98,8 @@ DECODERS = ("pyav", "decord")
 NOT_IN_FACE_KEY = ("batch_frames", "shard_s", "detector_weights", "landmark_weights",  # speed or file names only
                    "identity_weights", "identity_threshold")  # (the threshold: see FaceSettings)
 NOT_IN_TIMELINE_KEY = ("batch_size", "weights", "image_weights", "labels",  # the classifier's fingerprint
-                       "s2d_landmark_weights", "crop", "image_crop", "frame_order")  # and its input
+                       "s2d_landmark_weights", "crop", "image_crop", "frame_order",  # and its input
+                       "precision")  # (as resolved: Classifier.input)
 
 
 def resolve_face_weights(s: FaceSettings) -> tuple[Path, Path | None]:

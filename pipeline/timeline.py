@@ -102,7 +102,7 @@ def timeline_table(video_id: str, video_path: str, rows: dict, probs, labels: Se
             "s2d.base_hash": base_hash or settings_hash}
     for k, v in (model_input or {}).items():
         if v is not None:
-            meta[f"s2d.{k}"] = str(v)
+            meta[f"s2d.{k}"] = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
     if thumbnails is not None:
         tracks = set(np.asarray(rows["track_id"]).reshape(-1).tolist())
         meta["s2d.thumbnails"] = json.dumps({str(t): uri for t, uri in sorted(thumbnails.items()) if t in tracks})

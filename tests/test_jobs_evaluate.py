@@ -64,6 +64,14 @@ def test_predict_views_averages_softmax_of_two_views(tiny_video):
     assert torch.allclose(probs.sum(-1), torch.ones(2))
 
 
+def test_predict_views_in_bf16_on_a_cpu_moves_the_probabilities_a_little(tiny_video):
+    """--precision bf16 on a CPU: autocast (the landmark branch in fp32), close to fp32 but not the same."""
+    g = torch.Generator().manual_seed(1)
+    clips = torch.randint(0, 256, (2, 1, 2, 224, 224, 3), dtype=torch.uint8, generator=g)
+    fp32, bf16 = (predict_views(tiny_video, clips, torch.tensor([1, 1]), amp=a) for a in (False, True))
+    assert 0 < (fp32 - bf16).abs().max() < 0.02
+
+
 def test_checkpoints_round_trip_through_s2d_model(tmp_path, tiny_video, landmark_weights):
     path = S.save_checkpoint(tiny_video, tmp_path / "video.pth", config="s2d_tiny", labels=None,
                              label_names=["a", "b", "c"])

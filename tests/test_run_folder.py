@@ -266,7 +266,7 @@ def test_an_output_that_cannot_be_written_fails_before_any_work(inputs, options,
     try:
         for out, why in cases:
             code, stdout, stderr = s2d("annotate", inputs / "single_face.mp4", "--out", out, *options)
-            last = stderr.splitlines()[-1]  # after the random-tiny warning
+            last = stderr.splitlines()[-1]  # after the random-tiny warning and the model's precision
             assert (code, stdout) == (1, "") and last.startswith(f"error: cannot write to {out}: ") and \
                 why in last.lower() and stderr.count("\n") == 2, stderr
     finally:
@@ -288,10 +288,11 @@ def test_a_run_folder_in_use_stops_a_second_run(inputs, options, tmp_path):
     try:
         assert holder.stdout.readline() == "held\n"
         code, stdout, stderr = s2d("annotate", inputs / "single_face.mp4", "--out", tmp_path / "out", *options)
-        last = stderr.splitlines()[-1]  # after the random-tiny warning
+        last = stderr.splitlines()[-1]  # after the random-tiny warning and the model's precision
         assert code == 1 and last.startswith(f"error: {tmp_path / 'out'} is in use by s2d annotate (pid "
                                              f"{holder.pid} on ")
-        assert last.endswith("wait for it to finish, or use another --out") and stderr.count("\n") == 2
+        assert last.endswith("wait for it to finish, or use another --out") and stderr.count("\n") == 3
+        assert "video model random-tiny: fp32 on CPU, bf16 on GPU" in stderr
     finally:
         holder.kill()
         holder.wait()

@@ -106,7 +106,8 @@ def test_each_checkpoint_names_its_crop_and_order_and_the_user_can_override(expr
     mine = resolve_classifier("random-tiny", None, str(landmark_weights), crop="box:1.3@160",
                               frame_order="lexicographic")
     assert (str(mine.crop), mine.frame_order) == ("box:1.3@160", "lexicographic")
-    assert mine.input == {"crop": "box:1.3@160", "frame_order": "lexicographic"}
+    assert mine.input == {"crop": "box:1.3@160", "frame_order": "lexicographic",
+                          "precision": {"cpu": "fp32", "cuda": "bf16"}}  # (auto: a tiny model stays fp32 on a CPU)
 
 
 def test_the_crop_and_order_are_in_the_settings_hash(expression, landmark_weights):
@@ -249,7 +250,8 @@ def test_the_chain_s_probabilities_are_the_net_s_on_the_faces_it_cut(labelled_ru
 def test_the_manifest_and_report_show_the_crop_and_real_labels(labelled_run):
     result, _ = labelled_run
     m = json.loads((Path(result.out_dir) / "manifest.json").read_text())
-    assert m["input"] == {"crop": "box:1.1@112", "frame_order": "time"} and m["warning"] is None
+    assert m["input"] == {"crop": "box:1.1@112", "frame_order": "time", "precision": {"cpu": "fp32", "cuda": "fp32"}}
+    assert m["warning"] is None
     html = (Path(result.out_dir) / "report.html").read_text()
     overview = html[html.index('id="overview"'):html.index('id="videos"')]
     assert "single_face.mp4" in overview and "Neutral 0.0-" in overview and "Happy" in overview
