@@ -68,10 +68,7 @@ def link_people(out_dir, threshold: float | None = None) -> pd.DataFrame:
     manifest's video order). ``threshold`` None: the run's identity threshold. FileNotFoundError / ValueError in one
     line: not a run folder, identities off in that run, a cache entry or timeline missing."""
     m = read_manifest(out_dir)
-    if not (m.get("identities") or {}).get("on"):
-        raise ValueError(f"{out_dir}: its tracks were not grouped into persons (identities off, or a run before "
-                         "them): run s2d annotate again without --no-identities")
-    threshold = threshold if threshold is not None else m["identities"].get("threshold") or IDENTITY_THRESHOLD
+    threshold = run_threshold(out_dir, m, threshold)
     if not m.get("face_settings_hash"):
         raise ValueError(f"{out_dir}/manifest.json names no face settings: run s2d annotate again")
     cache_dir = run_cache(out_dir, m)
@@ -93,10 +90,19 @@ def people_path(out_dir):
     return storage.join(storage.location(out_dir), "people.parquet")
 
 
+def run_threshold(out_dir, manifest: dict, threshold: float | None) -> float:
+    """``threshold``, else the run's identity threshold; ValueError when the run grouped no persons."""
+    identities = manifest.get("identities") or {}
+    if not identities.get("on"):
+        raise ValueError(f"{out_dir}: its tracks were not grouped into persons (identities off, or a run before "
+                         "them): run s2d annotate again without --no-identities")
+    return threshold if threshold is not None else identities.get("threshold") or IDENTITY_THRESHOLD
+
+
 def write_people(out_dir, threshold: float | None = None):
     """Link the run folder's people (``link_people``) and write them to ``people_path`` atomically; its path."""
+    threshold = run_threshold(out_dir, read_manifest(out_dir), threshold)
     table = pa.Table.from_pandas(link_people(out_dir, threshold), schema=PEOPLE_SCHEMA, preserve_index=False)
-    threshold = threshold if threshold is not None else read_manifest(out_dir)["identities"]["threshold"]
     table = table.replace_schema_metadata({"s2d.threshold": str(threshold)})
     return storage.write(people_path(out_dir), lambda f: pq.write_table(table, f))
 

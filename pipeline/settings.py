@@ -56,14 +56,13 @@ class AnnotateSettings:
 
     def __post_init__(self):  # fail before any work, in one line
         from .crops import check_order, parse_crop
+        from .precision import check_precision
 
         for crop in (self.crop, self.image_crop):
             if crop is not None:
                 parse_crop(crop)
         if self.frame_order is not None:
             check_order(self.frame_order)
-        from .precision import check_precision
-
         check_precision(self.precision)
         if self.views not in (1, 2):
             raise ValueError(f"views must be 1 or 2, not {self.views}")

@@ -49,6 +49,14 @@ def landmark_weights(fixtures_dir) -> Path:
     return fixtures_dir / "weights" / "mobilefacenet_68pt.pth.tar"
 
 
+@pytest.fixture(scope="session")
+def face_settings(detector_weights, landmark_weights):
+    """The face stage with the fixture detector and landmark weights (identities on, the fixtures' net)."""
+    from pipeline.settings import FaceSettings
+
+    return FaceSettings(detector_weights=str(detector_weights), landmark_weights=str(landmark_weights))
+
+
 def ensure_ray(num_cpus: int):
     """The real local Ray with ``num_cpus`` logical CPUs: started once, restarted only if a test module needs
     another size (the training jobs want 4 logical CPUs: 2 workers plus Ray Data decode tasks)."""

@@ -52,14 +52,9 @@ def inputs(tmp_path_factory, fixtures_dir):
 
 
 @pytest.fixture(scope="module")
-def settings(detector_weights, landmark_weights):
-    return FaceSettings(detector_weights=str(detector_weights), landmark_weights=str(landmark_weights))
-
-
-@pytest.fixture(scope="module")
-def first_run(ray_local, inputs, settings, tmp_path_factory):
+def first_run(ray_local, inputs, face_settings, tmp_path_factory):
     cache_dir = tmp_path_factory.mktemp("cache")
-    return run_faces([inputs], cache_dir, settings, progress=False)
+    return run_faces([inputs], cache_dir, face_settings, progress=False)
 
 
 def _by_name(result) -> dict[str, dict]:
@@ -142,13 +137,13 @@ def test_cache_files_have_the_exact_schema(first_run):
     assert not list(faces_path.parent.glob(".*tmp"))
 
 
-def test_second_run_reuses_the_cache_and_retries_failures(first_run, inputs, settings):
-    again = run_faces([inputs], first_run.cache_dir, settings, progress=False)
+def test_second_run_reuses_the_cache_and_retries_failures(first_run, inputs, face_settings):
+    again = run_faces([inputs], first_run.cache_dir, face_settings, progress=False)
     assert again.settings_hash == first_run.settings_hash
     assert again.cached == 5 and again.decoded == 5  # the 5 good videos come from the cache; errors are retried
     assert [v["status"] for v in again.videos] == [v["status"] for v in first_run.videos]
     other = run_faces([inputs / "single_face.mp4"], first_run.cache_dir,
-                      FaceSettings(**{**settings.__dict__, "fps": 4.0}), progress=False)
+                      FaceSettings(**{**face_settings.__dict__, "fps": 4.0}), progress=False)
     assert other.settings_hash != first_run.settings_hash and other.cached == 0
     assert other.videos[0]["sampled_frames"] == 10
 

@@ -23,14 +23,9 @@ def edit(tmp_path_factory, fixtures_dir):
 
 
 @pytest.fixture(scope="module")
-def settings(detector_weights, landmark_weights):
-    return FaceSettings(detector_weights=str(detector_weights), landmark_weights=str(landmark_weights))
-
-
-@pytest.fixture(scope="module")
-def one_pass(ray_local, edit, settings, tmp_path_factory):
+def one_pass(ray_local, edit, face_settings, tmp_path_factory):
     cache_dir = tmp_path_factory.mktemp("cache")
-    result = run_faces([str(edit[0])], cache_dir, settings, progress=False)
+    result = run_faces([str(edit[0])], cache_dir, face_settings, progress=False)
     return cache_dir, result
 
 
@@ -78,11 +73,11 @@ def test_no_track_runs_across_a_cut(one_pass, edit):
         assert t.max() < shots[inside[0]][1], f"track {track} runs from shot {inside[0]} into the next"
 
 
-def test_a_sharded_run_finds_the_persons_of_one_pass(one_pass, edit, settings, tmp_path):
+def test_a_sharded_run_finds_the_persons_of_one_pass(one_pass, edit, face_settings, tmp_path):
     cache_dir, result = one_pass
     from dataclasses import replace
 
-    sharded = run_faces([str(edit[0])], tmp_path, replace(settings, shard_s=4.0), progress=False)
+    sharded = run_faces([str(edit[0])], tmp_path, replace(face_settings, shard_s=4.0), progress=False)
     assert sharded.decoded == 1 and sharded.videos[0]["status"] == "ok"
     a, b = rows(cache_dir, result), rows(tmp_path, sharded)
     assert len(a) == len(b) and (a["frame_index"].to_numpy() == b["frame_index"].to_numpy()).all()
@@ -90,29 +85,31 @@ def test_a_sharded_run_finds_the_persons_of_one_pass(one_pass, edit, settings, t
     assert sharded.videos[0]["n_persons"] == 4
 
 
-def test_another_threshold_regroups_from_the_cache_without_a_decode(one_pass, edit, settings, tmp_path, capsys):
+def test_another_threshold_regroups_from_the_cache_without_a_decode(one_pass, edit, face_settings, tmp_path,
+                                                                    capsys):
     from dataclasses import replace
     from shutil import copytree
 
     cache_dir, first = one_pass
     copy = copytree(cache_dir, tmp_path / "cache")  # (the module's cache stays as it was)
-    strict = run_faces([str(edit[0])], copy, replace(settings, identity_threshold=0.01), progress=False)
+    strict = run_faces([str(edit[0])], copy, replace(face_settings, identity_threshold=0.01), progress=False)
     assert strict.decoded == 0 and strict.cached == 1 and strict.settings_hash == first.settings_hash
     assert "re-grouped into persons" in capsys.readouterr().err
     df = rows(copy, strict)
     assert df.groupby("track_id")["person_id"].first().nunique() == df["track_id"].nunique()  # each its own
     meta = cache.read_meta(copy, strict.settings_hash, strict.videos[0]["video_id"])
     assert meta["identity_threshold"] == 0.01 and meta["n_persons"] == df["track_id"].nunique()
-    again = run_faces([str(edit[0])], copy, settings, progress=False)
+    again = run_faces([str(edit[0])], copy, face_settings, progress=False)
     assert again.decoded == 0 and (rows(copy, again)["person_id"].to_numpy() ==
                                    rows(cache_dir, first)["person_id"].to_numpy()).all()
 
 
-def test_identities_off_makes_each_track_a_person_numbered_by_first_appearance(one_pass, edit, settings, tmp_path):
+def test_identities_off_makes_each_track_a_person_numbered_by_first_appearance(one_pass, edit, face_settings,
+                                                                              tmp_path):
     from dataclasses import replace
 
     cache_dir, first = one_pass
-    off = run_faces([str(edit[0])], tmp_path, replace(settings, identities=False), progress=False)
+    off = run_faces([str(edit[0])], tmp_path, replace(face_settings, identities=False), progress=False)
     assert off.settings_hash != first.settings_hash and off.decoded == 1
     df = rows(tmp_path, off)
     on = rows(cache_dir, first)
@@ -126,14 +123,14 @@ def test_identities_off_makes_each_track_a_person_numbered_by_first_appearance(o
 
 
 def test_annotate_writes_person_ids_and_regroups_a_finished_run_without_a_decode(
-        ray_local, edit, settings, landmark_weights, tmp_path):
+        ray_local, edit, face_settings, landmark_weights, tmp_path):
     from dataclasses import replace
 
     from pipeline.timeline import read_manifest
 
     s2d = AnnotateSettings(weights="random-tiny", s2d_landmark_weights=str(landmark_weights))
     out = tmp_path / "out"
-    first = run_annotate([str(edit[0])], out, None, settings, s2d, device="cpu", progress=False, report=False)
+    first = run_annotate([str(edit[0])], out, None, face_settings, s2d, device="cpu", progress=False, report=False)
     assert [r.status for r in first.records] == ["ok"] and first.records[0].n_persons == 4
     df = read_timelines(out)
     faces = cache.read_faces(out / "cache").groupby("track_id")["person_id"].first()
@@ -142,16 +139,16 @@ def test_annotate_writes_person_ids_and_regroups_a_finished_run_without_a_decode
     jin = next(iter(found["jin"]))
     assert df.loc[df["person_id"] == jin, "track_id"].nunique() >= 2  # one person's timeline over several tracks
     manifest = read_manifest(out)
-    assert manifest["identities"]["on"] and manifest["identities"]["threshold"] == settings.identity_threshold
+    assert manifest["identities"]["on"] and manifest["identities"]["threshold"] == face_settings.identity_threshold
     assert manifest["videos"][0]["n_persons"] == 4
 
-    apart = run_annotate([str(edit[0])], out, None, replace(settings, identity_threshold=0.01), s2d, device="cpu",
-                         progress=False, report=False)
+    apart = run_annotate([str(edit[0])], out, None, replace(face_settings, identity_threshold=0.01), s2d,
+                         device="cpu", progress=False, report=False)
     assert apart.clips == 0 and (apart.faces is None or apart.faces.decoded == 0)  # no decode, no S2D
     again = read_timelines(out)
     assert again["person_id"].nunique() == again["track_id"].nunique() == apart.records[0].n_persons
     cols = [c for c in df.columns if c != "person_id"]
     assert again[cols].drop(columns="bbox").equals(df[cols].drop(columns="bbox"))  # nothing else changed
-    back = run_annotate([str(edit[0])], out, None, settings, s2d, device="cpu", progress=False, report=False)
+    back = run_annotate([str(edit[0])], out, None, face_settings, s2d, device="cpu", progress=False, report=False)
     assert back.clips == 0 and read_timelines(out)["person_id"].equals(df["person_id"])
 
