@@ -95,6 +95,7 @@ W, H, FPS = 640, 360, 30
 FIXTURE_VIDEOS = ("single_face.mp4", "face_noface.mov", "no_face.mp4")
 SECTIONS = "abcdef"
 EXPRESSION = "weights/face-api/face_expression_model-weights_manifest.json"  # face-api's net, in the fixtures
+IDENTITY = "weights/face-api/face_recognition_model-weights_manifest.json"  # face-api's recognition net (persons)
 LINGER_S = 10.0
 
 
@@ -374,7 +375,8 @@ def _s2d_actor_api():
     return S2DWorker, resolve_classifier
 
 
-def _model_alone(chain: str, weights: str, mfn: str, batch: int, threads: int, min_s: float, min_calls: int) -> dict:
+def _model_alone(chain: str, weights: str, mfn: str, batch: int, threads: int, min_s: float, min_calls: int,
+                 precision: str | None = None) -> dict:
     import numpy as np
     import torch
 
@@ -386,7 +388,8 @@ def _model_alone(chain: str, weights: str, mfn: str, batch: int, threads: int, m
     else:
         S2DWorker, resolve_classifier = _s2d_actor_api()
 
-        clf = S2DWorker(resolve_classifier(weights, None, mfn), "cpu", batch, threads=threads)
+        c = resolve_classifier(weights, None, mfn, **({"precision": precision} if precision else {}))
+        clf = S2DWorker(c, "cpu", batch, threads=threads)
     rng = np.random.default_rng(0)
     return {**_timed(clf.probabilities, lambda: rng.integers(0, 256, (batch, 16, 224, 224, 3), dtype=np.uint8),
                      batch, min_s, min_calls), "threads": torch.get_num_threads()}
@@ -398,8 +401,12 @@ def _annotate(spec: dict) -> dict:
     else:
         from pipeline.annotate_run import run_annotate
         from pipeline.settings import AnnotateSettings, FaceSettings
-    faces = FaceSettings(detector_weights=spec["mnet"], landmark_weights=spec["mfn"])
-    settings = AnnotateSettings(weights=spec["weights"], s2d_landmark_weights=spec["mfn"])
+    faces = FaceSettings(detector_weights=spec["mnet"], landmark_weights=spec["mfn"],
+                         **({"identity_weights": spec["identity"]}  # a tree with persons (issue 36 on)
+                            if spec.get("identity") and "identity_weights" in FaceSettings.__dataclass_fields__
+                            else {}))
+    settings = AnnotateSettings(weights=spec["weights"], s2d_landmark_weights=spec["mfn"],
+                                **({"precision": spec["precision"]} if spec.get("precision") else {}))
     r = run_annotate(spec["videos"], spec["out"], spec["cache"], faces, settings, device="cpu", progress=False)
     import ray
 
@@ -429,7 +436,7 @@ def child_main(spec: dict) -> None:
             res.update(_annotate(spec))
         else:
             args = (spec["chain"], spec["weights"], spec["mfn"], spec.get("batch", 8), spec.get("threads", 2),
-                    spec.get("min_s", 10.0), spec.get("min_calls", 3))
+                    spec.get("min_s", 10.0), spec.get("min_calls", 3), spec.get("precision"))
             if spec.get("lanes"):  # the new chain's S2D actor, as the chain calls it
                 res.update(_actor_alone(spec["weights"], spec["mfn"], spec.get("threads", 2), spec.get("min_s", 10.0),
                                         spec.get("min_calls", 3)))
@@ -523,11 +530,12 @@ class Runner:
         return {**m, **r}
 
     def annotate(self, label: str, chain: str, videos: list[Path], weights: str,
-                 interval: float | None = None) -> dict:
+                 interval: float | None = None, precision: str | None = None) -> dict:
         d = self.runs_dir / f"{label}_{chain}"
         spec = dict(kind="annotate", videos=[str(v) for v in videos], out=str(d / "out"), cache=str(d / "cache"),
                     weights=weights, mnet=str(self.fx / "weights" / "mobilenet0.25_Final.pth"),
-                    mfn=str(self.fx / "weights" / "mobilefacenet_68pt.pth.tar"))
+                    mfn=str(self.fx / "weights" / "mobilefacenet_68pt.pth.tar"), precision=precision,
+                    identity=str(self.fx / IDENTITY))
         r = self.one(label, chain, spec, interval=interval)
         shutil.rmtree(d, ignore_errors=True)
         return r
@@ -537,6 +545,7 @@ class Runner:
         env = self.env(chain)
         env["S2D_DETECTOR_WEIGHTS"] = str(self.fx / "weights" / "mobilenet0.25_Final.pth")
         env["S2D_LANDMARK_WEIGHTS"] = str(self.fx / "weights" / "mobilefacenet_68pt.pth.tar")
+        env["S2D_IDENTITY_WEIGHTS"] = str(self.fx / IDENTITY)
         m = self.measure("readme", chain, [sys.executable, "-m", "cli", "annotate", str(self.fx / "videos"),
                                            "--out", str(out), "--weights", "random-tiny"], env)
         m["manifest"] = (out / "manifest.json").is_file()

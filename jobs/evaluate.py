@@ -123,7 +123,12 @@ class Predictor:
         self.model, _ = S.load_model(resolve(checkpoint), landmark_weights, trust)  # a URI: fetched on this node
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(device)
-        self.bf16 = (precision or {"cpu": "fp32", "cuda": "bf16"})[device] == "bf16"
+        used = (precision or {"cpu": "fp32", "cuda": "bf16"})[device]
+        if used == "int8":
+            from pipeline.precision import quantize
+
+            self.model = quantize(self.model)
+        self.bf16 = used == "bf16"
 
     def __call__(self, batch: dict) -> dict:
         probs = predict_views(self.model, torch.tensor(batch["clip"]), torch.tensor(batch["views"]), amp=self.bf16)
@@ -226,7 +231,7 @@ def evaluate(data: str | Path, format: str, checkpoint: str | Path, out: str | P
 
     from .datasets import eval_dataset, load_split
 
-    from pipeline.precision import check_precision, describe, resolve_precision
+    from pipeline.precision import check_device, check_precision, describe, resolve_precision
 
     check_frame_order(frame_order)  # an unknown order stops here, before any work
     check_precision(precision)
@@ -235,6 +240,7 @@ def evaluate(data: str | Path, format: str, checkpoint: str | Path, out: str | P
     model, report = S.load_model(ckpt, landmark, trust)  # validates the file before starting Ray work
     num_frames, num_classes, image_mode = model.num_frames or 1, model.num_classes, isinstance(model, S.S2DImage)
     used = resolve_precision(precision, report.meta["config"])
+    check_device(used, "cuda" if gpus_per_worker else "cpu")
     print(f"precision: {describe(used)}")
     del model
     data_split = load_split(data, format, split, fold, labels)

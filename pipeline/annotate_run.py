@@ -35,7 +35,7 @@ from .faces_run import FacesResult
 from .images import is_image
 from .manifest import VideoRecord, write_manifest
 from .plans import plan_actors
-from .precision import describe
+from .precision import check_device, describe
 from .progress import Progress, say
 from .runlock import run_lock
 from .s2d_actor import S2DWorker
@@ -112,6 +112,8 @@ def run_annotate(paths, out_dir: str | Path, cache_dir: str | Path | None = None
     resolve_weights(kinds, faces, settings)  # every missing weights file named at once
     plan = plan_faces(faces)
     labellings = plan_labellings(kinds, settings, plan, trust)
+    for lab in filter(None, labellings.values()):  # int8 with --device cuda: stops now (auto: in ``chain``)
+        check_device(lab.classifier.used, device)
     main = labellings["video"] or labellings["image"]
     warning = "; ".join(lab.classifier.warning for lab in labellings.values() if lab and lab.classifier.warning)
     result = AnnotateResult(out_dir, main.key, cache_dir, warning=warning or None,
@@ -238,6 +240,8 @@ def remove_superseded(records: list[VideoRecord], out_dir) -> None:
 def chain(videos: list[Video], plan: FacePlan, settings: AnnotateSettings, labellings: dict[str, Labelling | None],
           device: str):
     """The Ray Data chain over ``videos``, its actor pools planned on the nodes alive now."""
+    for lab in filter(None, labellings.values()):  # the device auto picked: stops before any video is read
+        check_device(lab.classifier.used, device)
     cpus, gpus, nodes = resources()
     pools = plan_actors(cpus, gpus if device == "cuda" else 0, nodes, emotions=True)
     crops = {k: lab.classifier.crop for k, lab in labellings.items() if lab is not None}

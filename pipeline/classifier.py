@@ -5,6 +5,7 @@ Video weights (S2DVideo) classify 16-frame clips; image weights (S2DImage, the f
 image's faces; face-api's expression net (``faceapi-expression``) classifies a clip's face frames one by one."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +75,7 @@ class Classifier:
 
 
 DEFAULT_LABELS_BY_CLASSES = {"video": {7: "dfew", 11: "mafw"}, "image": {7: "affectnet7", 8: "affectnet8"}}
+RANDOM_BUILD = threading.Lock()  # random-tiny models built in several threads at once (actors' background loads)
 HEAD = {"video": "head.fc_cls.weight", "image": "head.weight"}  # the classifier's weight in each kind's state dict
 
 
@@ -176,7 +178,7 @@ def build_model(c: Classifier):
         return load_expression_net(resolve(c.weights) if storage.is_uri(c.weights) else c.path)
     if c.path is None:  # the same random weights every time, the process's own RNG left as it was
         create = S.create_model if c.kind == "video" else S.create_image_model
-        with torch.random.fork_rng(devices=[]):
+        with RANDOM_BUILD, torch.random.fork_rng(devices=[]):  # the RNG is the process's: one build at a time
             torch.manual_seed(0)
             model = create("s2d_tiny", len(c.class_names))
         S.load_landmark_weights(model, c.landmark_path)

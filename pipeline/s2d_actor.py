@@ -60,7 +60,8 @@ class S2DWorker:
     """Ray Data callable: rows {"item": Clip | UnitFaces} -> the same rows, each clip's ``probs`` (float32 [C]) set
     and its pixels dropped; other items pass through. The batch's clips go through the model ``batch_size`` at a
     time, normalised (ImageNet mean/std) on the device, in the classifier's precision for the device (bf16:
-    autocast; a video model's landmark branch stays fp32 on a CPU). ``threads``: the node's cores this
+    autocast; int8: the model's Linear layers quantised when it loads, ``precision.quantize``; a video model's
+    landmark branch stays fp32 on a CPU). ``threads``: the node's cores this
     actor uses (it reserves one CPU but uses the cores the face actors leave idle).
 
     On CPU a real model's clips go through ``lanes``: that many threads, each classifying its own contiguous share
@@ -109,6 +110,10 @@ class S2DWorker:
                 self.std = torch.tensor(IMAGENET_DEFAULT_STD, device=self.device)
                 self.flat = {}  # (h, w) -> the mean and std repeated over an [h, w, 3] frame, flat
             model = build_model(c).to(self.device)
+            if c.used[self.device.type] == "int8":
+                from .precision import quantize
+
+                model = quantize(model)
             if kind == "video" and not c.per_frame:
                 self.landmarks = LandmarkCache(model)
             self.models[kind] = model

@@ -52,7 +52,7 @@ class AnnotateSettings:
     crop: str | None = None  # the video model's face crop (crops.parse_crop); None: what its weights were trained on
     image_crop: str | None = None  # the image model's
     frame_order: str | None = None  # "time" or "lexicographic"; None: its weights' training order
-    precision: str = "auto"  # "fp32" or "bf16" (autocast); auto: bf16 where it runs natively (pipeline.precision)
+    precision: str = "auto"  # "fp32", "bf16" (autocast) or "int8" (CPU); auto: bf16 where native (pipeline.precision)
 
     def __post_init__(self):  # fail before any work, in one line
         from .crops import check_order, parse_crop

@@ -91,6 +91,21 @@ def test_missing_input_and_out_file_fail_before_ray(env, fixtures_dir, tmp_path)
     assert res.returncode == 1 and "is a file, not a folder" in res.stderr and seconds < 20
 
 
+def test_a_precision_that_cannot_run_fails_before_any_work(env, fixtures_dir, tmp_path):
+    """--precision int8 on a GPU, or for face-api's expression net: one line saying what is possible, before Ray."""
+    res, seconds = s2d("annotate", fixtures_dir / "videos", "--out", tmp_path / "o", "--weights", "random-tiny",
+                       "--precision", "int8", "--device", "cuda", env=env)
+    assert res.returncode == 1 and "Traceback" not in res.stderr and "Ray" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == ("error: --precision int8 runs on a CPU only: use --device cpu, "
+                                                   "or --precision auto, fp32 or bf16 on a GPU")
+    assert seconds < 20 and not (tmp_path / "o" / "manifest.json").exists()
+    manifest = fixtures_dir / "weights" / "face-api" / "face_expression_model-weights_manifest.json"
+    res, _ = s2d("annotate", fixtures_dir / "videos", "--out", tmp_path / "o", "--weights", manifest,
+                 "--precision", "int8", env=env)
+    assert res.returncode == 1 and "face-api's expression net runs in fp32 or bf16" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and "Ray" not in res.stderr
+
+
 def test_the_annotate_driver_needs_no_torch_before_ray_with_random_tiny(env, fixtures_dir, tmp_path):
     """``s2d annotate --weights random-tiny`` checks its inputs, weights and settings without importing torch or
     timm (the S2D actor reads the weights; importing them here made the README example 1.4-4.6 s slower on 2

@@ -72,6 +72,26 @@ def test_predict_views_in_bf16_on_a_cpu_moves_the_probabilities_a_little(tiny_vi
     assert 0 < (fp32 - bf16).abs().max() < 0.02
 
 
+def test_evaluate_in_int8_quantises_on_a_cpu_and_refuses_a_gpu_before_any_work(tmp_path, tiny_video,
+                                                                                landmark_weights):
+    """--precision int8: the evaluation actor quantises the model's Linear layers (probabilities close to fp32's,
+    not the same); with --gpus-per-worker it stops in one line before reading the data."""
+    from jobs.evaluate import Predictor, evaluate
+
+    path = S.save_checkpoint(tiny_video, tmp_path / "video.pth", config="s2d_tiny", label_names=list("abc"))
+    g = torch.Generator().manual_seed(1)
+    batch = {"clip": torch.randint(0, 256, (2, 1, 2, 224, 224, 3), dtype=torch.uint8, generator=g).numpy(),
+             "views": np.array([1, 1]), "label": np.array([0, 1]), "index": np.array([0, 1]),
+             "weight": np.array([1.0, 1.0])}
+    fp32, int8 = (Predictor(str(path), str(landmark_weights), precision={"cpu": p, "cuda": None})(batch)["probs"]
+                  for p in ("fp32", "int8"))
+    assert 0 < np.abs(fp32 - int8).max() < 0.02
+    with pytest.raises(ValueError, match="--precision int8 runs on a CPU only"):
+        evaluate(tmp_path / "no-such-data", "dfew", path, tmp_path / "out", landmark_weights=str(landmark_weights),
+                 gpus_per_worker=1, precision="int8")
+    assert not (tmp_path / "out").exists()
+
+
 def test_checkpoints_round_trip_through_s2d_model(tmp_path, tiny_video, landmark_weights):
     path = S.save_checkpoint(tiny_video, tmp_path / "video.pth", config="s2d_tiny", labels=None,
                              label_names=["a", "b", "c"])
