@@ -117,11 +117,12 @@ class Predictor:
     """Ray Data callable class: a batch of test views -> averaged softmax probabilities."""
 
     def __init__(self, checkpoint: str, landmark_weights: str, trust: bool = False,
-                 precision: dict | None = None):
+                 precision: dict | None = None, gpu: bool = False):
         from s2d_model.weights import resolve
 
         self.model, _ = S.load_model(resolve(checkpoint), landmark_weights, trust)  # a URI: fetched on this node
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        # a GPU only when the actor reserved one (``gpu``): Ray 2.60 shows every GPU to actors that did not ask
+        device = "cuda" if gpu else "cpu"
         self.model.to(device)
         used = (precision or {"cpu": "fp32", "cuda": "bf16"})[device]
         if used == "int8":
@@ -265,7 +266,8 @@ def evaluate(data: str | Path, format: str, checkpoint: str | Path, out: str | P
                       frame_order=order or "time")
     given = str(checkpoint) if storage.is_uri(checkpoint) else str(ckpt)  # each node fetches a URI itself
     ds = ds.map_batches(Predictor, fn_constructor_kwargs=dict(checkpoint=given, landmark_weights=str(landmark),
-                                                              trust=trust, precision=used),
+                                                              trust=trust, precision=used,
+                                                              gpu=bool(gpus_per_worker)),
                         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers),
                         num_cpus=each, num_gpus=gpus_per_worker or None)
     probs = _collect(ds, len(data_split.samples), data_split.num_classes)

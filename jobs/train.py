@@ -395,6 +395,7 @@ def _make_worker(cfg: dict, device: torch.device, checkpoint, rank: int) -> tupl
     import ray.train.torch
 
     model = build_model({**cfg, "init": None} if checkpoint is not None else cfg, verbose=rank == 0)
+    model.to(device)  # before the optimiser: a resumed state is loaded onto its parameters' device
     optimizer = torch.optim.AdamW(param_groups(model, cfg["weight_decay"]), lr=cfg["peak_lr"], betas=(0.9, 0.999))
     scheduler = lr_schedule(optimizer, cfg)
     criterion = SoftTargetCrossEntropy()

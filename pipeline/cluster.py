@@ -181,8 +181,13 @@ def node_id() -> str:
 
 
 def pick_device(device: str) -> str:
-    if device != "auto":
-        return device
+    """"cuda" or "cpu" for ``device`` on the cluster this process joined (auto: cuda where it has a whole GPU).
+    ``cuda`` on a cluster without a GPU: ClusterError, before any work (each actor would fail on its own)."""
     import ray
 
-    return "cuda" if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
+    gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
+    if device == "cuda" and gpus < 1:
+        raise ClusterError("--device cuda, but the cluster has no GPU: use --device cpu (or auto), or add a GPU node")
+    if device != "auto":
+        return device
+    return "cuda" if gpus >= 1 else "cpu"

@@ -166,7 +166,8 @@ def save_checkpoint(model: S2DBase, path: str | Path, config: str | None = None,
             "num_classes": model.num_classes, "num_frames": model.num_frames, "crop": crop,
             "frame_order": frame_order, **extra}
     key = "model" if isinstance(model, S2DVideo) else "model_state_dict"
-    return atomic_write(path, lambda f: torch.save({key: model.state_dict(), "s2d": meta}, f))
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}  # a GPU-trained model loads anywhere
+    return atomic_write(path, lambda f: torch.save({key: state, "s2d": meta}, f))
 
 
 def infer_config(sd: dict) -> str:

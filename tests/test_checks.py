@@ -106,6 +106,21 @@ def test_a_precision_that_cannot_run_fails_before_any_work(env, fixtures_dir, tm
     assert "Traceback" not in res.stderr and "Ray" not in res.stderr
 
 
+def test_device_cuda_on_a_cluster_without_a_gpu_stops_before_any_work(ray_local, fixtures_dir, face_settings,
+                                                                        landmark_weights, tmp_path):
+    """--device cuda where the cluster has no GPU: one ClusterError once Ray is joined, before any video is read
+    (each actor used to fail on its own, every video an error row); auto picks the CPU there."""
+    from pipeline.annotate_run import run_annotate
+    from pipeline.cluster import ClusterError, pick_device
+
+    assert pick_device("auto") == "cpu" and pick_device("cpu") == "cpu"
+    with pytest.raises(ClusterError, match="--device cuda, but the cluster has no GPU: use --device cpu"):
+        run_annotate([str(fixtures_dir / "videos" / "single_face.mp4")], tmp_path / "o", None, face_settings,
+                     AnnotateSettings(weights="random-tiny", s2d_landmark_weights=str(landmark_weights)),
+                     device="cuda", progress=False)
+    assert not list((tmp_path / "o").glob("*.parquet")) and not list((tmp_path / "o" / "cache").glob("*/*.parquet"))
+
+
 def test_the_annotate_driver_needs_no_torch_before_ray_with_random_tiny(env, fixtures_dir, tmp_path):
     """``s2d annotate --weights random-tiny`` checks its inputs, weights and settings without importing torch or
     timm (the S2D actor reads the weights; importing them here made the README example 1.4-4.6 s slower on 2

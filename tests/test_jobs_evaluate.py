@@ -92,6 +92,18 @@ def test_evaluate_in_int8_quantises_on_a_cpu_and_refuses_a_gpu_before_any_work(t
     assert not (tmp_path / "out").exists()
 
 
+def test_the_evaluation_actor_uses_a_gpu_only_when_it_reserved_one(tmp_path, tiny_video, landmark_weights,
+                                                                     monkeypatch):
+    """Ray 2.60 shows every GPU to an actor that reserved none: with ``--gpus-per-worker 0`` the Predictor stays on
+    the CPU even where torch sees a GPU (here torch is told it does: the old actor moved the model to cuda:0)."""
+    from jobs.evaluate import Predictor
+
+    path = S.save_checkpoint(tiny_video, tmp_path / "video.pth", config="s2d_tiny", label_names=list("abc"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    p = Predictor(str(path), str(landmark_weights), gpu=False)
+    assert {t.device.type for t in p.model.parameters()} == {"cpu"}
+
+
 def test_checkpoints_round_trip_through_s2d_model(tmp_path, tiny_video, landmark_weights):
     path = S.save_checkpoint(tiny_video, tmp_path / "video.pth", config="s2d_tiny", labels=None,
                              label_names=["a", "b", "c"])
